@@ -1,0 +1,134 @@
+//! Signals as events: every signal is blocked and read from a signalfd, so the one event loop
+//! sees them as readable data next to inotify. Nothing runs in signal-handler context.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// A signal taken from the signalfd.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub signo: i32,
+    /// Who sent it (0 for the kernel).
+    pub sender: i32,
+}
+
+pub struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    /// Resets every disposition to default (a signal we inherited as ignored would never reach
+    /// the signalfd), blocks every signal and opens the signalfd. Call before any thread exists:
+    /// threads inherit the mask, so none of them can take a signal meant for the loop.
+    pub fn install() -> nix::Result<Signals> {
+        reset_dispositions();
+        let all = SigSet::all();
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None)?;
+        let fd = SignalFd::with_flags(&all, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Signals { fd })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Everything pending, in arrival order. SIGPIPE raised by our own writes is dropped: it is
+    /// ours, not the operator's.
+    pub fn drain(&mut self) -> Vec<Received> {
+        let me = std::process::id() as i32;
+        let mut out = Vec::new();
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            let received = Received {
+                signo: info.ssi_signo as i32,
+                sender: info.ssi_pid as i32,
+            };
+            if received.signo == libc::SIGPIPE && received.sender == me {
+                continue;
+            }
+            out.push(received);
+        }
+        out
+    }
+}
+
+/// SIGTERM, SIGINT and SIGQUIT ask us to stop: the child gets the configured stop signal.
+pub fn is_stop_request(signo: i32) -> bool {
+    matches!(signo, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT)
+}
+
+/// Every other catchable signal goes to the child's process group as is.
+pub fn is_forwardable(signo: i32) -> bool {
+    !matches!(signo, libc::SIGCHLD | libc::SIGKILL | libc::SIGSTOP)
+}
+
+fn reset_dispositions() {
+    for signo in 1..=libc::SIGRTMAX() {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL has no handler to run.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
+                // glibc keeps 32 and 33 for itself and refuses them, but a parent may have left
+                // them ignored: ask the kernel directly.
+                set_default_raw(signo);
+            }
+        }
+    }
+}
+
+/// The kernel's own `struct sigaction` (x86_64 and aarch64 layout): handler, flags, restorer, mask.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+fn set_default_raw(signo: i32) {
+    let action = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: rt_sigaction with a valid struct and the kernel's sigset size (8 bytes).
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signo,
+            &action as *const KernelSigaction,
+            std::ptr::null_mut::<KernelSigaction>(),
+            8usize,
+        );
+    }
+}
+
+/// Runs in the child between fork and exec: only async-signal-safe calls. Gives the terminal
+/// (if any) to the child's new process group, then restores default dispositions and an empty
+/// mask, whatever comfy-init itself was started with.
+pub fn prepare_child() -> std::io::Result<()> {
+    // SAFETY: isatty, tcsetpgrp, getpid, sigaction and sigprocmask are async-signal-safe.
+    // tcsetpgrp from a background group would raise SIGTTOU, but every signal is still blocked.
+    unsafe {
+        if libc::isatty(libc::STDIN_FILENO) == 1 {
+            libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
+        }
+    }
+    reset_dispositions();
+    // SAFETY: an empty set built on the stack.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

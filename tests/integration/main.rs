@@ -1,0 +1,4 @@
+//! Integration tests: each drives the built comfy-init binary the way a user meets it.
+
+mod pid1;
+mod util;

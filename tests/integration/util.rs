@@ -1,0 +1,296 @@
+//! Test harness: start the built binary (as PID 1 in a fresh PID namespace, or as a plain child),
+//! signal it, wait for it, read what it printed. Kept small so each test reads as a behaviour.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_comfy-init"))
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// True when CI demands that tests needing root or Docker run instead of skipping.
+pub fn mandatory() -> bool {
+    std::env::var("COMFY_INIT_TESTS_MANDATORY")
+        .map(|v| v == "1")
+        .unwrap_or(false)
+}
+
+/// Root and `unshare` are needed to run comfy-init as PID 1 of a fresh PID namespace. Elsewhere
+/// the test is skipped with a printed reason, unless CI made it mandatory.
+pub fn can_be_pid1(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let unshare = Path::new("/usr/bin/unshare").exists() || Path::new("/bin/unshare").exists();
+    if root && unshare {
+        return true;
+    }
+    let reason = if root {
+        "unshare(1) is not installed"
+    } else {
+        "it needs root (unshare --pid)"
+    };
+    if mandatory() {
+        panic!("{test}: {reason}, and COMFY_INIT_TESTS_MANDATORY=1");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    false
+}
+
+/// A temporary folder removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "comfy-init-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// How to start comfy-init.
+pub struct Launch {
+    pub args: Vec<String>,
+    pub env: HashMap<String, String>,
+    pub pid1: bool,
+    /// A wrapper that runs first (e.g. to start us with signals ignored).
+    pub prefix: Vec<String>,
+}
+
+impl Launch {
+    /// `comfy-init run -- CMD...` with GPU and credentials off and no restarts: plain init mode.
+    pub fn init(cmd: &[&str]) -> Launch {
+        let mut args = vec!["run".to_string(), "--".to_string()];
+        args.extend(cmd.iter().map(|s| s.to_string()));
+        let mut env = HashMap::new();
+        env.insert("COMFY_INIT_GPU".into(), "off".into());
+        env.insert("COMFY_INIT_AUTH".into(), "off".into());
+        env.insert("COMFY_INIT_RESTART".into(), "never".into());
+        env.insert("RUST_LOG".into(), "debug".into());
+        Launch {
+            args,
+            env,
+            pid1: true,
+            prefix: vec![],
+        }
+    }
+
+    pub fn sh(script: &str) -> Launch {
+        Launch::init(&["sh", "-c", script])
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<OsStr>) -> Launch {
+        self.env
+            .insert(k.into(), v.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
+    pub fn not_pid1(mut self) -> Launch {
+        self.pid1 = false;
+        self
+    }
+
+    pub fn prefix(mut self, p: &[&str]) -> Launch {
+        self.prefix = p.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn start(self) -> Running {
+        let dir = TempDir::new("out");
+        let mut argv: Vec<String> = self.prefix.clone();
+        if self.pid1 {
+            argv.extend(["unshare", "--pid", "--fork", "--mount-proc"].map(String::from));
+        }
+        argv.push(bin().to_string_lossy().into_owned());
+        argv.extend(self.args);
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(fs::File::create(dir.join("stderr")).unwrap());
+        let child = cmd.spawn().expect("start comfy-init");
+        Running {
+            child,
+            pid1: self.pid1,
+            out: dir,
+            started: Instant::now(),
+        }
+    }
+
+    /// Starts, waits up to `limit`, returns (exit code, stdout, stderr).
+    pub fn output(self, limit: Duration) -> (i32, String, String) {
+        let mut r = self.start();
+        let code = r
+            .wait(limit)
+            .unwrap_or_else(|| panic!("comfy-init did not exit within {limit:?}: {}", r.stderr()));
+        (code, r.stdout(), r.stderr())
+    }
+}
+
+pub struct Running {
+    child: std::process::Child,
+    pid1: bool,
+    out: TempDir,
+    pub started: Instant,
+}
+
+impl Running {
+    /// comfy-init's pid as the host sees it (the PID 1 of the namespace, or the process itself).
+    pub fn init_pid(&self) -> i32 {
+        let outer = self.child.id() as i32;
+        if !self.pid1 {
+            return outer;
+        }
+        // `unshare --fork` does not forward signals: find its child, the namespace's PID 1.
+        let path = format!("/proc/{outer}/task/{outer}/children");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(s) = fs::read_to_string(&path) {
+                if let Some(pid) = s.split_whitespace().next() {
+                    return pid.parse().unwrap();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("no PID 1 under unshare {outer}");
+    }
+
+    pub fn signal(&self, signo: i32) {
+        // SAFETY: plain syscall.
+        let rc = unsafe { libc::kill(self.init_pid(), signo) };
+        assert_eq!(rc, 0, "kill({signo}) failed");
+    }
+
+    /// The exit code, or None if still running after `limit`. A death by signal N reads 128+N.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(
+                    status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                );
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(self.out.join("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(self.out.join("stderr")).unwrap_or_default()
+    }
+
+    /// Waits until `cond` holds, up to `limit`.
+    pub fn until(&self, limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        wait_until(limit, &mut cond)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            if self.pid1 {
+                // SAFETY: plain syscall; killing PID 1 of the namespace ends everything in it.
+                unsafe { libc::kill(self.init_pid(), libc::SIGKILL) };
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn wait_until(limit: Duration, cond: &mut dyn FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A process as /proc/PID/stat tells it.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+}
+
+pub fn proc_stat(pid: i32) -> Option<Proc> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    let mut f = after.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some(Proc {
+        pid,
+        state,
+        ppid,
+        pgrp,
+    })
+}
+
+/// Every process whose parent is `ppid`, as the host sees them.
+pub fn children_of(ppid: i32) -> Vec<Proc> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(proc_stat)
+        .filter(|p| p.ppid == ppid)
+        .collect()
+}
+
+pub fn pid_exists(pid: i32) -> bool {
+    proc_stat(pid)
+        .map(|p| p.state != 'Z' && p.state != 'X')
+        .unwrap_or(false)
+}
+
+pub fn write(path: &Path, content: &str) {
+    fs::write(path, content).unwrap()
+}
