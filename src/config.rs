@@ -53,9 +53,11 @@ impl RunSettings {
             None | Some("on-failure") => RestartMode::OnFailure,
             Some("always") => RestartMode::Always,
             Some("never") => RestartMode::Never,
-            Some(v) => return Err(ConfigError(format!(
+            Some(v) => {
+                return Err(ConfigError(format!(
                 "COMFY_INIT_RESTART='{v}' is not a restart policy: use on-failure, always or never"
-            ))),
+            )))
+            }
         };
         Ok(RunSettings {
             stop_signal,

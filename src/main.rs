@@ -2,8 +2,11 @@
 
 mod cli;
 mod config;
+mod credentials;
+mod fsutil;
 mod logging;
 mod supervisor;
+mod test_hook;
 
 use std::process::ExitCode;
 
@@ -42,9 +45,71 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { command } => ExitCode::from(run(command) as u8),
+        Command::Sync { dry_run } => ExitCode::from(sync(dry_run)),
+        Command::Token => ExitCode::from(token()),
+        Command::Rotate => ExitCode::from(rotate()),
         other => {
             eprintln!("comfy-init: '{other:?}' is not available in this build");
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn credential_settings() -> Result<credentials::Settings, String> {
+    credentials::Settings::from_lookup(&process_env).map_err(|e| e.to_string())
+}
+
+/// `comfy-init sync [--dry-run]`: reconcile once, print what changed (never a secret).
+fn sync(dry_run: bool) -> u8 {
+    logging::init();
+    let result = credential_settings().and_then(|s| credentials::reconcile(&s, None, dry_run));
+    match result {
+        Ok(out) => {
+            let verb = if dry_run { "would change" } else { "changed" };
+            if out.changes.is_empty() {
+                println!("in sync: nothing to change");
+            }
+            for change in &out.changes {
+                println!("{verb}: {change}");
+            }
+            credentials::announce(&out);
+            0
+        }
+        Err(e) => {
+            log::error!("{e}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// `comfy-init token`: the bearer token alone on stdout, for `$(comfy-init token)`.
+fn token() -> u8 {
+    match credential_settings().and_then(|s| credentials::current_token(&s)) {
+        Ok(token) => {
+            println!("{token}");
+            0
+        }
+        Err(e) => {
+            eprintln!("comfy-init: {e}");
+            1
+        }
+    }
+}
+
+/// `comfy-init rotate`: new random password; a running supervisor restarts ComfyUI.
+fn rotate() -> u8 {
+    logging::init();
+    match credential_settings().and_then(|s| credentials::rotate(&s)) {
+        Ok(out) => {
+            for change in &out.changes {
+                println!("changed: {change}");
+            }
+            credentials::announce(&out);
+            0
+        }
+        Err(e) => {
+            log::error!("{e}");
+            EXIT_CONFIG
         }
     }
 }
@@ -67,6 +132,31 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
         }
     };
     let mut spec = ChildSpec::default();
+    match credentials::auth_enabled(&process_env) {
+        Ok(true) => {
+            let outcome = credential_settings().and_then(|s| credentials::reconcile(&s, None, false));
+            match outcome {
+                Ok(out) => {
+                    for change in &out.changes {
+                        log::info!("credentials: {change}");
+                    }
+                    credentials::announce(&out);
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    log::error!("ComfyUI not started: it never runs without a valid login/PASSWORD");
+                    return EXIT_CONFIG as i32;
+                }
+            }
+        }
+        Ok(false) => log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it"),
+        Err(e) => {
+            log::error!("{e}");
+            return EXIT_CONFIG as i32;
+        }
+    }
+    // The plaintext password is ours; the child and its custom nodes do not need it.
+    spec.env_remove.push(credentials::KEY_PASSWORD.into());
     if command.is_empty() {
         spec.argv = settings.default_command();
         spec.cwd = Some(settings.comfyui_dir.clone());
