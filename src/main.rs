@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod credentials;
 mod fsutil;
+mod gpu;
 mod logging;
 mod supervisor;
 mod test_hook;
@@ -19,6 +20,7 @@ use supervisor::Supervisor;
 /// comfy-init's own failures, distinct from the child's statuses where we can (sysexits.h).
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_CONFIG: u8 = 78;
+pub const EXIT_GPU: u8 = 69;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -45,12 +47,25 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run { command } => ExitCode::from(run(command) as u8),
+        Command::Gpu { json } => ExitCode::from(gpu_report(json)),
         Command::Sync { dry_run } => ExitCode::from(sync(dry_run)),
         Command::Token => ExitCode::from(token()),
         Command::Rotate => ExitCode::from(rotate()),
         other => {
             eprintln!("comfy-init: '{other:?}' is not available in this build");
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// `comfy-init gpu [--json]`: the report and the verdict, 0 when the policy is met, 1 otherwise.
+fn gpu_report(json: bool) -> u8 {
+    logging::init();
+    match gpu::GpuSettings::from_lookup(&process_env) {
+        Ok(settings) => gpu::command(&settings, json) as u8,
+        Err(e) => {
+            eprintln!("comfy-init: {e}");
+            1
         }
     }
 }
@@ -131,6 +146,13 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
             return EXIT_CONFIG as i32;
         }
     };
+    let gpu_check = gpu::GpuSettings::from_lookup(&process_env)
+        .map_err(|e| (e, EXIT_CONFIG))
+        .and_then(|g| gpu::preflight(&g).map_err(|e| (e, EXIT_GPU)));
+    if let Err((e, code)) = gpu_check {
+        log::error!("{e}");
+        return code as i32;
+    }
     let mut spec = ChildSpec::default();
     match credentials::auth_enabled(&process_env) {
         Ok(true) => {

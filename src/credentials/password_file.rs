@@ -23,14 +23,16 @@ pub fn read(file: &Path) -> Result<FileState, String> {
         let target = file.canonicalize().ok();
         match (login, target) {
             (Some(login), Some(target)) if target.parent() == Some(login.as_path()) => {}
-            (_, target) => return Err(format!(
+            (_, target) => {
+                return Err(format!(
                 "{} is a symlink to {} outside the login folder: replace it with a regular file \
                      (or remove it to have it created)",
                 file.display(),
                 target
                     .map(|t| t.display().to_string())
                     .unwrap_or_else(|| "a missing file".into())
-            )),
+            ))
+            }
         }
     }
     if std::fs::metadata(file).map(|m| m.is_dir()).unwrap_or(false) {

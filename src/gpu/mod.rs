@@ -113,11 +113,6 @@ impl GpuSettings {
             image_cuda_version,
         })
     }
-
-    /// [`GpuSettings::from_lookup`] on the process environment.
-    pub fn from_env() -> Result<GpuSettings, String> {
-        GpuSettings::from_lookup(&|name| std::env::var(name).ok())
-    }
 }
 
 /// Probes NVML and evaluates the result.

@@ -1,0 +1,34 @@
+# comfy-init: the two commands a newcomer needs are `make demo` and `make test`.
+
+CARGO ?= cargo
+BIN   := target/release/comfy-init
+
+.PHONY: build test test-unit test-integration test-docker demo bench fmt lint clean
+
+build:
+	$(CARGO) build --release
+
+# Everything: unit tests, integration tests (as PID 1 in a fresh PID namespace when root),
+# and the Docker end-to-end test (skipped with a reason where no engine runs).
+test: build
+	$(CARGO) test --no-fail-fast
+	$(MAKE) --no-print-directory test-docker
+
+test-docker: build
+	bash tests/docker/e2e.sh $(BIN)
+
+demo: build
+	bash scripts/demo.sh $(BIN)
+
+bench: build
+	bash bench/bench.sh $(BIN)
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,773 @@
+//! `comfy-init gpu [--json]` and the `run` preflight against a fake NVML
+//! (tests/fixtures/fake_nvml.c, built with the system C compiler once per test run).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_comfy-init"))
+}
+
+struct Fixtures {
+    /// Every symbol.
+    full: PathBuf,
+    /// Without nvmlShutdown (nvml-wrapper's Drop would panic on it).
+    no_shutdown: PathBuf,
+    /// Without nvmlDeviceGetMemoryInfo_v2 and nvmlSystemGetCudaDriverVersion_v2 (old driver).
+    old_driver: PathBuf,
+    /// A text file named like the library.
+    text_file: PathBuf,
+    dir: PathBuf,
+}
+
+fn compile(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_nvml.c");
+    let out = dir.join(name);
+    // Build under a private name, then rename: concurrent test runs never see half a file.
+    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .args(defines)
+        .status()
+        .expect("the GPU tests need a C compiler (`cc`) to build tests/fixtures/fake_nvml.c");
+    assert!(status.success(), "building {name} from fake_nvml.c failed");
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml");
+        std::fs::create_dir_all(&dir).unwrap();
+        let text_file = dir.join("not-a-library.so.1");
+        std::fs::write(&text_file, "this is a text file, not libnvidia-ml\n").unwrap();
+        Fixtures {
+            full: compile(&dir, "libnvidia-ml-fake.so", &[]),
+            no_shutdown: compile(
+                &dir,
+                "libnvidia-ml-noshutdown.so",
+                &["-DFAKE_NVML_NO_SHUTDOWN"],
+            ),
+            old_driver: compile(
+                &dir,
+                "libnvidia-ml-old.so",
+                &["-DFAKE_NVML_NO_MEMORY_V2", "-DFAKE_NVML_NO_CUDA_V2"],
+            ),
+            text_file,
+            dir,
+        }
+    })
+}
+
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{}", self.stdout))
+    }
+
+    fn assert_no_panic(&self) {
+        assert!(
+            !self.stderr.contains("panicked"),
+            "comfy-init panicked:\n{}",
+            self.stderr
+        );
+        assert_ne!(
+            self.code,
+            Some(101),
+            "comfy-init panicked:\n{}",
+            self.stderr
+        );
+        assert!(
+            self.code.is_some(),
+            "comfy-init died from a signal:\n{}",
+            self.stderr
+        );
+    }
+}
+
+/// Runs comfy-init with a clean GPU environment plus `env`; kills it after 60 s.
+fn comfy(args: &[&str], lib: Option<&Path>, env: &[(&str, &str)]) -> Out {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FAKE_NVML_") || k.starts_with("COMFY_INIT_") {
+            cmd.env_remove(&k);
+        }
+    }
+    for k in [
+        "CUDA_VERSION",
+        "NVIDIA_VISIBLE_DEVICES",
+        "NVIDIA_DRIVER_CAPABILITIES",
+    ] {
+        cmd.env_remove(k);
+    }
+    if let Some(lib) = lib {
+        cmd.env("COMFY_INIT_NVML_LIB", lib);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start comfy-init");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "comfy-init {args:?} did not finish in 60 s\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn gpu(lib: &Path, env: &[(&str, &str)]) -> Out {
+    let out = comfy(&["gpu"], Some(lib), env);
+    out.assert_no_panic();
+    out
+}
+
+fn gpu_json(lib: &Path, env: &[(&str, &str)]) -> Value {
+    let out = comfy(&["gpu", "--json"], Some(lib), env);
+    out.assert_no_panic();
+    let j = out.json();
+    let expected = if j["ok"] == Value::Bool(true) { 0 } else { 1 };
+    assert_eq!(
+        out.code,
+        Some(expected),
+        "exit code must follow \"ok\":\n{}",
+        out.stdout
+    );
+    j
+}
+
+/// `comfy-init gpu` under every policy: `require` (explicit and as the default) gives
+/// `require_code`, `warn` and `off` always 0. Under require and warn the report must hold
+/// each phrase. Returns the require run.
+fn under_each_policy(lib: &Path, env: &[(&str, &str)], require_code: i32, phrases: &[&str]) -> Out {
+    let default = gpu(lib, env);
+    assert_eq!(
+        default.code,
+        Some(require_code),
+        "default policy (require):\n{}",
+        default.all()
+    );
+    for (policy, code) in [("require", require_code), ("warn", 0), ("off", 0)] {
+        let mut e = env.to_vec();
+        e.push(("COMFY_INIT_GPU", policy));
+        let out = gpu(lib, &e);
+        assert_eq!(
+            out.code,
+            Some(code),
+            "COMFY_INIT_GPU={policy}:\n{}",
+            out.all()
+        );
+        if policy != "off" {
+            for p in phrases {
+                assert!(
+                    out.stdout.contains(p),
+                    "COMFY_INIT_GPU={policy}: {p:?} missing from:\n{}",
+                    out.stdout
+                );
+            }
+        }
+    }
+    default
+}
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+fn codes(j: &Value) -> Vec<String> {
+    j["findings"]
+        .as_array()
+        .expect("findings array")
+        .iter()
+        .map(|f| f["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn assert_json_shape(j: &Value) {
+    for key in [
+        "driver_version",
+        "cuda_driver_version",
+        "image_cuda_version",
+        "gpus",
+        "findings",
+        "policy",
+        "ok",
+    ] {
+        assert!(j.get(key).is_some(), "JSON lacks {key}: {j}");
+    }
+    assert!(j["ok"].is_boolean());
+    assert!(j["policy"].is_string());
+    for g in j["gpus"].as_array().expect("gpus array") {
+        for key in [
+            "index",
+            "name",
+            "brand",
+            "rtx",
+            "vram_total_bytes",
+            "vram_free_bytes",
+            "compute_capability",
+            "uuid",
+        ] {
+            assert!(g.get(key).is_some(), "GPU entry lacks {key}: {g}");
+        }
+    }
+    for f in j["findings"].as_array().expect("findings array") {
+        assert!(
+            matches!(f["severity"].as_str(), Some("error" | "warning" | "info")),
+            "{f}"
+        );
+        assert!(f["message"].is_string() && f["advice"].is_string(), "{f}");
+    }
+}
+
+// ---- healthy hosts ---------------------------------------------------------------------
+
+#[test]
+fn gpu_one_rtx_3090() {
+    let f = fixtures();
+    let out = under_each_policy(
+        &f.full,
+        &[],
+        0,
+        &["NVIDIA GeForce RTX 3090", "550.54.14", "12.4", "8.6"],
+    );
+    assert!(out.stdout.contains("Verdict: OK"), "{}", out.stdout);
+
+    let j = gpu_json(&f.full, &[]);
+    assert_json_shape(&j);
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["policy"], "require");
+    assert_eq!(j["driver_version"], "550.54.14");
+    assert_eq!(j["cuda_driver_version"], "12.4");
+    assert_eq!(j["image_cuda_version"], Value::Null);
+    assert_eq!(j["findings"].as_array().map(Vec::len), Some(0), "{j}");
+    let gpus = j["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 1);
+    let g = &gpus[0];
+    assert_eq!(g["index"], 0);
+    assert_eq!(g["name"], "NVIDIA GeForce RTX 3090");
+    assert_eq!(g["brand"], "GeForce");
+    assert_eq!(g["rtx"], true);
+    assert_eq!(g["compute_capability"], "8.6");
+    assert_eq!(g["vram_total_bytes"].as_u64(), Some(24 * GIB));
+    let free = g["vram_free_bytes"].as_u64().unwrap();
+    assert!(free > 0 && free < 24 * GIB);
+    assert!(g["uuid"].as_str().unwrap().starts_with("GPU-"));
+    assert_eq!(g["temperature_c"], 45);
+    assert_eq!(g["power_w"], 120.5);
+    assert_eq!(g["utilization_percent"], 3);
+    assert_eq!(g["mig_mode"], "disabled");
+}
+
+#[test]
+fn gpu_two_gpus() {
+    let f = fixtures();
+    let env = [(
+        "FAKE_NVML_GPUS",
+        "NVIDIA GeForce RTX 3090:24:8.6;NVIDIA GeForce RTX 4090:24:8.9",
+    )];
+    under_each_policy(
+        &f.full,
+        &env,
+        0,
+        &[
+            "GPU 0: NVIDIA GeForce RTX 3090",
+            "GPU 1: NVIDIA GeForce RTX 4090",
+        ],
+    );
+    let j = gpu_json(&f.full, &env);
+    let gpus = j["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 2);
+    assert_eq!(gpus[1]["index"], 1);
+    assert_eq!(gpus[1]["compute_capability"], "8.9");
+    assert_ne!(gpus[0]["uuid"], gpus[1]["uuid"]);
+}
+
+#[test]
+fn gpu_calls_shutdown_once() {
+    let f = fixtures();
+    let log = f.dir.join(format!("calls-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let out = gpu(&f.full, &[("FAKE_NVML_LOG", log.to_str().unwrap())]);
+    assert_eq!(out.code, Some(0));
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(
+        calls.lines().filter(|l| *l == "nvmlInit_v2").count(),
+        1,
+        "{calls}"
+    );
+    assert_eq!(
+        calls.lines().filter(|l| *l == "nvmlShutdown").count(),
+        1,
+        "{calls}"
+    );
+    assert_eq!(calls.lines().last(), Some("nvmlShutdown"), "{calls}");
+}
+
+#[test]
+fn gpu_optional_metrics_unavailable_are_not_fatal() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_METRICS", "not_supported")];
+    under_each_policy(&f.full, &env, 0, &["NVIDIA GeForce RTX 3090"]);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(j["ok"], true);
+    let g = &j["gpus"][0];
+    for key in [
+        "temperature_c",
+        "power_w",
+        "utilization_percent",
+        "mig_mode",
+    ] {
+        assert!(g.get(key).is_none(), "{key} should be left out: {g}");
+    }
+    assert_eq!(codes(&j), Vec::<String>::new());
+}
+
+#[test]
+fn gpu_mig_memory_no_permission_is_not_fatal() {
+    let f = fixtures();
+    let env = [
+        ("FAKE_NVML_MEMORY", "no_permission"),
+        ("FAKE_NVML_MIG", "1"),
+        ("COMFY_INIT_MIN_VRAM_GB", "8"),
+    ];
+    under_each_policy(&f.full, &env, 0, &["MIG"]);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(j["gpus"][0]["vram_total_bytes"], Value::Null);
+    assert_eq!(j["gpus"][0]["mig_mode"], "enabled");
+    let c = codes(&j);
+    assert!(
+        c.contains(&"vram_unknown".to_string()) && c.contains(&"mig_enabled".to_string()),
+        "{c:?}"
+    );
+}
+
+#[test]
+fn gpu_cuda_version_falls_back_to_v1() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_CUDA_V2_FAIL", "1"), ("FAKE_NVML_CUDA", "12080")];
+    let out = under_each_policy(&f.full, &env, 0, &["12.8"]);
+    assert!(out.stdout.contains("v1"), "{}", out.stdout);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(j["cuda_driver_version"], "12.8");
+    assert_eq!(j["cuda_driver_version_source"], "v1");
+}
+
+#[test]
+fn gpu_old_driver_without_v2_symbols() {
+    let f = fixtures();
+    let j = gpu_json(&f.old_driver, &[("FAKE_NVML_CUDA", "12020")]);
+    assert_eq!(j["ok"], true, "{j}");
+    assert_eq!(j["cuda_driver_version"], "12.2");
+    assert_eq!(j["cuda_driver_version_source"], "v1");
+    assert_eq!(
+        j["gpus"][0]["vram_total_bytes"].as_u64(),
+        Some(24 * GIB),
+        "memory via the v1 call"
+    );
+}
+
+#[test]
+fn gpu_cuda_both_calls_fail_is_not_fatal() {
+    let f = fixtures();
+    let env = [
+        ("FAKE_NVML_CUDA_V2_FAIL", "1"),
+        ("FAKE_NVML_CUDA_V1_FAIL", "1"),
+        ("CUDA_VERSION", "12.8.1"),
+    ];
+    under_each_policy(&f.full, &env, 0, &["could not be read"]);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(j["cuda_driver_version"], Value::Null);
+}
+
+// ---- failure modes ---------------------------------------------------------------------
+
+#[test]
+fn gpu_no_devices() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_GPUS", ""), ("NVIDIA_VISIBLE_DEVICES", "void")];
+    under_each_policy(
+        &f.full,
+        &env,
+        1,
+        &["NVIDIA_VISIBLE_DEVICES", "void", "--gpus all"],
+    );
+    let j = gpu_json(&f.full, &env);
+    assert_json_shape(&j);
+    assert_eq!(j["ok"], false);
+    assert_eq!(j["gpus"].as_array().map(Vec::len), Some(0));
+    assert_eq!(codes(&j), vec!["no_devices"]);
+}
+
+#[test]
+fn gpu_init_driver_not_loaded() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_INIT", "driver_not_loaded")];
+    under_each_policy(&f.full, &env, 1, &["driver is not loaded", "nvidia-smi"]);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(codes(&j), vec!["driver_not_loaded"]);
+    assert_eq!(j["findings"][0]["severity"], "error");
+    assert_eq!(j["driver_version"], Value::Null);
+}
+
+#[test]
+fn gpu_init_version_mismatch() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_INIT", "lib_rm_version_mismatch")];
+    under_each_policy(
+        &f.full,
+        &env,
+        1,
+        &[
+            "version mismatch",
+            "reboot the host",
+            "Do not ship driver libraries",
+        ],
+    );
+    assert_eq!(
+        codes(&gpu_json(&f.full, &env)),
+        vec!["driver_version_mismatch"]
+    );
+}
+
+#[test]
+fn gpu_init_unknown_means_lost_device_access() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_INIT", "unknown")];
+    under_each_policy(
+        &f.full,
+        &env,
+        1,
+        &["recreate the container", "systemctl daemon-reload"],
+    );
+    assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["lost_device_access"]);
+}
+
+#[test]
+fn gpu_init_no_permission() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_INIT", "no_permission")];
+    under_each_policy(
+        &f.full,
+        &env,
+        1,
+        &["no permission", "--gpus all", "/dev/nvidia"],
+    );
+    assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["no_permission"]);
+}
+
+#[test]
+fn gpu_lost_on_handle() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_HANDLE", "gpu_lost")];
+    under_each_policy(&f.full, &env, 1, &["Xid 79", "reboot"]);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(codes(&j), vec!["gpu_lost"]);
+    assert_eq!(j["gpus"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn gpu_lost_on_one_of_two() {
+    let f = fixtures();
+    let env = [
+        (
+            "FAKE_NVML_GPUS",
+            "NVIDIA GeForce RTX 3090:24:8.6;NVIDIA GeForce RTX 3090:24:8.6",
+        ),
+        ("FAKE_NVML_HANDLE", "gpu_lost"),
+        ("FAKE_NVML_HANDLE_INDEX", "1"),
+    ];
+    under_each_policy(&f.full, &env, 1, &["GPU 1", "Xid 79", "reboot"]);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(j["gpus"].as_array().map(Vec::len), Some(1));
+    assert_eq!(codes(&j), vec!["gpu_lost"]);
+}
+
+#[test]
+fn gpu_too_little_vram() {
+    let f = fixtures();
+    let env = [("COMFY_INIT_MIN_VRAM_GB", "32")];
+    under_each_policy(
+        &f.full,
+        &env,
+        1,
+        &["COMFY_INIT_MIN_VRAM_GB=32", "24.00 GiB"],
+    );
+    assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["vram_too_small"]);
+    // exactly enough
+    under_each_policy(&f.full, &[("COMFY_INIT_MIN_VRAM_GB", "24")], 0, &[]);
+    // one of two large enough: a warning only
+    let env = [
+        (
+            "FAKE_NVML_GPUS",
+            "NVIDIA GeForce RTX 3060:12:8.6;NVIDIA GeForce RTX 4090:24:8.9",
+        ),
+        ("COMFY_INIT_MIN_VRAM_GB", "16"),
+    ];
+    under_each_policy(&f.full, &env, 0, &["GPU 0", "--cuda-device"]);
+}
+
+#[test]
+fn gpu_not_rtx_is_a_warning() {
+    let f = fixtures();
+    let env = [("FAKE_NVML_GPUS", "Tesla T4:16:7.5")];
+    under_each_policy(&f.full, &env, 0, &["Tesla T4", "not an RTX card"]);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["gpus"][0]["rtx"], false);
+    assert_eq!(j["gpus"][0]["brand"], "Tesla");
+    assert_eq!(codes(&j), vec!["not_rtx"]);
+    assert_eq!(j["findings"][0]["severity"], "warning");
+}
+
+#[test]
+fn gpu_rtx_brand_without_rtx_in_name() {
+    let f = fixtures();
+    let env = [
+        ("FAKE_NVML_GPUS", "NVIDIA Graphics Device:32:12.0"),
+        ("FAKE_NVML_BRAND", "geforce_rtx"),
+    ];
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(j["gpus"][0]["rtx"], true);
+    assert_eq!(j["gpus"][0]["brand"], "GeForceRTX");
+}
+
+#[test]
+fn gpu_driver_too_old_for_image_cuda_minor() {
+    let f = fixtures();
+    // driver 550 = CUDA 12.4; image CUDA 12.8 wants 570
+    let env = [("CUDA_VERSION", "12.8.1")];
+    under_each_policy(&f.full, &env, 0, &["12.8", "12.4", "570"]);
+    let j = gpu_json(&f.full, &env);
+    assert_eq!(j["image_cuda_version"], "12.8.1");
+    assert_eq!(codes(&j), vec!["driver_older_than_image_cuda"]);
+    assert_eq!(j["findings"][0]["severity"], "warning");
+}
+
+#[test]
+fn gpu_driver_too_old_for_image_cuda_major() {
+    let f = fixtures();
+    let env = [("CUDA_VERSION", "13.0.1")];
+    under_each_policy(&f.full, &env, 1, &["13.0", "12.4", "580"]);
+    assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["driver_too_old"]);
+    // a new enough driver
+    let env = [
+        ("CUDA_VERSION", "13.0.1"),
+        ("FAKE_NVML_DRIVER", "580.65.06"),
+        ("FAKE_NVML_CUDA", "13000"),
+    ];
+    under_each_policy(&f.full, &env, 0, &[]);
+}
+
+#[test]
+fn gpu_library_is_a_text_file() {
+    let f = fixtures();
+    under_each_policy(
+        &f.text_file,
+        &[],
+        1,
+        &["not a loadable NVML library", "COMFY_INIT_NVML_LIB"],
+    );
+    let j = gpu_json(&f.text_file, &[]);
+    assert_json_shape(&j);
+    assert_eq!(codes(&j), vec!["library_invalid"]);
+}
+
+#[test]
+fn gpu_library_missing() {
+    let f = fixtures();
+    let missing = f.dir.join("does-not-exist/libnvidia-ml.so.1");
+    under_each_policy(
+        &missing,
+        &[],
+        1,
+        &[
+            "--gpus all",
+            "NVIDIA Container Toolkit",
+            "NVIDIA_DRIVER_CAPABILITIES",
+            "utility",
+        ],
+    );
+    let j = gpu_json(&missing, &[]);
+    assert_json_shape(&j);
+    assert_eq!(j["ok"], false);
+    assert_eq!(codes(&j), vec!["library_missing"]);
+    assert!(j["findings"][0]["advice"]
+        .as_str()
+        .unwrap()
+        .contains("--gpus all"));
+}
+
+#[test]
+fn gpu_library_without_nvml_shutdown_does_not_panic() {
+    let f = fixtures();
+    under_each_policy(&f.no_shutdown, &[], 1, &["nvmlShutdown"]);
+    assert_eq!(
+        codes(&gpu_json(&f.no_shutdown, &[])),
+        vec!["library_incomplete"]
+    );
+}
+
+#[test]
+fn gpu_library_that_is_not_nvml() {
+    // a real shared library without any NVML symbol
+    let out = under_each_policy(Path::new("libc.so.6"), &[], 1, &["nvmlInit_v2"]);
+    out.assert_no_panic();
+}
+
+#[test]
+fn gpu_invalid_policy_is_refused() {
+    let f = fixtures();
+    let out = comfy(&["gpu"], Some(&f.full), &[("COMFY_INIT_GPU", "maybe")]);
+    out.assert_no_panic();
+    assert_ne!(out.code, Some(0), "{}", out.all());
+    assert!(out.all().contains("COMFY_INIT_GPU"), "{}", out.all());
+    let out = comfy(
+        &["gpu"],
+        Some(&f.full),
+        &[("COMFY_INIT_MIN_VRAM_GB", "lots")],
+    );
+    assert_ne!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all().contains("COMFY_INIT_MIN_VRAM_GB"),
+        "{}",
+        out.all()
+    );
+}
+
+// ---- `comfy-init run` preflight ----------------------------------------------------------
+
+/// `comfy-init run -- sh -c 'touch MARKER'`: (exit code, whether the command ran).
+fn run_with(lib: &Path, env: &[(&str, &str)], tag: &str) -> (Out, bool) {
+    let f = fixtures();
+    let marker = f.dir.join(format!("ran-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let script = format!("touch '{}'", marker.display());
+    let mut e = env.to_vec();
+    e.push(("COMFY_INIT_AUTH", "off"));
+    let out = comfy(&["run", "--", "/bin/sh", "-c", &script], Some(lib), &e);
+    out.assert_no_panic();
+    let ran = marker.exists();
+    let _ = std::fs::remove_file(&marker);
+    (out, ran)
+}
+
+#[test]
+fn run_true_passes_preflight() {
+    let f = fixtures();
+    let mut e = vec![("COMFY_INIT_AUTH", "off")];
+    let out = comfy(&["run", "--", "/bin/true"], Some(&f.full), &e);
+    out.assert_no_panic();
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    e.push(("COMFY_INIT_GPU", "require"));
+    let out = comfy(&["run", "--", "/bin/true"], Some(&f.full), &e);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+}
+
+#[test]
+fn run_require_refuses_to_start_without_gpu() {
+    let f = fixtures();
+    for (tag, lib, env, phrase) in [
+        (
+            "missing",
+            f.dir.join("nope/libnvidia-ml.so.1"),
+            vec![],
+            "--gpus all",
+        ),
+        (
+            "unknown",
+            f.full.clone(),
+            vec![("FAKE_NVML_INIT", "unknown")],
+            "recreate the container",
+        ),
+        (
+            "lost",
+            f.full.clone(),
+            vec![("FAKE_NVML_HANDLE", "gpu_lost")],
+            "Xid 79",
+        ),
+        (
+            "nodev",
+            f.full.clone(),
+            vec![("FAKE_NVML_GPUS", "")],
+            "NVIDIA_VISIBLE_DEVICES",
+        ),
+        ("noshutdown", f.no_shutdown.clone(), vec![], "nvmlShutdown"),
+    ] {
+        let (out, ran) = run_with(&lib, &env, tag);
+        assert_eq!(out.code, Some(69), "{tag}:\n{}", out.all());
+        assert!(
+            !ran,
+            "{tag}: the command must not start when the preflight fails"
+        );
+        assert!(
+            out.all().contains(phrase),
+            "{tag}: {phrase:?} missing from:\n{}",
+            out.all()
+        );
+    }
+}
+
+#[test]
+fn run_warn_starts_anyway() {
+    let f = fixtures();
+    let (out, ran) = run_with(
+        &f.full,
+        &[
+            ("COMFY_INIT_GPU", "warn"),
+            ("FAKE_NVML_INIT", "driver_not_loaded"),
+        ],
+        "warn",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(ran);
+    assert!(
+        out.all().contains("driver is not loaded"),
+        "the problem is still logged:\n{}",
+        out.all()
+    );
+}
+
+#[test]
+fn run_off_skips_the_check() {
+    let f = fixtures();
+    let missing = f.dir.join("nope/libnvidia-ml.so.1");
+    let (out, ran) = run_with(&missing, &[("COMFY_INIT_GPU", "off")], "off");
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(ran);
+}
