@@ -43,9 +43,7 @@ pub struct UsageError {
 pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
     let mut args = args.into_iter();
     let Some(first) = args.next() else {
-        return Ok(Command::Run {
-            command: Vec::new(),
-        });
+        return Ok(Command::Run { command: Vec::new() });
     };
     let rest: Vec<OsString> = args.collect();
     match first.to_str() {
@@ -54,31 +52,22 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("--") => Ok(Command::Run { command: rest }),
         Some("run") => parse_run(rest),
         Some("healthcheck") => flags(Topic::Healthcheck, rest, &[]).map(|_| Command::Healthcheck),
-        Some("gpu") => flags(Topic::Gpu, rest, &["--json"]).map(|f| Command::Gpu {
-            json: !f.is_empty(),
-        }),
-        Some("sync") => flags(Topic::Sync, rest, &["--dry-run"]).map(|f| Command::Sync {
-            dry_run: !f.is_empty(),
-        }),
+        Some("gpu") => flags(Topic::Gpu, rest, &["--json"]).map(|f| Command::Gpu { json: !f.is_empty() }),
+        Some("sync") => flags(Topic::Sync, rest, &["--dry-run"]).map(|f| Command::Sync { dry_run: !f.is_empty() }),
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
-        Some(s) if s.starts_with('-') => Err(UsageError {
-            topic: Topic::Main,
-            message: format!("unknown option '{s}' (see 'comfy-init --help')"),
-        }),
+        Some(s) if s.starts_with('-') => {
+            Err(UsageError { topic: Topic::Main, message: format!("unknown option '{s}' (see 'comfy-init --help')") })
+        }
         // `docker run IMAGE python main.py --cpu`: a bare command is run like `run -- ...`.
-        _ => Ok(Command::Run {
-            command: std::iter::once(first).chain(rest).collect(),
-        }),
+        _ => Ok(Command::Run { command: std::iter::once(first).chain(rest).collect() }),
     }
 }
 
 fn parse_run(rest: Vec<OsString>) -> Result<Command, UsageError> {
     match rest.first().and_then(|a| a.to_str()) {
         Some("-h" | "--help") => Ok(Command::Help(Topic::Run)),
-        Some("--") => Ok(Command::Run {
-            command: rest[1..].to_vec(),
-        }),
+        Some("--") => Ok(Command::Run { command: rest[1..].to_vec() }),
         Some(s) if s.starts_with('-') => Err(UsageError {
             topic: Topic::Run,
             message: format!("unknown option '{s}' for 'run' (put the command after '--')"),
@@ -93,18 +82,12 @@ fn flags(topic: Topic, rest: Vec<OsString>, allowed: &[&str]) -> Result<Vec<Stri
     for arg in rest {
         let arg = arg.to_string_lossy().into_owned();
         if arg == "-h" || arg == "--help" {
-            return Err(UsageError {
-                topic,
-                message: String::new(),
-            });
+            return Err(UsageError { topic, message: String::new() });
         }
         if !allowed.contains(&arg.as_str()) {
             return Err(UsageError {
                 topic,
-                message: format!(
-                    "unexpected argument '{arg}' (see 'comfy-init {} --help')",
-                    topic.name()
-                ),
+                message: format!("unexpected argument '{arg}' (see 'comfy-init {} --help')", topic.name()),
             });
         }
         seen.push(arg);
@@ -221,40 +204,26 @@ mod tests {
 
     #[test]
     fn command_after_double_dash() {
-        let want = Command::Run {
-            command: vec!["sleep".into(), "1".into()],
-        };
+        let want = Command::Run { command: vec!["sleep".into(), "1".into()] };
         assert_eq!(parse_strs(&["--", "sleep", "1"]), Ok(want));
-        let want = Command::Run {
-            command: vec!["sleep".into(), "--".into()],
-        };
+        let want = Command::Run { command: vec!["sleep".into(), "--".into()] };
         assert_eq!(parse_strs(&["run", "--", "sleep", "--"]), Ok(want));
     }
 
     #[test]
     fn bare_command_is_run() {
-        let want = Command::Run {
-            command: vec!["python".into(), "main.py".into()],
-        };
+        let want = Command::Run { command: vec!["python".into(), "main.py".into()] };
         assert_eq!(parse_strs(&["python", "main.py"]), Ok(want));
     }
 
     #[test]
     fn subcommand_flags() {
-        assert_eq!(
-            parse_strs(&["gpu", "--json"]),
-            Ok(Command::Gpu { json: true })
-        );
-        assert_eq!(
-            parse_strs(&["sync", "--dry-run"]),
-            Ok(Command::Sync { dry_run: true })
-        );
+        assert_eq!(parse_strs(&["gpu", "--json"]), Ok(Command::Gpu { json: true }));
+        assert_eq!(parse_strs(&["sync", "--dry-run"]), Ok(Command::Sync { dry_run: true }));
         assert_eq!(parse_strs(&["healthcheck"]), Ok(Command::Healthcheck));
         let err = parse_strs(&["healthcheck", "--nope"]).unwrap_err();
         assert_eq!(err.topic, Topic::Healthcheck);
         assert!(err.message.contains("--nope"));
-        assert!(is_help_request(
-            &parse_strs(&["token", "--help"]).unwrap_err()
-        ));
+        assert!(is_help_request(&parse_strs(&["token", "--help"]).unwrap_err()));
     }
 }

@@ -55,8 +55,8 @@ impl RunSettings {
             Some("never") => RestartMode::Never,
             Some(v) => {
                 return Err(ConfigError(format!(
-                "COMFY_INIT_RESTART='{v}' is not a restart policy: use on-failure, always or never"
-            )))
+                    "COMFY_INIT_RESTART='{v}' is not a restart policy: use on-failure, always or never"
+                )))
             }
         };
         Ok(RunSettings {
@@ -89,24 +89,17 @@ impl RunSettings {
 }
 
 pub fn comfyui_dir(get: Lookup) -> PathBuf {
-    get("COMFYUI_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/workspace/ComfyUI".into())
+    get("COMFYUI_DIR").map(PathBuf::from).unwrap_or_else(|| "/workspace/ComfyUI".into())
 }
 
 pub fn comfyui_port(get: Lookup) -> Result<u16, ConfigError> {
     match get("COMFYUI_PORT") {
         None => Ok(8188),
-        Some(v) => v
-            .trim()
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "COMFYUI_PORT='{v}' is not a TCP port: use a number from 1 to 65535"
-                ))
-            }),
+        Some(v) => {
+            v.trim().parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                ConfigError(format!("COMFYUI_PORT='{v}' is not a TCP port: use a number from 1 to 65535"))
+            })
+        }
     }
 }
 
@@ -146,10 +139,7 @@ pub fn parse_signal(value: &str) -> Option<i32> {
         let n = libc::SIGRTMIN() + offset.parse::<i32>().ok()?;
         return (n <= libc::SIGRTMAX()).then_some(n);
     }
-    SIGNAL_NAMES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, s)| *s)
+    SIGNAL_NAMES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
 
 /// The name of a signal for log lines: `SIGINT`, `SIGRTMIN+2`.
@@ -231,18 +221,12 @@ mod tests {
     #[test]
     fn run_settings_name_the_variable() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         let s = RunSettings::from_lookup(&env(&[])).unwrap();
         assert_eq!(s.stop_signal, libc::SIGINT);
         assert_eq!(s.stop_timeout, Duration::from_secs(8));
-        let err =
-            RunSettings::from_lookup(&env(&[("COMFY_INIT_RESTART", "sometimes")])).unwrap_err();
+        let err = RunSettings::from_lookup(&env(&[("COMFY_INIT_RESTART", "sometimes")])).unwrap_err();
         assert!(err.0.contains("COMFY_INIT_RESTART='sometimes'"));
         let err = RunSettings::from_lookup(&env(&[("COMFYUI_PORT", "99999")])).unwrap_err();
         assert!(err.0.contains("COMFYUI_PORT"));

@@ -18,29 +18,16 @@ pub struct NewFileAttrs {
 /// Replaces `path` with `content`. An existing file keeps its mode and owner; a new one gets
 /// `attrs`. Errors carry the file's name and the next step.
 pub fn write_atomic(path: &Path, content: &[u8], attrs: NewFileAttrs) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (mode, owner) = match fs::metadata(path) {
-        Ok(meta) if !attrs.force => (
-            meta.permissions().mode() & 0o7777,
-            Some((meta.uid(), meta.gid())),
-        ),
+        Ok(meta) if !attrs.force => (meta.permissions().mode() & 0o7777, Some((meta.uid(), meta.gid()))),
         Ok(meta) => (attrs.mode, attrs.owner.or(Some((meta.uid(), meta.gid())))),
         Err(_) => (attrs.mode, attrs.owner),
     };
     let tmp = dir.join(format!(".{name}.comfy-init-{}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         file.write_all(content)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         if let Some((uid, gid)) = owner {
@@ -61,12 +48,10 @@ pub fn write_atomic(path: &Path, content: &[u8], attrs: NewFileAttrs) -> Result<
 pub fn explain_write_error(path: &Path, e: &io::Error) -> String {
     let what = match e.raw_os_error() {
         Some(libc::EROFS) => {
-            "the filesystem is read-only: mount it read-write (drop ':ro' from the volume)"
-                .to_string()
+            "the filesystem is read-only: mount it read-write (drop ':ro' from the volume)".to_string()
         }
         Some(libc::EACCES) | Some(libc::EPERM) => {
-            "permission denied: make the folder writable for comfy-init's user (see PUID/PGID)"
-                .to_string()
+            "permission denied: make the folder writable for comfy-init's user (see PUID/PGID)".to_string()
         }
         Some(libc::ENOSPC) => "the disk is full".to_string(),
         _ => e.to_string(),
@@ -91,28 +76,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fsutil-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let file = dir.join("f");
-        let attrs = NewFileAttrs {
-            mode: 0o600,
-            owner: None,
-            force: false,
-        };
+        let attrs = NewFileAttrs { mode: 0o600, owner: None, force: false };
         write_atomic(&file, b"one", attrs).unwrap();
-        assert_eq!(
-            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
         write_atomic(&file, b"two", attrs).unwrap();
         assert_eq!(fs::read(&file).unwrap(), b"two");
-        assert_eq!(
-            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
-            0o640
-        );
-        assert_eq!(
-            fs::read_dir(&dir).unwrap().count(),
-            1,
-            "temp file left behind"
-        );
+        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "temp file left behind");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

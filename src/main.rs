@@ -8,6 +8,7 @@ mod gpu;
 mod logging;
 mod supervisor;
 mod test_hook;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -30,11 +31,7 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("comfy-init: {}", err.message);
             // Docker reads 2 from a healthcheck as "reserved": unhealthy is 1.
-            return ExitCode::from(if err.topic == Topic::Healthcheck {
-                1
-            } else {
-                EXIT_USAGE
-            });
+            return ExitCode::from(if err.topic == Topic::Healthcheck { 1 } else { EXIT_USAGE });
         }
     };
     match command {
@@ -129,6 +126,17 @@ fn rotate() -> u8 {
     }
 }
 
+/// Reconciles before the first start, then watches for changes while ComfyUI runs.
+fn prepare_credentials() -> Result<supervisor::guard::Guard, String> {
+    let settings = credential_settings()?;
+    let out = credentials::reconcile(&settings, None, false)?;
+    for change in &out.changes {
+        log::info!("credentials: {change}");
+    }
+    credentials::announce(&out);
+    supervisor::guard::Guard::new(settings, out.token).map_err(|e| format!("cannot watch the credential files: {e}"))
+}
+
 /// `comfy-init run`: signals first (before any thread exists), then settings, then supervise.
 fn run(command: Vec<std::ffi::OsString>) -> i32 {
     let signals = match Signals::install() {
@@ -154,29 +162,26 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
         return code as i32;
     }
     let mut spec = ChildSpec::default();
-    match credentials::auth_enabled(&process_env) {
-        Ok(true) => {
-            let outcome = credential_settings().and_then(|s| credentials::reconcile(&s, None, false));
-            match outcome {
-                Ok(out) => {
-                    for change in &out.changes {
-                        log::info!("credentials: {change}");
-                    }
-                    credentials::announce(&out);
-                }
-                Err(e) => {
-                    log::error!("{e}");
-                    log::error!("ComfyUI not started: it never runs without a valid login/PASSWORD");
-                    return EXIT_CONFIG as i32;
-                }
+    let guard = match credentials::auth_enabled(&process_env) {
+        Ok(true) => match prepare_credentials() {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                log::error!("{e}");
+                log::error!("ComfyUI not started: it never runs without a valid login/PASSWORD");
+                return EXIT_CONFIG as i32;
             }
+        },
+        Ok(false) => {
+            log::warn!(
+                "COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it"
+            );
+            None
         }
-        Ok(false) => log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it"),
         Err(e) => {
             log::error!("{e}");
             return EXIT_CONFIG as i32;
         }
-    }
+    };
     // The plaintext password is ours; the child and its custom nodes do not need it.
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
     if command.is_empty() {
@@ -185,7 +190,7 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
     } else {
         spec.argv = command;
     }
-    match Supervisor::start(settings, spec, signals) {
+    match Supervisor::start(settings, spec, signals, guard) {
         Ok(supervisor) => supervisor.run(),
         Err(e) => {
             log::error!("{e}");

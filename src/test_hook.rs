@@ -6,13 +6,8 @@ use std::time::Duration;
 
 pub fn pause(_step: &str) {
     static PAUSE: OnceLock<Option<Duration>> = OnceLock::new();
-    let pause = PAUSE.get_or_init(|| {
-        std::env::var("COMFY_INIT_TEST_PAUSE_MS")
-            .ok()?
-            .parse()
-            .ok()
-            .map(Duration::from_millis)
-    });
+    let pause =
+        PAUSE.get_or_init(|| std::env::var("COMFY_INIT_TEST_PAUSE_MS").ok()?.parse().ok().map(Duration::from_millis));
     if let Some(d) = pause {
         std::thread::sleep(*d);
     }

@@ -27,7 +27,10 @@ impl EnvFile {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         let values = parse(&text).map_err(|(line, reason)| {
-            format!("{} line {line}: {reason}; dotenvy and docker compose cannot read it: fix or quote that line", path.display())
+            format!(
+                "{} line {line}: {reason}; dotenvy and docker compose cannot read it: fix or quote that line",
+                path.display()
+            )
         })?;
         Ok(Some(EnvFile { text, values }))
     }
@@ -39,16 +42,8 @@ impl EnvFile {
     /// The value as written after `=` on the key's last line, before any unquoting: tells a
     /// value mangled by `$` expansion from one written that way.
     pub fn raw(&self, key: &str) -> Option<&str> {
-        let line = self
-            .text
-            .split_inclusive('\n')
-            .filter(|l| assigns(l, key))
-            .last()?;
-        Some(
-            line[line.find('=')? + 1..]
-                .trim_end_matches(['\n', '\r'])
-                .trim(),
-        )
+        let line = self.text.split_inclusive('\n').filter(|l| assigns(l, key)).last()?;
+        Some(line[line.find('=')? + 1..].trim_end_matches(['\n', '\r']).trim())
     }
 }
 
@@ -63,10 +58,7 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
             Err(dotenvy::Error::LineParse(line, index)) => {
                 let at = text.find(line.trim()).unwrap_or(0);
                 let number = text[..at].matches('\n').count() + 1;
-                return Err((
-                    number,
-                    format!("cannot parse '{}' at character {index}", line.trim()),
-                ));
+                return Err((number, format!("cannot parse '{}' at character {index}", line.trim())));
             }
             Err(e) => return Err((0, e.to_string())),
         }
@@ -124,9 +116,7 @@ pub fn quote(value: &str) -> String {
 fn assigns(line: &str, key: &str) -> bool {
     let l = line.trim_start();
     let l = l.strip_prefix("export ").map(str::trim_start).unwrap_or(l);
-    l.strip_prefix(key)
-        .map(|rest| rest.trim_start().starts_with('='))
-        .unwrap_or(false)
+    l.strip_prefix(key).map(|rest| rest.trim_start().starts_with('=')).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -139,10 +129,7 @@ mod tests {
     fn rewrites_in_place_keeping_everything_else() {
         let text = "# comment\r\nA=1\r\n\r\nexport TOKEN=$2b$12$abc # old\r\nB='x y'\r\n";
         let out = set(text, "TOKEN", "$2b$new");
-        assert_eq!(
-            out,
-            "# comment\r\nA=1\r\n\r\nexport TOKEN='$2b$new'\r\nB='x y'\r\n"
-        );
+        assert_eq!(out, "# comment\r\nA=1\r\n\r\nexport TOKEN='$2b$new'\r\nB='x y'\r\n");
     }
 
     #[test]
@@ -169,8 +156,8 @@ mod tests {
     }
 
     const POOL: &[&str] = &[
-        "a", "Z", "0", "$", "'", "\"", "#", "!", "\\", " ", "=", "é", "ß", "日本", "🔑", "{", "}",
-        "`", "%", ";", "$HOME", "${X}", "\\n", "/", ".",
+        "a", "Z", "0", "$", "'", "\"", "#", "!", "\\", " ", "=", "é", "ß", "日本", "🔑", "{", "}", "`", "%", ";",
+        "$HOME", "${X}", "\\n", "/", ".",
     ];
 
     fn random_value(rng: &mut impl Rng) -> String {
@@ -225,8 +212,7 @@ mod tests {
             let (text, others) = random_env(&mut rng);
             let value = random_value(&mut rng);
             let out = set(&text, "COMFYUI_PASSWORD", &value);
-            let values = parse(&out)
-                .unwrap_or_else(|e| panic!("unparseable after set({value:?}): {e:?}\n{out}"));
+            let values = parse(&out).unwrap_or_else(|e| panic!("unparseable after set({value:?}): {e:?}\n{out}"));
             assert_eq!(values["COMFYUI_PASSWORD"], value, "file:\n{out}");
             for (k, v) in &others {
                 assert_eq!(&values[k], v);
@@ -239,12 +225,7 @@ mod tests {
                     .collect::<Vec<_>>()
             };
             assert_eq!(strip(&text), strip(&out));
-            assert!(out.starts_with(
-                text.trim_end_matches(['\r', '\n'])
-                    .split("COMFYUI_PASSWORD=")
-                    .next()
-                    .unwrap()
-            ));
+            assert!(out.starts_with(text.trim_end_matches(['\r', '\n']).split("COMFYUI_PASSWORD=").next().unwrap()));
         }
     }
 }

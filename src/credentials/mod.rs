@@ -36,9 +36,7 @@ pub fn auth_enabled(get: Lookup) -> Result<bool, ConfigError> {
     match get("COMFY_INIT_AUTH").as_deref() {
         None | Some("on") => Ok(true),
         Some("off") => Ok(false),
-        Some(v) => Err(ConfigError(format!(
-            "COMFY_INIT_AUTH='{v}' is not valid: use on or off"
-        ))),
+        Some(v) => Err(ConfigError(format!("COMFY_INIT_AUTH='{v}' is not valid: use on or off"))),
     }
 }
 
@@ -47,19 +45,15 @@ pub fn owner(get: Lookup) -> Result<Option<(u32, u32)>, ConfigError> {
     let num = |name: &str| -> Result<Option<u32>, ConfigError> {
         get(name)
             .map(|v| {
-                v.trim().parse::<u32>().map_err(|_| {
-                    ConfigError(format!(
-                        "{name}='{v}' is not a numeric id: use e.g. {name}=1000"
-                    ))
-                })
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| ConfigError(format!("{name}='{v}' is not a numeric id: use e.g. {name}=1000")))
             })
             .transpose()
     };
     match (num("PUID")?, num("PGID")?) {
         (Some(u), g) => Ok(Some((u, g.unwrap_or(u)))),
-        (None, Some(_)) => Err(ConfigError(
-            "PGID is set without PUID: set both (e.g. PUID=1000 PGID=1000)".into(),
-        )),
+        (None, Some(_)) => Err(ConfigError("PGID is set without PUID: set both (e.g. PUID=1000 PGID=1000)".into())),
         (None, None) => Ok(None),
     }
 }
@@ -68,9 +62,7 @@ impl Settings {
     pub fn from_lookup(get: Lookup) -> Result<Settings, ConfigError> {
         Ok(Settings {
             comfyui_dir: crate::config::comfyui_dir(get),
-            env_file: get("COMFY_INIT_ENV_FILE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| "/workspace/.env".into()),
+            env_file: get("COMFY_INIT_ENV_FILE").map(PathBuf::from).unwrap_or_else(|| "/workspace/.env".into()),
             password_file: get("COMFYUI_PASSWORD_FILE").map(PathBuf::from),
             env_password: get(KEY_PASSWORD),
             env_username: get(KEY_USERNAME),
@@ -85,22 +77,22 @@ impl Settings {
 
     /// ComfyUI-Login's key for session cookies.
     pub fn session_key_path(&self) -> PathBuf {
-        self.comfyui_dir
-            .join("custom_nodes/ComfyUI-Login/.secret-key.txt")
+        self.comfyui_dir.join("custom_nodes/ComfyUI-Login/.secret-key.txt")
     }
 
-    /// The folders whose changes can change the token (watched by the supervisor).
-    pub fn watched_folders(&self) -> Vec<PathBuf> {
-        let mut dirs = vec![self.comfyui_dir.join("login")];
-        dirs.extend(self.env_file.parent().map(Path::to_path_buf));
-        dirs.extend(
-            self.password_file
-                .as_ref()
-                .and_then(|p| p.parent())
-                .map(Path::to_path_buf),
-        );
-        dirs.dedup();
-        dirs
+    /// The folders (and names in them) whose changes can change the token. A secret folder is
+    /// watched whole: Kubernetes swaps its `..data` symlink, not the file.
+    pub fn watch_targets(&self) -> Vec<crate::watch::Target> {
+        use crate::watch::Target;
+        let named = |path: &Path| Target {
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            names: path.file_name().map(|n| vec![n.to_os_string()]).unwrap_or_default(),
+        };
+        let mut targets = vec![named(&self.password_path()), named(&self.env_file)];
+        if let Some(secret) = &self.password_file {
+            targets.push(Target { dir: secret.parent().unwrap_or(Path::new(".")).to_path_buf(), names: vec![] });
+        }
+        targets
     }
 }
 
@@ -128,25 +120,18 @@ fn gather(s: &Settings, warnings: &mut Vec<String>) -> Result<Sources, String> {
         candidates.push((v, format!("{KEY_PASSWORD} in {env_file_name}")));
     }
     if let Some(v) = &s.env_password {
-        candidates.push((
-            v.clone(),
-            format!("the environment variable {KEY_PASSWORD}"),
-        ));
+        candidates.push((v.clone(), format!("the environment variable {KEY_PASSWORD}")));
     }
     let password = candidates.first().cloned();
     if let Some((chosen, from)) = &password {
         for (other, other_from) in &candidates[1..] {
             if other != chosen {
-                warnings.push(format!(
-                    "the password from {other_from} differs from the one in {from}; using {from}"
-                ));
+                warnings.push(format!("the password from {other_from} differs from the one in {from}; using {from}"));
             }
         }
         token::validate_password(chosen, from)?;
     }
-    let username = env_value(KEY_USERNAME)
-        .or_else(|| s.env_username.clone())
-        .unwrap_or_else(|| "admin".into());
+    let username = env_value(KEY_USERNAME).or_else(|| s.env_username.clone()).unwrap_or_else(|| "admin".into());
     if username.is_empty() || username.trim() != username || username.contains(['\n', '\r', '\0']) {
         return Err(format!(
             "{KEY_USERNAME}='{username}' is not a usable username: no surrounding spaces or line breaks"
@@ -162,23 +147,18 @@ fn gather(s: &Settings, warnings: &mut Vec<String>) -> Result<Sources, String> {
             pinned = Some(raw.to_string()); // judge what was meant, not what expansion left
         }
     }
-    Ok(Sources {
-        password: password.map(|(v, _)| v),
-        username,
-        pinned,
-        env,
-    })
+    Ok(Sources { password: password.map(|(v, _)| v), username, pinned, env })
 }
 
 /// A `_FILE` secret: one trailing newline is not part of the password (`echo pw > file`).
 fn read_secret(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("COMFYUI_PASSWORD_FILE={} cannot be read ({e}): mount the secret there or unset the variable", path.display())
+        format!(
+            "COMFYUI_PASSWORD_FILE={} cannot be read ({e}): mount the secret there or unset the variable",
+            path.display()
+        )
     })?;
-    let text = text
-        .strip_suffix('\n')
-        .map(|t| t.strip_suffix('\r').unwrap_or(t))
-        .unwrap_or(&text);
+    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
     Ok(text.to_string())
 }
 
@@ -221,28 +201,18 @@ pub fn reconcile(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<O
         log::warn!("{w}");
     }
 
-    let mut out = Outcome {
-        username: sources.username.clone(),
-        ..Outcome::default()
-    };
+    let mut out = Outcome { username: sources.username.clone(), ..Outcome::default() };
     let (token, why) = match plan.choice {
         Choice::Keep => match &file {
             FileState::Hash { hash, .. } => (hash.clone(), "kept"),
             _ => unreachable!("plan keeps only a file that holds a hash"),
         },
-        Choice::Pinned => (
-            sources.pinned.clone().unwrap_or_default(),
-            "from COMFYUI_BEARER_TOKEN",
-        ),
-        Choice::Running => (
-            running.unwrap_or_default().to_string(),
-            "restored from the running ComfyUI",
-        ),
+        Choice::Pinned => (sources.pinned.clone().unwrap_or_default(), "from COMFYUI_BEARER_TOKEN"),
+        Choice::Running => (running.unwrap_or_default().to_string(), "restored from the running ComfyUI"),
         Choice::HashPassword if dry_run => ("(new hash)".into(), "new hash: the password changed"),
-        Choice::HashPassword => (
-            token::hash(sources.password.as_deref().unwrap_or_default())?,
-            "new hash: the password changed",
-        ),
+        Choice::HashPassword => {
+            (token::hash(sources.password.as_deref().unwrap_or_default())?, "new hash: the password changed")
+        }
         Choice::Generate if dry_run => ("(new hash)".into(), "new password generated"),
         Choice::Generate => {
             let password = token::generate_password();
@@ -258,25 +228,20 @@ pub fn reconcile(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<O
         let env_dir = s.env_file.parent().unwrap_or(Path::new("."));
         if fsutil::dir_writable(env_dir) {
             if !dry_run {
-                let attrs = NewFileAttrs {
-                    mode: 0o600,
-                    owner: s.owner,
-                    force: false,
-                };
+                let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
                 fsutil::write_atomic(&s.env_file, text.as_bytes(), attrs)?;
                 crate::test_hook::pause("between .env and PASSWORD");
             }
-            out.changes
-                .push(format!("{}: {KEY_TOKEN} updated", s.env_file.display()));
+            out.changes.push(format!("{}: {KEY_TOKEN} updated", s.env_file.display()));
             if out.generated.is_some() || (dry_run && plan.choice == Choice::Generate) {
-                out.changes.push(format!(
-                    "{}: {KEY_PASSWORD} generated",
-                    s.env_file.display()
-                ));
+                out.changes.push(format!("{}: {KEY_PASSWORD} generated", s.env_file.display()));
                 out.stored_in = Some(s.env_file.clone());
             }
         } else {
-            log::info!("{} is not writable: {KEY_TOKEN} not written back (get the token with 'comfy-init token')", s.env_file.display());
+            log::info!(
+                "{} is not writable: {KEY_TOKEN} not written back (get the token with 'comfy-init token')",
+                s.env_file.display()
+            );
         }
     }
 
@@ -285,37 +250,24 @@ pub fn reconcile(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<O
         if !dry_run {
             password_file::write(&file_path, &token, &sources.username, s.owner)?;
         }
-        out.changes
-            .push(format!("{}: written ({why})", file_path.display()));
+        out.changes.push(format!("{}: written ({why})", file_path.display()));
     }
     if plan.drop_sessions && s.session_key_path().exists() {
         if !dry_run {
             std::fs::remove_file(s.session_key_path())
                 .map_err(|e| fsutil::explain_write_error(&s.session_key_path(), &e))?;
         }
-        out.changes.push(format!(
-            "{}: deleted (old browser sessions end)",
-            s.session_key_path().display()
-        ));
+        out.changes.push(format!("{}: deleted (old browser sessions end)", s.session_key_path().display()));
     }
     out.token = token;
     Ok(out)
 }
 
 /// The new `.env` text when it must change: the token (and a generated password) written back.
-fn env_update(
-    env: &Option<EnvFile>,
-    token: &str,
-    generated: Option<&str>,
-    dry_run: bool,
-) -> Option<String> {
+fn env_update(env: &Option<EnvFile>, token: &str, generated: Option<&str>, dry_run: bool) -> Option<String> {
     let text = env.as_ref().map(|e| e.text.clone()).unwrap_or_default();
     let current = env.as_ref().and_then(|e| e.get(KEY_TOKEN));
-    let quoted_ok = env
-        .as_ref()
-        .and_then(|e| e.raw(KEY_TOKEN))
-        .map(|r| r.starts_with('\''))
-        .unwrap_or(false);
+    let quoted_ok = env.as_ref().and_then(|e| e.raw(KEY_TOKEN)).map(|r| r.starts_with('\'')).unwrap_or(false);
     let mut new = text.clone();
     if dry_run && token.starts_with('(') {
         return Some(new);
@@ -335,10 +287,7 @@ pub fn announce(out: &Outcome) {
         return;
     };
     let stored = match &out.stored_in {
-        Some(path) => format!(
-            "It is stored in {path} as {KEY_PASSWORD}.",
-            path = path.display()
-        ),
+        Some(path) => format!("It is stored in {path} as {KEY_PASSWORD}.", path = path.display()),
         None => format!(
             "It could NOT be stored (the .env file is not writable): note it now, it is shown only \
              once. To choose your own, set {KEY_PASSWORD} (or COMFYUI_PASSWORD_FILE) and restart."
@@ -360,14 +309,12 @@ pub fn current_token(s: &Settings) -> Result<String, String> {
             "{} does not exist yet: run 'comfy-init sync' or start the container",
             s.password_path().display()
         )),
-        FileState::Empty => Err(format!(
-            "{} is empty: run 'comfy-init sync' to repair it",
-            s.password_path().display()
-        )),
-        FileState::Malformed(why) => Err(format!(
-            "{} is malformed ({why}): run 'comfy-init sync' to repair it",
-            s.password_path().display()
-        )),
+        FileState::Empty => {
+            Err(format!("{} is empty: run 'comfy-init sync' to repair it", s.password_path().display()))
+        }
+        FileState::Malformed(why) => {
+            Err(format!("{} is malformed ({why}): run 'comfy-init sync' to repair it", s.password_path().display()))
+        }
     }
 }
 
@@ -382,23 +329,12 @@ pub fn rotate(s: &Settings) -> Result<Outcome, String> {
     let env = EnvFile::read(&s.env_file)?;
     let env_dir = s.env_file.parent().unwrap_or(Path::new("."));
     if !fsutil::dir_writable(env_dir) {
-        return Err(format!(
-            "{} is not writable: rotate needs to store the new password there",
-            s.env_file.display()
-        ));
+        return Err(format!("{} is not writable: rotate needs to store the new password there", s.env_file.display()));
     }
     let password = token::generate_password();
     let text = env.map(|e| e.text).unwrap_or_default();
-    let attrs = NewFileAttrs {
-        mode: 0o600,
-        owner: s.owner,
-        force: false,
-    };
-    fsutil::write_atomic(
-        &s.env_file,
-        dotenv_edit::set(&text, KEY_PASSWORD, &password).as_bytes(),
-        attrs,
-    )?;
+    let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
+    fsutil::write_atomic(&s.env_file, dotenv_edit::set(&text, KEY_PASSWORD, &password).as_bytes(), attrs)?;
     let mut out = reconcile(s, None, false)?;
     out.generated = Some(password);
     out.stored_in = Some(s.env_file.clone());

@@ -25,21 +25,16 @@ pub fn read(file: &Path) -> Result<FileState, String> {
             (Some(login), Some(target)) if target.parent() == Some(login.as_path()) => {}
             (_, target) => {
                 return Err(format!(
-                "{} is a symlink to {} outside the login folder: replace it with a regular file \
+                    "{} is a symlink to {} outside the login folder: replace it with a regular file \
                      (or remove it to have it created)",
-                file.display(),
-                target
-                    .map(|t| t.display().to_string())
-                    .unwrap_or_else(|| "a missing file".into())
-            ))
+                    file.display(),
+                    target.map(|t| t.display().to_string()).unwrap_or_else(|| "a missing file".into())
+                ))
             }
         }
     }
     if std::fs::metadata(file).map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(format!(
-            "{} is a folder: remove it, comfy-init will create the file",
-            file.display()
-        ));
+        return Err(format!("{} is a folder: remove it, comfy-init will create the file", file.display()));
     }
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     Ok(parse(&String::from_utf8_lossy(&bytes)))
@@ -61,20 +56,11 @@ pub fn parse(text: &str) -> FileState {
         return FileState::Malformed("no username line".into());
     }
     let exact = text == format!("{hash}\n{username}");
-    FileState::Hash {
-        hash: hash.into(),
-        username: username.into(),
-        exact,
-    }
+    FileState::Hash { hash: hash.into(), username: username.into(), exact }
 }
 
 /// Writes `hash\nusername` atomically, mode 0600, owned by `owner` when given.
-pub fn write(
-    file: &Path,
-    hash: &str,
-    username: &str,
-    owner: Option<(u32, u32)>,
-) -> Result<(), String> {
+pub fn write(file: &Path, hash: &str, username: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
     let login = file.parent().unwrap_or(Path::new("."));
     if !login.exists() {
         std::fs::create_dir_all(login).map_err(|e| fsutil::explain_write_error(login, &e))?;
@@ -83,11 +69,7 @@ pub fn write(
                 .map_err(|e| fsutil::explain_write_error(login, &e))?;
         }
     }
-    let attrs = NewFileAttrs {
-        mode: 0o600,
-        owner,
-        force: true,
-    };
+    let attrs = NewFileAttrs { mode: 0o600, owner, force: true };
     fsutil::write_atomic(file, format!("{hash}\n{username}").as_bytes(), attrs)
 }
 
@@ -103,23 +85,13 @@ mod tests {
         assert_eq!(parse("\n"), FileState::Empty);
         assert_eq!(
             parse(&format!("{H}\nadmin")),
-            FileState::Hash {
-                hash: H.into(),
-                username: "admin".into(),
-                exact: true
-            }
+            FileState::Hash { hash: H.into(), username: "admin".into(), exact: true }
         );
         assert_eq!(
             parse(&format!("{H}\r\nadmin\r\n")),
-            FileState::Hash {
-                hash: H.into(),
-                username: "admin".into(),
-                exact: false
-            }
+            FileState::Hash { hash: H.into(), username: "admin".into(), exact: false }
         );
         assert!(matches!(parse(H), FileState::Malformed(w) if w.contains("username")));
-        assert!(
-            matches!(parse("$2b$12$short\nadmin"), FileState::Malformed(w) if w.contains("characters"))
-        );
+        assert!(matches!(parse("$2b$12$short\nadmin"), FileState::Malformed(w) if w.contains("characters")));
     }
 }

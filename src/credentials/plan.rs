@@ -60,15 +60,7 @@ pub fn plan(
     check_shape: &dyn Fn(&str) -> Result<(), String>,
 ) -> Plan {
     let mut warnings = Vec::new();
-    if let (
-        FileState::Hash {
-            hash,
-            username,
-            exact,
-        },
-        Some(p),
-    ) = (i.file, i.password)
-    {
+    if let (FileState::Hash { hash, username, exact }, Some(p)) = (i.file, i.password) {
         if verifies(p, hash) {
             return Plan {
                 choice: Choice::Keep,
@@ -78,13 +70,7 @@ pub fn plan(
             };
         }
     }
-    if let (
-        FileState::Hash {
-            username, exact, ..
-        },
-        None,
-    ) = (i.file, i.password)
-    {
+    if let (FileState::Hash { username, exact, .. }, None) = (i.file, i.password) {
         return Plan {
             choice: Choice::Keep,
             write_file: !exact || username != i.username,
@@ -99,9 +85,7 @@ pub fn plan(
              ComfyUI would accept an empty token; rewriting it"
                 .into(),
         ),
-        FileState::Malformed(why) => {
-            warnings.push(format!("login/PASSWORD is malformed ({why}): rewriting it"))
-        }
+        FileState::Malformed(why) => warnings.push(format!("login/PASSWORD is malformed ({why}): rewriting it")),
         FileState::Missing | FileState::Hash { .. } => {}
     }
     let running_ok = |p: Option<&str>| match (i.running, p) {
@@ -114,15 +98,16 @@ pub fn plan(
     } else if let Some(p) = i.password {
         match i.pinned.map(|t| (t, check_shape(t))) {
             Some((t, Ok(()))) if verifies(p, t) => Choice::Pinned,
-            Some((_, Ok(()))) => {
-                warnings
-                    .push("COMFYUI_BEARER_TOKEN does not match the password: replacing it".into());
+            Some((t, Ok(()))) => {
+                // Our own token from before a password change is stale, not suspicious.
+                let ours = matches!(i.file, FileState::Hash { hash, .. } if hash == t);
+                if !ours {
+                    warnings.push("COMFYUI_BEARER_TOKEN does not match the password: replacing it".into());
+                }
                 Choice::HashPassword
             }
             Some((_, Err(why))) => {
-                warnings.push(format!(
-                    "COMFYUI_BEARER_TOKEN is malformed ({why}): replacing it"
-                ));
+                warnings.push(format!("COMFYUI_BEARER_TOKEN is malformed ({why}): replacing it"));
                 Choice::HashPassword
             }
             None => Choice::HashPassword,
@@ -130,16 +115,8 @@ pub fn plan(
     } else {
         Choice::Generate
     };
-    let new_password = matches!(
-        choice,
-        Choice::Pinned | Choice::HashPassword | Choice::Generate
-    );
-    Plan {
-        choice,
-        write_file: true,
-        drop_sessions: new_password && !matches!(i.file, FileState::Missing),
-        warnings,
-    }
+    let new_password = matches!(choice, Choice::Pinned | Choice::HashPassword | Choice::Generate);
+    Plan { choice, write_file: true, drop_sessions: new_password && !matches!(i.file, FileState::Missing), warnings }
 }
 
 #[cfg(test)]
@@ -158,38 +135,16 @@ mod tests {
         }
     }
     fn hash(h: &str, user: &str) -> FileState {
-        FileState::Hash {
-            hash: h.into(),
-            username: user.into(),
-            exact: true,
-        }
+        FileState::Hash { hash: h.into(), username: user.into(), exact: true }
     }
-    fn run(
-        file: FileState,
-        password: Option<&str>,
-        pinned: Option<&str>,
-        running: Option<&str>,
-    ) -> Plan {
-        plan(
-            &Inputs {
-                file: &file,
-                password,
-                username: "admin",
-                pinned,
-                running,
-            },
-            &verifies,
-            &shape,
-        )
+    fn run(file: FileState, password: Option<&str>, pinned: Option<&str>, running: Option<&str>) -> Plan {
+        plan(&Inputs { file: &file, password, username: "admin", pinned, running }, &verifies, &shape)
     }
 
     #[test]
     fn hash_verifies_password_keep() {
         let p = run(hash("H(pw)", "admin"), Some("pw"), None, None);
-        assert_eq!(
-            (p.choice, p.write_file, p.drop_sessions),
-            (Choice::Keep, false, false)
-        );
+        assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::Keep, false, false));
         assert!(p.warnings.is_empty());
     }
 
@@ -197,11 +152,7 @@ mod tests {
     fn hash_verifies_but_username_or_format_differs_keep_and_rewrite() {
         let p = run(hash("H(pw)", "bob"), Some("pw"), None, None);
         assert_eq!((p.choice, p.write_file), (Choice::Keep, true));
-        let crlf = FileState::Hash {
-            hash: "H(pw)".into(),
-            username: "admin".into(),
-            exact: false,
-        };
+        let crlf = FileState::Hash { hash: "H(pw)".into(), username: "admin".into(), exact: false };
         let p = run(crlf, Some("pw"), None, None);
         assert_eq!((p.choice, p.write_file), (Choice::Keep, true));
     }
@@ -215,10 +166,7 @@ mod tests {
     #[test]
     fn password_changed_new_hash_and_sessions_dropped() {
         let p = run(hash("H(old)", "admin"), Some("new"), None, None);
-        assert_eq!(
-            (p.choice, p.write_file, p.drop_sessions),
-            (Choice::HashPassword, true, true)
-        );
+        assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::HashPassword, true, true));
     }
 
     #[test]
@@ -237,10 +185,7 @@ mod tests {
     #[test]
     fn missing_file_with_password_hashes_it_no_sessions_to_drop() {
         let p = run(FileState::Missing, Some("pw"), None, None);
-        assert_eq!(
-            (p.choice, p.write_file, p.drop_sessions),
-            (Choice::HashPassword, true, false)
-        );
+        assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::HashPassword, true, false));
         assert!(p.warnings.is_empty());
     }
 
@@ -254,11 +199,7 @@ mod tests {
     fn pinned_token_malformed_or_wrong_is_replaced_with_a_warning() {
         let p = run(FileState::Missing, Some("pw"), Some("$2b$12$mangled"), None);
         assert_eq!(p.choice, Choice::HashPassword);
-        assert!(
-            p.warnings[0].contains("malformed (not a hash)"),
-            "{:?}",
-            p.warnings
-        );
+        assert!(p.warnings[0].contains("malformed (not a hash)"), "{:?}", p.warnings);
         let p = run(FileState::Missing, Some("pw"), Some("H(other)"), None);
         assert_eq!(p.choice, Choice::HashPassword);
         assert!(p.warnings[0].contains("does not match"), "{:?}", p.warnings);
@@ -266,15 +207,9 @@ mod tests {
 
     #[test]
     fn empty_or_malformed_file_with_password_rehashed_with_warning() {
-        for file in [
-            FileState::Empty,
-            FileState::Malformed("61 characters".into()),
-        ] {
+        for file in [FileState::Empty, FileState::Malformed("61 characters".into())] {
             let p = run(file, Some("pw"), None, None);
-            assert_eq!(
-                (p.choice, p.write_file, p.drop_sessions),
-                (Choice::HashPassword, true, true)
-            );
+            assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::HashPassword, true, true));
             assert_eq!(p.warnings.len(), 1);
         }
     }
@@ -282,18 +217,10 @@ mod tests {
     #[test]
     fn empty_file_while_running_healed_with_the_running_token() {
         let p = run(FileState::Empty, Some("pw"), None, Some("H(pw)"));
-        assert_eq!(
-            (p.choice, p.write_file, p.drop_sessions),
-            (Choice::Running, true, false)
-        );
+        assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::Running, true, false));
         assert!(p.warnings[0].contains("empty"));
         // With no configured password (it was generated): the running token still heals.
-        let p = run(
-            FileState::Malformed("truncated".into()),
-            None,
-            None,
-            Some("H(gen)"),
-        );
+        let p = run(FileState::Malformed("truncated".into()), None, None, Some("H(gen)"));
         assert_eq!(p.choice, Choice::Running);
     }
 
@@ -317,17 +244,10 @@ mod tests {
 
     #[test]
     fn nothing_anywhere_generate() {
-        for file in [
-            FileState::Missing,
-            FileState::Empty,
-            FileState::Malformed("x".into()),
-        ] {
+        for file in [FileState::Missing, FileState::Empty, FileState::Malformed("x".into())] {
             let dropped = file != FileState::Missing;
             let p = run(file, None, None, None);
-            assert_eq!(
-                (p.choice, p.write_file, p.drop_sessions),
-                (Choice::Generate, true, dropped)
-            );
+            assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::Generate, true, dropped));
         }
         // A pinned token alone cannot be trusted: nothing to verify it with.
         let p = run(FileState::Missing, None, Some("H(x)"), None);

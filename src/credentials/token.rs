@@ -1,6 +1,8 @@
 //! The API token IS the bcrypt hash ComfyUI-Login keeps in PASSWORD. Hashes are checked for
 //! shape before anything trusts them: a `$`-expanded or truncated one must be replaced, not used.
 
+use std::sync::Mutex;
+
 use rand::Rng;
 
 /// bcrypt cost for new hashes: what ComfyUI-Login's own `bcrypt.gensalt()` uses.
@@ -16,10 +18,7 @@ pub fn check_shape(hash: &str) -> Result<(), String> {
         } else {
             ""
         };
-        return Err(format!(
-            "{} characters long, a bcrypt hash has 60{hint}",
-            hash.chars().count()
-        ));
+        return Err(format!("{} characters long, a bcrypt hash has 60{hint}", hash.chars().count()));
     }
     let (prefix, rest) = hash.split_at(4);
     if !matches!(prefix, "$2b$" | "$2a$" | "$2y$") {
@@ -28,12 +27,7 @@ pub fn check_shape(hash: &str) -> Result<(), String> {
     let cost = rest.get(..2).and_then(|c| c.parse::<u32>().ok());
     match cost {
         Some(c) if (10..=31).contains(&c) && rest.as_bytes()[2] == b'$' => {}
-        _ => {
-            return Err(format!(
-                "cost '{}' is not a bcrypt cost from 10 to 31",
-                rest.get(..2).unwrap_or("")
-            ))
-        }
+        _ => return Err(format!("cost '{}' is not a bcrypt cost from 10 to 31", rest.get(..2).unwrap_or(""))),
     }
     if !rest[3..].chars().all(|c| BCRYPT_ALPHABET.contains(c)) {
         return Err("has characters outside bcrypt's alphabet".into());
@@ -41,24 +35,36 @@ pub fn check_shape(hash: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Does `password` match this well-formed hash? (bcrypt; a fraction of a second at cost 12.)
+/// Does `password` match this well-formed hash? bcrypt takes a fraction of a second at cost 12,
+/// and the supervisor asks the same question after every file event (our own writes included):
+/// the last match is remembered so that a re-check costs nothing.
 pub fn verifies(password: &str, hash: &str) -> bool {
-    check_shape(hash).is_ok() && bcrypt::non_truncating_verify(password, hash).unwrap_or(false)
+    if check_shape(hash).is_err() {
+        return false;
+    }
+    let mut last = LAST_MATCH.lock().unwrap_or_else(|e| e.into_inner());
+    if last.as_ref().map(|(p, h)| p == password && h == hash).unwrap_or(false) {
+        return true;
+    }
+    let ok = bcrypt::non_truncating_verify(password, hash).unwrap_or(false);
+    if ok {
+        *last = Some((password.to_string(), hash.to_string()));
+    }
+    ok
 }
+
+static LAST_MATCH: Mutex<Option<(String, String)>> = Mutex::new(None);
 
 /// A fresh `$2b$12$` hash. The password was validated (at most 72 bytes, no NUL) beforehand.
 pub fn hash(password: &str) -> Result<String, String> {
-    bcrypt::non_truncating_hash(password, COST)
-        .map_err(|e| format!("cannot hash the password: {e}"))
+    bcrypt::non_truncating_hash(password, COST).map_err(|e| format!("cannot hash the password: {e}"))
 }
 
 /// A strong random password: 24 characters from 62 (about 143 bits), safe in any quoting.
 pub fn generate_password() -> String {
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..24)
-        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-        .collect()
+    (0..24).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
 }
 
 /// The rules ComfyUI-Login's Python bcrypt imposes, plus what breaks its file format. `source`
@@ -96,9 +102,7 @@ mod tests {
         let seed = "$2b$12$NErya5UooY9bJnscVc/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5ka";
         assert!(check_shape(seed).unwrap_err().contains("61 characters"));
         // What dotenvy leaves of an unquoted hash.
-        assert!(check_shape("/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5ka")
-            .unwrap_err()
-            .contains("'$' expansion"));
+        assert!(check_shape("/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5ka").unwrap_err().contains("'$' expansion"));
         let wrong_prefix = format!("$3x${}", &good[4..]);
         assert!(check_shape(&wrong_prefix).unwrap_err().contains("prefix"));
         let low_cost = format!("$2b$04{}", &good[6..]);

@@ -41,9 +41,7 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
-        self.findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
+        self.findings.iter().filter(|f| f.severity == Severity::Error)
     }
 
     #[cfg(test)]
@@ -72,11 +70,7 @@ impl Verdict {
 
     pub fn verdict_line(&self) -> String {
         let errors = self.errors().count();
-        let warnings = self
-            .findings
-            .iter()
-            .filter(|f| f.severity == Severity::Warning)
-            .count();
+        let warnings = self.findings.iter().filter(|f| f.severity == Severity::Warning).count();
         let policy = self.policy.as_str();
         match (self.ok, self.policy) {
             (false, _) => format!(
@@ -86,9 +80,9 @@ impl Verdict {
             (true, GpuPolicy::Require) => {
                 format!("Verdict: OK (COMFY_INIT_GPU={policy}), {warnings} warning(s)")
             }
-            (true, _) => format!(
-                "Verdict: OK (COMFY_INIT_GPU={policy}: not enforced), {errors} error(s), {warnings} warning(s)"
-            ),
+            (true, _) => {
+                format!("Verdict: OK (COMFY_INIT_GPU={policy}: not enforced), {errors} error(s), {warnings} warning(s)")
+            }
         }
     }
 }
@@ -99,10 +93,7 @@ const RTX_BRANDS: &[&str] = &["GeForceRTX", "QuadroRTX", "NvidiaRTX", "TitanRTX"
 /// An RTX card: the name says RTX ("NVIDIA GeForce RTX 3090", "NVIDIA RTX A6000", "Quadro RTX
 /// 4000") or NVML's brand is an RTX brand, and the compute capability (when known) is >= 7.5.
 pub fn is_rtx(g: &GpuInfo) -> bool {
-    let by_name = g
-        .name
-        .as_deref()
-        .is_some_and(|n| n.to_ascii_uppercase().contains("RTX"));
+    let by_name = g.name.as_deref().is_some_and(|n| n.to_ascii_uppercase().contains("RTX"));
     let by_brand = g.brand.as_deref().is_some_and(|b| RTX_BRANDS.contains(&b));
     let cc_ok = g.compute_capability.is_none_or(|cc| cc >= (7, 5));
     (by_name || by_brand) && cc_ok
@@ -125,24 +116,17 @@ const CUDA_TOOLKIT_DRIVERS: &[(u32, u32, &str)] = &[
 ];
 
 /// Minimum driver for any release of a CUDA major version (minor-version compatibility).
-const CUDA_MAJOR_DRIVERS: &[(u32, &str)] =
-    &[(11, "450.80.02"), (12, "525.60.13"), (13, "580.65.06")];
+const CUDA_MAJOR_DRIVERS: &[(u32, &str)] = &[(11, "450.80.02"), (12, "525.60.13"), (13, "580.65.06")];
 
 /// The driver a CUDA version needs: exact table entry, else the next known release of the same
 /// major (conservative). `None` when the version is newer than the table.
 pub fn driver_for_cuda(v: CudaVersion) -> Option<&'static str> {
-    CUDA_TOOLKIT_DRIVERS
-        .iter()
-        .find(|(maj, min, _)| *maj == v.major && *min >= v.minor)
-        .map(|(_, _, d)| *d)
+    CUDA_TOOLKIT_DRIVERS.iter().find(|(maj, min, _)| *maj == v.major && *min >= v.minor).map(|(_, _, d)| *d)
 }
 
 /// The driver any release of a CUDA major needs.
 pub fn driver_for_cuda_major(major: u32) -> Option<&'static str> {
-    CUDA_MAJOR_DRIVERS
-        .iter()
-        .find(|(m, _)| *m == major)
-        .map(|(_, d)| *d)
+    CUDA_MAJOR_DRIVERS.iter().find(|(m, _)| *m == major).map(|(_, d)| *d)
 }
 
 /// "570 or newer (>= 570.26)" from "570.26".
@@ -176,10 +160,7 @@ pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
             }
             (
                 "library_missing",
-                format!(
-                    "NVML library libnvidia-ml.so.1 not found (looked in the loader path and {})",
-                    dirs.join(", ")
-                ),
+                format!("NVML library libnvidia-ml.so.1 not found (looked in the loader path and {})", dirs.join(", ")),
                 ADVICE_CONTAINER_GPU.to_string(),
             )
         }
@@ -208,11 +189,7 @@ pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
     }
 }
 
-fn describe_nvml(
-    stage: &Stage,
-    failure: &NvmlFailure,
-    detail: &str,
-) -> (&'static str, String, String) {
+fn describe_nvml(stage: &Stage, failure: &NvmlFailure, detail: &str) -> (&'static str, String, String) {
     let at = match stage {
         Stage::Init => "initialising NVML".to_string(),
         Stage::DeviceCount => "counting GPUs".to_string(),
@@ -283,8 +260,7 @@ fn describe_nvml(
         (_, NvmlFailure::SymbolMissing) => (
             "library_incomplete",
             format!("the NVML library lacks a function needed for {at}: {detail}"),
-            "use the driver's libnvidia-ml.so.1 mounted by the NVIDIA Container Toolkit (`--gpus all`)"
-                .to_string(),
+            "use the driver's libnvidia-ml.so.1 mounted by the NVIDIA Container Toolkit (`--gpus all`)".to_string(),
         ),
         (_, NvmlFailure::LibraryNotFound) => (
             "library_missing",
@@ -308,12 +284,7 @@ fn describe_nvml(
 
 fn finding(severity: Severity, err: &ProbeError) -> Finding {
     let (code, message, advice) = describe(err);
-    Finding {
-        severity,
-        code,
-        message,
-        advice,
-    }
+    Finding { severity, code, message, advice }
 }
 
 /// The fraction below the minimum that still passes: NVML reports a little less than the nominal
@@ -332,11 +303,7 @@ pub fn evaluate(report: &GpuReport, settings: &GpuSettings) -> Verdict {
         GpuPolicy::Require => !findings.iter().any(|f| f.severity == Severity::Error),
         GpuPolicy::Warn | GpuPolicy::Off => true,
     };
-    Verdict {
-        policy: settings.policy,
-        findings,
-        ok,
-    }
+    Verdict { policy: settings.policy, findings, ok }
 }
 
 fn evaluate_devices(report: &GpuReport, settings: &GpuSettings, findings: &mut Vec<Finding>) {
@@ -351,19 +318,15 @@ fn evaluate_devices(report: &GpuReport, settings: &GpuSettings, findings: &mut V
             severity: Severity::Error,
             code: "no_devices",
             message: format!("NVML works but no GPU is visible in the container ({seen})"),
-            advice:
-                "set NVIDIA_VISIBLE_DEVICES=all (or valid GPU indexes/UUIDs; `void` and `none` \
+            advice: "set NVIDIA_VISIBLE_DEVICES=all (or valid GPU indexes/UUIDs; `void` and `none` \
                      hide every GPU) and start the container with `--gpus all`"
-                    .to_string(),
+                .to_string(),
         });
     }
 
     for err in &report.device_errors {
         let severity = match err {
-            ProbeError::Nvml {
-                failure: NvmlFailure::GpuLost,
-                ..
-            } => Severity::Error,
+            ProbeError::Nvml { failure: NvmlFailure::GpuLost, .. } => Severity::Error,
             _ if usable.is_empty() => Severity::Error,
             _ => Severity::Warning,
         };
@@ -373,10 +336,7 @@ fn evaluate_devices(report: &GpuReport, settings: &GpuSettings, findings: &mut V
     for g in &report.gpus {
         for p in &g.problems {
             let severity = match p {
-                ProbeError::Nvml {
-                    failure: NvmlFailure::GpuLost,
-                    ..
-                } => Severity::Error,
+                ProbeError::Nvml { failure: NvmlFailure::GpuLost, .. } => Severity::Error,
                 _ => Severity::Warning,
             };
             findings.push(finding(severity, p));
@@ -395,10 +355,7 @@ fn check_vram(usable: &[&GpuInfo], settings: &GpuSettings, findings: &mut Vec<Fi
     if usable.is_empty() {
         return;
     }
-    let known: Vec<(&GpuInfo, f64)> = usable
-        .iter()
-        .filter_map(|g| g.vram_total_bytes.map(|b| (*g, gib(b))))
-        .collect();
+    let known: Vec<(&GpuInfo, f64)> = usable.iter().filter_map(|g| g.vram_total_bytes.map(|b| (*g, gib(b)))).collect();
     if known.is_empty() {
         findings.push(Finding {
             severity: Severity::Warning,
@@ -453,10 +410,9 @@ fn check_rtx(usable: &[&GpuInfo], findings: &mut Vec<Finding>) {
                 severity: Severity::Info,
                 code: "mig_enabled",
                 message: format!("GPU {} ({}) is in MIG mode", g.index, g.display_name()),
-                advice:
-                    "ComfyUI sees only the MIG instance(s) given to the container, not the whole \
+                advice: "ComfyUI sees only the MIG instance(s) given to the container, not the whole \
                          GPU; NVML may not report its memory"
-                        .to_string(),
+                    .to_string(),
             });
         }
         if is_rtx(g) {
@@ -465,16 +421,11 @@ fn check_rtx(usable: &[&GpuInfo], findings: &mut Vec<Finding>) {
         let name = g.display_name();
         let (message, advice) = if name == "NVIDIA Graphics Device" {
             (
-                format!(
-                    "GPU {} is not known to the host driver by name (\"{name}\")",
-                    g.index
-                ),
+                format!("GPU {} is not known to the host driver by name (\"{name}\")", g.index),
                 "the card is newer than the driver: update the host NVIDIA driver".to_string(),
             )
         } else {
-            let cc = g
-                .compute_capability_string()
-                .unwrap_or_else(|| "unknown".into());
+            let cc = g.compute_capability_string().unwrap_or_else(|| "unknown".into());
             (
                 format!("GPU {} ({name}, compute capability {cc}) is not an RTX card", g.index),
                 "ComfyUI still runs, but this image is tuned for RTX GPUs (compute capability >= 7.5, \
@@ -482,21 +433,11 @@ fn check_rtx(usable: &[&GpuInfo], findings: &mut Vec<Finding>) {
                     .to_string(),
             )
         };
-        findings.push(Finding {
-            severity: Severity::Warning,
-            code: "not_rtx",
-            message,
-            advice,
-        });
+        findings.push(Finding { severity: Severity::Warning, code: "not_rtx", message, advice });
     }
 }
 
-fn check_cuda(
-    report: &GpuReport,
-    usable: &[&GpuInfo],
-    settings: &GpuSettings,
-    findings: &mut Vec<Finding>,
-) {
+fn check_cuda(report: &GpuReport, usable: &[&GpuInfo], settings: &GpuSettings, findings: &mut Vec<Finding>) {
     let Some(raw) = settings.image_cuda_version.as_deref() else {
         return;
     };
@@ -512,13 +453,7 @@ fn check_cuda(
 
     // RTX 50-series (Blackwell, compute capability 12.0) needs CUDA 12.8+.
     for g in usable {
-        if g.compute_capability.is_some_and(|cc| cc.0 >= 12)
-            && image
-                < (CudaVersion {
-                    major: 12,
-                    minor: 8,
-                })
-        {
+        if g.compute_capability.is_some_and(|cc| cc.0 >= 12) && image < (CudaVersion { major: 12, minor: 8 }) {
             findings.push(Finding {
                 severity: Severity::Warning,
                 code: "gpu_needs_newer_cuda",
@@ -537,21 +472,15 @@ fn check_cuda(
         findings.push(Finding {
             severity: Severity::Warning,
             code: "driver_cuda_version_unknown",
-            message: format!(
-                "the driver's CUDA version could not be read, image CUDA {raw} not checked"
-            ),
-            advice: "check `nvidia-smi` on the host (the top line shows the CUDA version)"
-                .to_string(),
+            message: format!("the driver's CUDA version could not be read, image CUDA {raw} not checked"),
+            advice: "check `nvidia-smi` on the host (the top line shows the CUDA version)".to_string(),
         });
         return;
     };
     if driver >= image {
         return;
     }
-    let driver_name = report
-        .driver_version
-        .as_deref()
-        .unwrap_or("of unknown version");
+    let driver_name = report.driver_version.as_deref().unwrap_or("of unknown version");
     if driver.major < image.major {
         let need = driver_for_cuda_major(image.major)
             .map(driver_phrase)
@@ -569,9 +498,8 @@ fn check_cuda(
             ),
         });
     } else {
-        let need = driver_for_cuda(image)
-            .map(driver_phrase)
-            .unwrap_or_else(|| format!("one that supports CUDA {image}"));
+        let need =
+            driver_for_cuda(image).map(driver_phrase).unwrap_or_else(|| format!("one that supports CUDA {image}"));
         findings.push(Finding {
             severity: Severity::Warning,
             code: "driver_older_than_image_cuda",
@@ -596,12 +524,7 @@ mod tests {
     const GIB: u64 = 1024 * 1024 * 1024;
 
     fn settings(policy: GpuPolicy) -> GpuSettings {
-        GpuSettings {
-            policy,
-            min_vram_gb: None,
-            nvml_lib: None,
-            image_cuda_version: None,
-        }
+        GpuSettings { policy, min_vram_gb: None, nvml_lib: None, image_cuda_version: None }
     }
 
     fn gpu(index: u32, name: &str, brand: &str, vram_gib: f64, cc: (i32, i32)) -> GpuInfo {
@@ -621,10 +544,7 @@ mod tests {
         GpuReport {
             library: Some("libnvidia-ml.so.1".into()),
             driver_version: Some("550.54.14".into()),
-            cuda_driver_version: Some(CudaVersion {
-                major: 12,
-                minor: 4,
-            }),
+            cuda_driver_version: Some(CudaVersion { major: 12, minor: 4 }),
             cuda_driver_version_source: Some("v2"),
             device_count: Some(gpus.len() as u32),
             gpus,
@@ -641,18 +561,11 @@ mod tests {
     }
 
     fn fatal(err: ProbeError) -> GpuReport {
-        GpuReport {
-            fatal: Some(err),
-            ..GpuReport::default()
-        }
+        GpuReport { fatal: Some(err), ..GpuReport::default() }
     }
 
     fn init_failure(failure: NvmlFailure) -> GpuReport {
-        fatal(ProbeError::Nvml {
-            stage: Stage::Init,
-            failure,
-            detail: "x".into(),
-        })
+        fatal(ProbeError::Nvml { stage: Stage::Init, failure, detail: "x".into() })
     }
 
     #[test]
@@ -667,37 +580,13 @@ mod tests {
     #[test]
     fn rtx_detection() {
         assert!(is_rtx(&rtx3090()));
-        assert!(is_rtx(&gpu(
-            0,
-            "NVIDIA RTX A6000",
-            "NvidiaRTX",
-            48.0,
-            (8, 6)
-        )));
+        assert!(is_rtx(&gpu(0, "NVIDIA RTX A6000", "NvidiaRTX", 48.0, (8, 6))));
         assert!(is_rtx(&gpu(0, "Quadro RTX 4000", "QuadroRTX", 8.0, (7, 5))));
-        assert!(is_rtx(&gpu(
-            0,
-            "NVIDIA GeForce RTX 5090",
-            "GeForce",
-            32.0,
-            (12, 0)
-        )));
+        assert!(is_rtx(&gpu(0, "NVIDIA GeForce RTX 5090", "GeForce", 32.0, (12, 0))));
         // brand alone
-        assert!(is_rtx(&gpu(
-            0,
-            "NVIDIA Graphics Device",
-            "GeForceRTX",
-            16.0,
-            (12, 0)
-        )));
+        assert!(is_rtx(&gpu(0, "NVIDIA Graphics Device", "GeForceRTX", 16.0, (12, 0))));
         assert!(!is_rtx(&gpu(0, "Tesla T4", "Tesla", 16.0, (7, 5))));
-        assert!(!is_rtx(&gpu(
-            0,
-            "NVIDIA GeForce GTX 1080",
-            "GeForce",
-            8.0,
-            (6, 1)
-        )));
+        assert!(!is_rtx(&gpu(0, "NVIDIA GeForce GTX 1080", "GeForce", 8.0, (6, 1))));
         // a name saying RTX with a pre-Turing compute capability is not believed
         assert!(!is_rtx(&gpu(0, "RTX fake", "GeForce", 8.0, (6, 1))));
         let mut unknown_cc = rtx3090();
@@ -717,38 +606,18 @@ mod tests {
 
     #[test]
     fn unknown_new_card_says_update_driver() {
-        let r = healthy(vec![gpu(
-            0,
-            "NVIDIA Graphics Device",
-            "GeForce",
-            16.0,
-            (12, 0),
-        )]);
+        let r = healthy(vec![gpu(0, "NVIDIA Graphics Device", "GeForce", 16.0, (12, 0))]);
         let v = evaluate(&r, &settings(GpuPolicy::Require));
         assert!(v.ok);
-        assert!(v.findings[0]
-            .advice
-            .contains("update the host NVIDIA driver"));
+        assert!(v.findings[0].advice.contains("update the host NVIDIA driver"));
     }
 
     #[test]
     fn each_init_failure_has_its_own_advice() {
         let cases = [
-            (
-                NvmlFailure::DriverNotLoaded,
-                "driver_not_loaded",
-                "nvidia-smi",
-            ),
-            (
-                NvmlFailure::LibRmVersionMismatch,
-                "driver_version_mismatch",
-                "reboot the host",
-            ),
-            (
-                NvmlFailure::Unknown,
-                "lost_device_access",
-                "recreate the container",
-            ),
+            (NvmlFailure::DriverNotLoaded, "driver_not_loaded", "nvidia-smi"),
+            (NvmlFailure::LibRmVersionMismatch, "driver_version_mismatch", "reboot the host"),
+            (NvmlFailure::Unknown, "lost_device_access", "recreate the container"),
             (NvmlFailure::NoPermission, "no_permission", "--gpus all"),
             (NvmlFailure::GpuLost, "gpu_lost", "reboot the host"),
         ];
@@ -757,11 +626,7 @@ mod tests {
             let v = evaluate(&r, &settings(GpuPolicy::Require));
             assert!(!v.ok, "{failure:?}");
             assert_eq!(codes(&v), vec![code]);
-            assert!(
-                v.findings[0].advice.contains(phrase),
-                "{failure:?}: {}",
-                v.findings[0].advice
-            );
+            assert!(v.findings[0].advice.contains(phrase), "{failure:?}: {}", v.findings[0].advice);
             assert!(v.summary().contains(phrase), "{}", v.summary());
             assert!(evaluate(&r, &settings(GpuPolicy::Warn)).ok);
             assert!(evaluate(&r, &settings(GpuPolicy::Off)).ok);
@@ -777,20 +642,13 @@ mod tests {
             failure: NvmlFailure::GpuLost,
             detail: String::new(),
         });
-        assert!(
-            lost.1.contains("Xid 79") && lost.1.contains("GPU 1"),
-            "{}",
-            lost.1
-        );
+        assert!(lost.1.contains("Xid 79") && lost.1.contains("GPU 1"), "{}", lost.1);
     }
 
     #[test]
     fn unknown_outside_init_is_generic() {
         let (code, _, _) = describe(&ProbeError::Nvml {
-            stage: Stage::Query {
-                index: 0,
-                what: "name",
-            },
+            stage: Stage::Query { index: 0, what: "name" },
             failure: NvmlFailure::Unknown,
             detail: "unknown".into(),
         });
@@ -801,28 +659,18 @@ mod tests {
     fn library_missing_advice() {
         let r = fatal(ProbeError::LibraryMissing {
             requested: None,
-            tried: vec![
-                "libnvidia-ml.so.1".into(),
-                "/usr/lib64/libnvidia-ml.so.1".into(),
-            ],
+            tried: vec!["libnvidia-ml.so.1".into(), "/usr/lib64/libnvidia-ml.so.1".into()],
         });
         let v = evaluate(&r, &settings(GpuPolicy::Require));
         assert!(!v.ok);
         let f = &v.findings[0];
         assert_eq!(f.code, "library_missing");
         assert!(f.message.contains("/usr/lib64"), "{}", f.message);
-        assert!(
-            !f.message.contains("/usr/lib64/libnvidia-ml.so.1"),
-            "{}",
-            f.message
-        );
+        assert!(!f.message.contains("/usr/lib64/libnvidia-ml.so.1"), "{}", f.message);
         assert!(f.advice.contains("--gpus all"));
         assert!(f.advice.contains("NVIDIA Container Toolkit"));
         assert!(f.advice.contains("utility"));
-        let r = fatal(ProbeError::LibraryMissing {
-            requested: Some("/nope.so".into()),
-            tried: vec![],
-        });
+        let r = fatal(ProbeError::LibraryMissing { requested: Some("/nope.so".into()), tried: vec![] });
         let f = &evaluate(&r, &settings(GpuPolicy::Require)).findings[0];
         assert!(f.message.contains("COMFY_INIT_NVML_LIB=/nope.so"));
         assert!(f.advice.contains("--gpus all"));
@@ -835,9 +683,7 @@ mod tests {
         let v = evaluate(&r, &settings(GpuPolicy::Require));
         assert!(!v.ok);
         assert_eq!(codes(&v), vec!["no_devices"]);
-        assert!(v.findings[0]
-            .message
-            .contains("NVIDIA_VISIBLE_DEVICES=void"));
+        assert!(v.findings[0].message.contains("NVIDIA_VISIBLE_DEVICES=void"));
         assert!(v.findings[0].advice.contains("NVIDIA_VISIBLE_DEVICES=all"));
         assert!(evaluate(&r, &settings(GpuPolicy::Warn)).ok);
     }
@@ -881,10 +727,7 @@ mod tests {
     fn gpu_lost_during_a_query_fails() {
         let mut g = rtx3090();
         g.problems.push(ProbeError::Nvml {
-            stage: Stage::Query {
-                index: 0,
-                what: "memory",
-            },
+            stage: Stage::Query { index: 0, what: "memory" },
             failure: NvmlFailure::GpuLost,
             detail: "GPU is lost".into(),
         });
@@ -900,11 +743,7 @@ mod tests {
         let v = evaluate(&healthy(vec![rtx3090()]), &s);
         assert!(!v.ok);
         assert_eq!(codes(&v), vec!["vram_too_small"]);
-        assert!(
-            v.findings[0].message.contains("24.00 GiB"),
-            "{}",
-            v.findings[0].message
-        );
+        assert!(v.findings[0].message.contains("24.00 GiB"), "{}", v.findings[0].message);
         s.min_vram_gb = Some(24.0);
         assert!(evaluate(&healthy(vec![rtx3090()]), &s).ok);
         // a 4090 reports 24564 MiB: still "24 GB"
@@ -934,10 +773,7 @@ mod tests {
         g.vram_total_bytes = None;
         g.vram_free_bytes = None;
         g.problems.push(ProbeError::Nvml {
-            stage: Stage::Query {
-                index: 0,
-                what: "memory",
-            },
+            stage: Stage::Query { index: 0, what: "memory" },
             failure: NvmlFailure::NoPermission,
             detail: "Insufficient Permissions".into(),
         });
@@ -970,11 +806,7 @@ mod tests {
         assert!(v.ok);
         assert_eq!(codes(&v), vec!["driver_older_than_image_cuda"]);
         let f = &v.findings[0];
-        assert!(
-            f.message.contains("12.8") && f.message.contains("12.4"),
-            "{}",
-            f.message
-        );
+        assert!(f.message.contains("12.8") && f.message.contains("12.4"), "{}", f.message);
         assert!(f.advice.contains("570"), "{}", f.advice);
     }
 
@@ -1019,17 +851,8 @@ mod tests {
     fn blackwell_needs_cuda_12_8() {
         let mut s = settings(GpuPolicy::Require);
         s.image_cuda_version = Some("12.4.1".into());
-        let mut r = healthy(vec![gpu(
-            0,
-            "NVIDIA GeForce RTX 5090",
-            "GeForce",
-            32.0,
-            (12, 0),
-        )]);
-        r.cuda_driver_version = Some(CudaVersion {
-            major: 12,
-            minor: 8,
-        });
+        let mut r = healthy(vec![gpu(0, "NVIDIA GeForce RTX 5090", "GeForce", 32.0, (12, 0))]);
+        r.cuda_driver_version = Some(CudaVersion { major: 12, minor: 8 });
         let v = evaluate(&r, &s);
         assert!(v.ok);
         assert_eq!(codes(&v), vec!["gpu_needs_newer_cuda"]);
@@ -1040,9 +863,7 @@ mod tests {
     fn summary_and_verdict_line() {
         let r = init_failure(NvmlFailure::DriverNotLoaded);
         let v = evaluate(&r, &settings(GpuPolicy::Require));
-        assert!(v
-            .summary()
-            .starts_with("GPU check failed: NVIDIA driver is not loaded"));
+        assert!(v.summary().starts_with("GPU check failed: NVIDIA driver is not loaded"));
         assert!(!v.summary().contains('\n'));
         assert!(v.verdict_line().contains("FAILED"));
         let v = evaluate(&r, &settings(GpuPolicy::Warn));

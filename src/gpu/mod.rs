@@ -56,12 +56,7 @@ pub struct GpuSettings {
 
 impl Default for GpuSettings {
     fn default() -> Self {
-        GpuSettings {
-            policy: GpuPolicy::Require,
-            min_vram_gb: None,
-            nvml_lib: None,
-            image_cuda_version: None,
-        }
+        GpuSettings { policy: GpuPolicy::Require, min_vram_gb: None, nvml_lib: None, image_cuda_version: None }
     }
 }
 
@@ -87,14 +82,12 @@ impl GpuSettings {
         let min_vram_gb = match non_empty(ENV_MIN_VRAM) {
             None => None,
             Some(v) => {
-                let n = v.trim().parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0).ok_or_else(
-                    || {
-                        format!(
-                            "{ENV_MIN_VRAM}={v:?} is not valid; accepted values: a number of GiB of \
+                let n = v.trim().parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0).ok_or_else(|| {
+                    format!(
+                        "{ENV_MIN_VRAM}={v:?} is not valid; accepted values: a number of GiB of \
                              VRAM (0 or more), e.g. 8 or 11.5"
-                        )
-                    },
-                )?;
+                    )
+                })?;
                 if n > 0.0 {
                     Some(n)
                 } else {
@@ -106,12 +99,7 @@ impl GpuSettings {
         let nvml_lib = non_empty(ENV_NVML_LIB).map(|v| PathBuf::from(v.trim()));
         let image_cuda_version = non_empty(ENV_CUDA_VERSION).map(|v| v.trim().to_string());
 
-        Ok(GpuSettings {
-            policy,
-            min_vram_gb,
-            nvml_lib,
-            image_cuda_version,
-        })
+        Ok(GpuSettings { policy, min_vram_gb, nvml_lib, image_cuda_version })
     }
 }
 
@@ -127,11 +115,7 @@ fn log_verdict(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) {
         log::info!("gpu: {line}");
     }
     for f in &verdict.findings {
-        let text = if f.advice.is_empty() {
-            f.message.clone()
-        } else {
-            format!("{} -> {}", f.message, f.advice)
-        };
+        let text = if f.advice.is_empty() { f.message.clone() } else { format!("{} -> {}", f.message, f.advice) };
         match (f.severity, settings.policy) {
             (Severity::Error, GpuPolicy::Require) => log::error!("gpu: {text}"),
             (Severity::Error, _) | (Severity::Warning, _) => log::warn!("gpu: {text}"),
@@ -157,10 +141,7 @@ pub fn preflight(settings: &GpuSettings) -> Result<(), String> {
     if verdict.ok {
         Ok(())
     } else {
-        Err(format!(
-            "{}; set {ENV_POLICY}=warn to start anyway",
-            verdict.summary()
-        ))
+        Err(format!("{}; set {ENV_POLICY}=warn to start anyway", verdict.summary()))
     }
 }
 
@@ -190,19 +171,15 @@ pub fn check_alive(settings: &GpuSettings) -> Result<String, String> {
     probe::alive(settings).map_err(|e| {
         let (_, message, advice) = evaluate::describe(&e);
         let message = match &e {
-            ProbeError::Nvml {
-                stage: Stage::DeviceCount,
-                failure: NvmlFailure::Other,
-                ..
-            } => "no GPU is visible in the container".to_string(),
+            ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => {
+                "no GPU is visible in the container".to_string()
+            }
             _ => message,
         };
         let advice = match &e {
-            ProbeError::Nvml {
-                stage: Stage::DeviceCount,
-                failure: NvmlFailure::Other,
-                ..
-            } => "check NVIDIA_VISIBLE_DEVICES (use `all`) and `--gpus all`".to_string(),
+            ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => {
+                "check NVIDIA_VISIBLE_DEVICES (use `all`) and `--gpus all`".to_string()
+            }
             _ => advice,
         };
         format!("{message}: {advice}").replace('\n', " ")
@@ -216,10 +193,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> Result<GpuSettings, String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         GpuSettings::from_lookup(&move |k| map.get(k).cloned())
     }
 
@@ -230,13 +204,7 @@ mod tests {
         assert_eq!(s.min_vram_gb, None);
         assert_eq!(s.nvml_lib, None);
         assert_eq!(s.image_cuda_version, None);
-        let s = lookup(&[
-            (ENV_POLICY, ""),
-            (ENV_MIN_VRAM, " "),
-            (ENV_NVML_LIB, ""),
-            (ENV_CUDA_VERSION, ""),
-        ])
-        .unwrap();
+        let s = lookup(&[(ENV_POLICY, ""), (ENV_MIN_VRAM, " "), (ENV_NVML_LIB, ""), (ENV_CUDA_VERSION, "")]).unwrap();
         assert_eq!(s.policy, GpuPolicy::Require);
         assert_eq!(s.min_vram_gb, None);
         assert_eq!(s.nvml_lib, None);
@@ -253,19 +221,10 @@ mod tests {
         .unwrap();
         assert_eq!(s.policy, GpuPolicy::Warn);
         assert_eq!(s.min_vram_gb, Some(11.5));
-        assert_eq!(
-            s.nvml_lib,
-            Some(PathBuf::from("/opt/lib/libnvidia-ml.so.1"))
-        );
+        assert_eq!(s.nvml_lib, Some(PathBuf::from("/opt/lib/libnvidia-ml.so.1")));
         assert_eq!(s.image_cuda_version.as_deref(), Some("12.8.1"));
-        assert_eq!(
-            lookup(&[(ENV_POLICY, "off")]).unwrap().policy,
-            GpuPolicy::Off
-        );
-        assert_eq!(
-            lookup(&[(ENV_POLICY, "Require")]).unwrap().policy,
-            GpuPolicy::Require
-        );
+        assert_eq!(lookup(&[(ENV_POLICY, "off")]).unwrap().policy, GpuPolicy::Off);
+        assert_eq!(lookup(&[(ENV_POLICY, "Require")]).unwrap().policy, GpuPolicy::Require);
         assert_eq!(lookup(&[(ENV_MIN_VRAM, "0")]).unwrap().min_vram_gb, None);
     }
 
@@ -273,16 +232,10 @@ mod tests {
     fn bad_values_name_variable_value_and_choices() {
         let e = lookup(&[(ENV_POLICY, "maybe")]).unwrap_err();
         assert!(e.contains("COMFY_INIT_GPU") && e.contains("maybe"), "{e}");
-        assert!(
-            e.contains("require") && e.contains("warn") && e.contains("off"),
-            "{e}"
-        );
+        assert!(e.contains("require") && e.contains("warn") && e.contains("off"), "{e}");
         for bad in ["lots", "-1", "NaN", "inf", "8GB"] {
             let e = lookup(&[(ENV_MIN_VRAM, bad)]).unwrap_err();
-            assert!(
-                e.contains("COMFY_INIT_MIN_VRAM_GB") && e.contains(bad),
-                "{e}"
-            );
+            assert!(e.contains("COMFY_INIT_MIN_VRAM_GB") && e.contains(bad), "{e}");
             assert!(e.contains("number"), "{e}");
         }
     }
@@ -300,10 +253,8 @@ mod tests {
 
     #[test]
     fn missing_library_under_each_policy() {
-        let mut s = GpuSettings {
-            nvml_lib: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")),
-            ..GpuSettings::default()
-        };
+        let mut s =
+            GpuSettings { nvml_lib: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")), ..GpuSettings::default() };
         let e = preflight(&s).unwrap_err();
         assert!(e.contains("--gpus all") && !e.contains('\n'), "{e}");
         let e = check_alive(&s).unwrap_err();
@@ -336,10 +287,7 @@ mod tests {
         let r = GpuReport {
             library: Some("libnvidia-ml.so.1".into()),
             driver_version: Some("550.54.14".into()),
-            cuda_driver_version: Some(CudaVersion {
-                major: 12,
-                minor: 4,
-            }),
+            cuda_driver_version: Some(CudaVersion { major: 12, minor: 4 }),
             cuda_driver_version_source: Some("v2"),
             device_count: Some(1),
             gpus: vec![GpuInfo {

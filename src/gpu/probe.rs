@@ -34,12 +34,8 @@ pub const FALLBACK_DIRS: &[&str] = &[
 
 /// Symbols a library must export before it is handed to nvml-wrapper. `nvmlShutdown` is
 /// called from `Drop` through an `expect`; the others are needed for any answer at all.
-pub const REQUIRED_SYMBOLS: &[&str] = &[
-    "nvmlInit_v2",
-    "nvmlShutdown",
-    "nvmlDeviceGetCount_v2",
-    "nvmlDeviceGetHandleByIndex_v2",
-];
+pub const REQUIRED_SYMBOLS: &[&str] =
+    &["nvmlInit_v2", "nvmlShutdown", "nvmlDeviceGetCount_v2", "nvmlDeviceGetHandleByIndex_v2"];
 
 /// The libraries to try, in order.
 pub fn candidates(override_path: Option<&Path>) -> Vec<String> {
@@ -82,8 +78,7 @@ pub fn precheck(candidate: &str) -> Result<(), Precheck> {
     if has_slash && !Path::new(candidate).exists() {
         return Err(Precheck::NotFound(format!("{candidate}: no such file")));
     }
-    let c_path = CString::new(candidate)
-        .map_err(|_| Precheck::Invalid("the path contains a NUL byte".to_string()))?;
+    let c_path = CString::new(candidate).map_err(|_| Precheck::Invalid("the path contains a NUL byte".to_string()))?;
     // SAFETY: c_path is a valid C string. Loading runs the library's initialisers, which is
     // what nvml-wrapper would do next anyway.
     let handle = unsafe {
@@ -137,26 +132,16 @@ pub fn locate(settings: &GpuSettings) -> Result<String, ProbeError> {
             Ok(()) => return Ok(cand),
             Err(Precheck::NotFound(_)) => {}
             Err(Precheck::Invalid(detail)) => {
-                refused.get_or_insert(ProbeError::LibraryInvalid {
-                    path: cand.clone(),
-                    detail,
-                    overridden,
-                });
+                refused.get_or_insert(ProbeError::LibraryInvalid { path: cand.clone(), detail, overridden });
             }
             Err(Precheck::MissingSymbols(symbols)) => {
-                refused.get_or_insert(ProbeError::SymbolsMissing {
-                    path: cand.clone(),
-                    symbols,
-                });
+                refused.get_or_insert(ProbeError::SymbolsMissing { path: cand.clone(), symbols });
             }
         }
         tried.push(cand);
     }
     Err(refused.unwrap_or_else(|| ProbeError::LibraryMissing {
-        requested: settings
-            .nvml_lib
-            .as_ref()
-            .map(|p| p.to_string_lossy().into_owned()),
+        requested: settings.nvml_lib.as_ref().map(|p| p.to_string_lossy().into_owned()),
         tried,
     }))
 }
@@ -175,19 +160,13 @@ pub fn failure_of(e: &NvmlError) -> NvmlFailure {
         NvmlError::NotSupported => NvmlFailure::NotSupported,
         NvmlError::Uninitialized => NvmlFailure::Uninitialized,
         NvmlError::LibloadingError(_) | NvmlError::LibraryNotFound => NvmlFailure::LibraryNotFound,
-        NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound => {
-            NvmlFailure::SymbolMissing
-        }
+        NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound => NvmlFailure::SymbolMissing,
         _ => NvmlFailure::Other,
     }
 }
 
 fn nvml_error(stage: Stage, e: &NvmlError) -> ProbeError {
-    ProbeError::Nvml {
-        stage,
-        failure: failure_of(e),
-        detail: e.to_string(),
-    }
+    ProbeError::Nvml { stage, failure: failure_of(e), detail: e.to_string() }
 }
 
 /// An initialised NVML that shuts down cleanly and can never reach the panicking
@@ -200,9 +179,7 @@ impl Session {
     /// Loads `library` (which must have passed [`precheck`]) and calls `nvmlInit_v2`.
     pub fn open(library: &str) -> Result<Session, NvmlError> {
         let nvml = Nvml::builder().lib_path(OsStr::new(library)).init()?;
-        Ok(Session {
-            nvml: ManuallyDrop::new(nvml),
-        })
+        Ok(Session { nvml: ManuallyDrop::new(nvml) })
     }
 }
 
@@ -237,16 +214,8 @@ struct MemoryV1 {
 
 /// `nvmlDeviceGetMemoryInfo` (v1), for drivers without the `_v2` call nvml-wrapper uses.
 fn memory_v1(nvml: &Nvml, device: &Device<'_>) -> Result<(u64, u64), NvmlError> {
-    let sym = nvml
-        .lib()
-        .nvmlDeviceGetMemoryInfo
-        .as_ref()
-        .map_err(|e| NvmlError::FailedToLoadSymbol(e.to_string()))?;
-    let mut mem = MemoryV1 {
-        total: 0,
-        free: 0,
-        used: 0,
-    };
+    let sym = nvml.lib().nvmlDeviceGetMemoryInfo.as_ref().map_err(|e| NvmlError::FailedToLoadSymbol(e.to_string()))?;
+    let mut mem = MemoryV1 { total: 0, free: 0, used: 0 };
     // SAFETY: `sym` is nvmlDeviceGetMemoryInfo(nvmlDevice_t, nvmlMemory_t *); MemoryV1 has
     // nvmlMemory_t's layout; the handle belongs to this NVML session.
     let rc = unsafe { sym(device.handle(), (&mut mem as *mut MemoryV1).cast()) };
@@ -274,24 +243,13 @@ fn cuda_driver_version(nvml: &Nvml) -> Option<(i32, &'static str)> {
 }
 
 /// Records a failed query: essential ones always, optional metrics only when the GPU is lost.
-fn keep<T>(
-    info: &mut GpuInfo,
-    what: &'static str,
-    essential: bool,
-    r: Result<T, NvmlError>,
-) -> Option<T> {
+fn keep<T>(info: &mut GpuInfo, what: &'static str, essential: bool, r: Result<T, NvmlError>) -> Option<T> {
     match r {
         Ok(v) => Some(v),
         Err(e) => {
             let failure = failure_of(&e);
             if essential || failure == NvmlFailure::GpuLost {
-                info.problems.push(nvml_error(
-                    Stage::Query {
-                        index: info.index,
-                        what,
-                    },
-                    &e,
-                ));
+                info.problems.push(nvml_error(Stage::Query { index: info.index, what }, &e));
             } else {
                 log::debug!("GPU {}: {what} not available: {e}", info.index);
             }
@@ -316,33 +274,20 @@ fn read_device(nvml: &Nvml, index: u32, device: &Device<'_>) -> GpuInfo {
         g.vram_total_bytes = Some(total);
         g.vram_free_bytes = Some(free);
     }
-    g.compute_capability = keep(
-        &mut g,
-        "compute capability",
-        true,
-        device.cuda_compute_capability(),
-    )
-    .map(|cc| (cc.major, cc.minor));
+    g.compute_capability =
+        keep(&mut g, "compute capability", true, device.cuda_compute_capability()).map(|cc| (cc.major, cc.minor));
     g.uuid = keep(&mut g, "UUID", false, device.uuid());
-    g.temperature_c = keep(
-        &mut g,
-        "temperature",
-        false,
-        device.temperature(TemperatureSensor::Gpu),
-    );
+    g.temperature_c = keep(&mut g, "temperature", false, device.temperature(TemperatureSensor::Gpu));
     g.power_w = keep(&mut g, "power", false, device.power_usage()).map(|mw| f64::from(mw) / 1000.0);
-    g.utilization_percent =
-        keep(&mut g, "utilisation", false, device.utilization_rates()).map(|u| u.gpu);
+    g.utilization_percent = keep(&mut g, "utilisation", false, device.utilization_rates()).map(|u| u.gpu);
     g.mig_mode = keep(&mut g, "MIG mode", false, device.mig_mode()).map(|m| m.current != 0);
     g
 }
 
 /// The full probe for the report.
 pub fn probe(settings: &GpuSettings) -> GpuReport {
-    let mut report = GpuReport {
-        visible_devices: std::env::var("NVIDIA_VISIBLE_DEVICES").ok(),
-        ..GpuReport::default()
-    };
+    let mut report =
+        GpuReport { visible_devices: std::env::var("NVIDIA_VISIBLE_DEVICES").ok(), ..GpuReport::default() };
     let library = match locate(settings) {
         Ok(l) => l,
         Err(e) => {
@@ -374,9 +319,7 @@ pub fn probe(settings: &GpuSettings) -> GpuReport {
     for index in 0..count {
         match nvml.device_by_index(index) {
             Ok(device) => report.gpus.push(read_device(&nvml, index, &device)),
-            Err(e) => report
-                .device_errors
-                .push(nvml_error(Stage::Handle(index), &e)),
+            Err(e) => report.device_errors.push(nvml_error(Stage::Handle(index), &e)),
         }
     }
     report
@@ -386,24 +329,12 @@ pub fn probe(settings: &GpuSettings) -> GpuReport {
 pub fn alive(settings: &GpuSettings) -> Result<String, ProbeError> {
     let library = locate(settings)?;
     let nvml = Session::open(&library).map_err(|e| nvml_error(Stage::Init, &e))?;
-    let count = nvml
-        .device_count()
-        .map_err(|e| nvml_error(Stage::DeviceCount, &e))?;
+    let count = nvml.device_count().map_err(|e| nvml_error(Stage::DeviceCount, &e))?;
     let mut first = None;
     for index in 0..count {
-        let device = nvml
-            .device_by_index(index)
-            .map_err(|e| nvml_error(Stage::Handle(index), &e))?;
+        let device = nvml.device_by_index(index).map_err(|e| nvml_error(Stage::Handle(index), &e))?;
         if index == 0 {
-            let name = device.name().map_err(|e| {
-                nvml_error(
-                    Stage::Query {
-                        index,
-                        what: "name",
-                    },
-                    &e,
-                )
-            })?;
+            let name = device.name().map_err(|e| nvml_error(Stage::Query { index, what: "name" }, &e))?;
             first = Some(name);
         }
     }
@@ -423,37 +354,22 @@ mod tests {
     fn candidates_default_and_override() {
         let c = candidates(None);
         assert_eq!(c[0], "libnvidia-ml.so.1");
-        for dir in [
-            "/usr/lib/x86_64-linux-gnu",
-            "/usr/lib64",
-            "/usr/local/nvidia/lib64",
-            "/usr/lib/wsl/lib",
-        ] {
+        for dir in ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/local/nvidia/lib64", "/usr/lib/wsl/lib"] {
             assert!(c.contains(&format!("{dir}/libnvidia-ml.so.1")), "{dir}");
         }
         let p = PathBuf::from("/opt/x/libnvidia-ml.so.1");
-        assert_eq!(
-            candidates(Some(&p)),
-            vec!["/opt/x/libnvidia-ml.so.1".to_string()]
-        );
+        assert_eq!(candidates(Some(&p)), vec!["/opt/x/libnvidia-ml.so.1".to_string()]);
     }
 
     #[test]
     fn precheck_missing_file() {
-        assert!(matches!(
-            precheck("/nonexistent/libnvidia-ml.so.1"),
-            Err(Precheck::NotFound(_))
-        ));
-        assert!(matches!(
-            precheck("libcomfy-init-does-not-exist.so.9"),
-            Err(Precheck::NotFound(_))
-        ));
+        assert!(matches!(precheck("/nonexistent/libnvidia-ml.so.1"), Err(Precheck::NotFound(_))));
+        assert!(matches!(precheck("libcomfy-init-does-not-exist.so.9"), Err(Precheck::NotFound(_))));
     }
 
     #[test]
     fn precheck_text_file_is_invalid() {
-        let dir =
-            std::env::temp_dir().join(format!("comfy-init-gpu-precheck-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("comfy-init-gpu-precheck-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("libnvidia-ml.so.1");
         std::fs::write(&f, "this is not an ELF file\n").unwrap();
@@ -478,10 +394,7 @@ mod tests {
     }
 
     fn override_settings(p: &Path) -> GpuSettings {
-        GpuSettings {
-            nvml_lib: Some(p.to_path_buf()),
-            ..GpuSettings::default()
-        }
+        GpuSettings { nvml_lib: Some(p.to_path_buf()), ..GpuSettings::default() }
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -495,30 +408,15 @@ mod tests {
         let missing = Path::new("/nonexistent/libnvidia-ml.so.1");
         assert!(matches!(
             locate(&override_settings(missing)),
-            Err(ProbeError::LibraryMissing {
-                requested: Some(_),
-                ..
-            })
+            Err(ProbeError::LibraryMissing { requested: Some(_), .. })
         ));
-        assert!(matches!(
-            locate(&override_settings(Path::new("libc.so.6"))),
-            Err(ProbeError::SymbolsMissing { .. })
-        ));
+        assert!(matches!(locate(&override_settings(Path::new("libc.so.6"))), Err(ProbeError::SymbolsMissing { .. })));
         let dir = temp_dir("locate");
         let text = dir.join("libnvidia-ml.so.1");
         std::fs::write(&text, "not a library").unwrap();
         let r = locate(&override_settings(&text));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            matches!(
-                r,
-                Err(ProbeError::LibraryInvalid {
-                    overridden: true,
-                    ..
-                })
-            ),
-            "{r:?}"
-        );
+        assert!(matches!(r, Err(ProbeError::LibraryInvalid { overridden: true, .. })), "{r:?}");
     }
 
     /// Builds the test fixture with `cc`; None (test skipped) where there is no C compiler.
@@ -548,19 +446,14 @@ mod tests {
             return;
         };
         let path = lib.to_string_lossy().into_owned();
-        assert!(
-            matches!(precheck(&path), Err(Precheck::MissingSymbols(s)) if s == vec!["nvmlShutdown".to_string()])
-        );
+        assert!(matches!(precheck(&path), Err(Precheck::MissingSymbols(s)) if s == vec!["nvmlShutdown".to_string()]));
 
         // Upstream behaviour this module defends against:
         let upstream = std::panic::catch_unwind(|| {
             let nvml = Nvml::builder().lib_path(OsStr::new(&path)).init();
             drop(nvml);
         });
-        assert!(
-            upstream.is_err(),
-            "nvml-wrapper's Drop no longer panics; the guard may be simplified"
-        );
+        assert!(upstream.is_err(), "nvml-wrapper's Drop no longer panics; the guard may be simplified");
 
         let session = Session::open(&path).expect("init works without nvmlShutdown");
         assert!(session.device_count().is_ok());
@@ -572,10 +465,7 @@ mod tests {
     fn failure_mapping() {
         assert_eq!(failure_of(&NvmlError::GpuLost), NvmlFailure::GpuLost);
         assert_eq!(failure_of(&NvmlError::Unknown), NvmlFailure::Unknown);
-        assert_eq!(
-            failure_of(&NvmlError::FailedToLoadSymbol("x".into())),
-            NvmlFailure::SymbolMissing
-        );
+        assert_eq!(failure_of(&NvmlError::FailedToLoadSymbol("x".into())), NvmlFailure::SymbolMissing);
         assert_eq!(failure_of(&NvmlError::InvalidArg), NvmlFailure::Other);
     }
 }

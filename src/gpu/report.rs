@@ -41,24 +41,13 @@ pub enum NvmlFailure {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ProbeError {
     /// No NVML library found. `requested` is `COMFY_INIT_NVML_LIB` when set.
-    LibraryMissing {
-        requested: Option<String>,
-        tried: Vec<String>,
-    },
+    LibraryMissing { requested: Option<String>, tried: Vec<String> },
     /// A file was found but `dlopen` refused it (not a library, wrong architecture, ...).
-    LibraryInvalid {
-        path: String,
-        detail: String,
-        overridden: bool,
-    },
+    LibraryInvalid { path: String, detail: String, overridden: bool },
     /// The library loads but lacks symbols we need (calling them would fail or panic).
     SymbolsMissing { path: String, symbols: Vec<String> },
     /// An NVML call failed.
-    Nvml {
-        stage: Stage,
-        failure: NvmlFailure,
-        detail: String,
-    },
+    Nvml { stage: Stage, failure: NvmlFailure, detail: String },
 }
 
 /// A CUDA version as NVML reports it (12040 = 12.4).
@@ -75,10 +64,7 @@ impl CudaVersion {
             return None;
         }
         let v = v as u32;
-        Some(CudaVersion {
-            major: v / 1000,
-            minor: (v % 1000) / 10,
-        })
+        Some(CudaVersion { major: v / 1000, minor: (v % 1000) / 10 })
     }
 
     /// From a version string such as `CUDA_VERSION=12.8.1` (or `12.8`, `12`).
@@ -126,10 +112,7 @@ pub struct GpuInfo {
 
 impl GpuInfo {
     pub fn new(index: u32) -> GpuInfo {
-        GpuInfo {
-            index,
-            ..GpuInfo::default()
-        }
+        GpuInfo { index, ..GpuInfo::default() }
     }
 
     pub fn display_name(&self) -> &str {
@@ -137,15 +120,7 @@ impl GpuInfo {
     }
 
     pub fn is_lost(&self) -> bool {
-        self.problems.iter().any(|p| {
-            matches!(
-                p,
-                ProbeError::Nvml {
-                    failure: NvmlFailure::GpuLost,
-                    ..
-                }
-            )
-        })
+        self.problems.iter().any(|p| matches!(p, ProbeError::Nvml { failure: NvmlFailure::GpuLost, .. }))
     }
 
     pub fn compute_capability_string(&self) -> Option<String> {
@@ -181,11 +156,7 @@ fn gpu_lines(g: &GpuInfo) -> Vec<String> {
     let mut l = Vec::new();
     l.push(format!("brand {}", g.brand.as_deref().unwrap_or("unknown")));
     l.push(format!("RTX: {}", if is_rtx(g) { "yes" } else { "no" }));
-    l.push(format!(
-        "compute capability {}",
-        g.compute_capability_string()
-            .unwrap_or_else(|| "unknown".into())
-    ));
+    l.push(format!("compute capability {}", g.compute_capability_string().unwrap_or_else(|| "unknown".into())));
     lines.push(format!("  {}", l.join(", ")));
     let vram = match (g.vram_total_bytes, g.vram_free_bytes) {
         (Some(t), Some(f)) => format!("{:.1} GiB total, {:.1} GiB free", gib(t), gib(f)),
@@ -223,10 +194,7 @@ pub fn report_lines(report: &GpuReport, settings: &GpuSettings) -> Vec<String> {
     }
     if report.fatal.is_none() {
         let driver = report.driver_version.as_deref().unwrap_or("unknown");
-        let cuda = match (
-            &report.cuda_driver_version,
-            report.cuda_driver_version_source,
-        ) {
+        let cuda = match (&report.cuda_driver_version, report.cuda_driver_version_source) {
             (Some(v), Some("v1")) => format!("{v} (from the v1 NVML call)"),
             (Some(v), _) => v.to_string(),
             (None, _) => "unknown".into(),
@@ -295,10 +263,7 @@ pub fn json(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) -> Va
                     map.insert("utilization_percent".into(), json!(u));
                 }
                 if let Some(m) = g.mig_mode {
-                    map.insert(
-                        "mig_mode".into(),
-                        json!(if m { "enabled" } else { "disabled" }),
-                    );
+                    map.insert("mig_mode".into(), json!(if m { "enabled" } else { "disabled" }));
                 }
             }
             o
@@ -337,67 +302,20 @@ mod tests {
 
     #[test]
     fn cuda_version_from_nvml() {
-        assert_eq!(
-            CudaVersion::from_nvml(12040),
-            Some(CudaVersion {
-                major: 12,
-                minor: 4
-            })
-        );
-        assert_eq!(
-            CudaVersion::from_nvml(12080),
-            Some(CudaVersion {
-                major: 12,
-                minor: 8
-            })
-        );
-        assert_eq!(
-            CudaVersion::from_nvml(13000),
-            Some(CudaVersion {
-                major: 13,
-                minor: 0
-            })
-        );
+        assert_eq!(CudaVersion::from_nvml(12040), Some(CudaVersion { major: 12, minor: 4 }));
+        assert_eq!(CudaVersion::from_nvml(12080), Some(CudaVersion { major: 12, minor: 8 }));
+        assert_eq!(CudaVersion::from_nvml(13000), Some(CudaVersion { major: 13, minor: 0 }));
         assert_eq!(CudaVersion::from_nvml(0), None);
         assert_eq!(CudaVersion::from_nvml(-5), None);
-        assert_eq!(
-            CudaVersion::from_nvml(12040)
-                .map(|v| v.to_string())
-                .as_deref(),
-            Some("12.4")
-        );
+        assert_eq!(CudaVersion::from_nvml(12040).map(|v| v.to_string()).as_deref(), Some("12.4"));
     }
 
     #[test]
     fn cuda_version_parse() {
-        assert_eq!(
-            CudaVersion::parse("12.8.1"),
-            Some(CudaVersion {
-                major: 12,
-                minor: 8
-            })
-        );
-        assert_eq!(
-            CudaVersion::parse(" 12.4 "),
-            Some(CudaVersion {
-                major: 12,
-                minor: 4
-            })
-        );
-        assert_eq!(
-            CudaVersion::parse("13"),
-            Some(CudaVersion {
-                major: 13,
-                minor: 0
-            })
-        );
-        assert_eq!(
-            CudaVersion::parse("v12.6.3"),
-            Some(CudaVersion {
-                major: 12,
-                minor: 6
-            })
-        );
+        assert_eq!(CudaVersion::parse("12.8.1"), Some(CudaVersion { major: 12, minor: 8 }));
+        assert_eq!(CudaVersion::parse(" 12.4 "), Some(CudaVersion { major: 12, minor: 4 }));
+        assert_eq!(CudaVersion::parse("13"), Some(CudaVersion { major: 13, minor: 0 }));
+        assert_eq!(CudaVersion::parse("v12.6.3"), Some(CudaVersion { major: 12, minor: 6 }));
         assert_eq!(CudaVersion::parse("twelve"), None);
         assert_eq!(CudaVersion::parse(""), None);
         assert_eq!(CudaVersion::parse("12.x"), None);

@@ -77,14 +77,8 @@ pub fn spawn(spec: &ChildSpec) -> Result<Child, SpawnError> {
     }
     match cmd.spawn() {
         // Dropping std's Child neither waits nor kills: the pid is all we keep.
-        Ok(child) => Ok(Child {
-            pid: child.id() as i32,
-            started: Instant::now(),
-        }),
-        Err(source) => Err(SpawnError {
-            program: program.to_string_lossy().into_owned(),
-            source,
-        }),
+        Ok(child) => Ok(Child { pid: child.id() as i32, started: Instant::now() }),
+        Err(source) => Err(SpawnError { program: program.to_string_lossy().into_owned(), source }),
     }
 }
 

@@ -3,8 +3,10 @@
 //! the group gracefully, and restarts the child when the policy says so.
 
 pub mod child;
+pub mod guard;
 pub mod policy;
 pub mod reaper;
+pub mod session;
 pub mod signals;
 
 use std::os::fd::BorrowedFd;
@@ -14,8 +16,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::config::{signal_name, RunSettings};
 use child::{Child, ChildSpec};
+use guard::Guard;
 use policy::{Decision, Limits, RestartPolicy};
 use reaper::ExitStatus;
+use session::Session;
 use signals::Signals;
 
 /// While a group is being stopped, how often to look whether its last member is gone (a
@@ -36,17 +40,8 @@ enum AfterStop {
 #[derive(Debug)]
 enum Phase {
     Running(Child),
-    Stopping {
-        child: Child,
-        exited: Option<ExitStatus>,
-        then: AfterStop,
-        kill_at: Instant,
-        killed: bool,
-    },
-    Backoff {
-        until: Instant,
-        last: ExitStatus,
-    },
+    Stopping { child: Child, exited: Option<ExitStatus>, then: AfterStop, kill_at: Instant, killed: bool },
+    Backoff { until: Instant, last: ExitStatus },
     Done(i32),
 }
 
@@ -54,6 +49,9 @@ pub struct Supervisor {
     settings: RunSettings,
     spec: ChildSpec,
     signals: Signals,
+    /// Credentials kept in step (None with COMFY_INIT_AUTH=off).
+    guard: Option<Guard>,
+    session: Option<Session>,
     policy: RestartPolicy,
     phase: Phase,
 }
@@ -63,28 +61,31 @@ impl Supervisor {
     /// come to us, and starts the child. Err: the first start failed (exit 126/127).
     pub fn start(
         settings: RunSettings,
-        spec: ChildSpec,
+        mut spec: ChildSpec,
         signals: Signals,
+        guard: Option<Guard>,
     ) -> Result<Supervisor, child::SpawnError> {
         if std::process::id() != 1 {
             if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-                log::warn!("cannot become a child subreaper ({e}): orphans of the child will not be reaped by comfy-init");
+                log::warn!(
+                    "cannot become a child subreaper ({e}): orphans of the child will not be reaped by comfy-init"
+                );
             }
         }
+        let session = match Session::create(spec.user) {
+            Ok(session) => {
+                spec.env_set.push((session::ENV.into(), session.path().into()));
+                Some(session)
+            }
+            Err(e) => {
+                log::warn!("no restart marker folder ({e}): ComfyUI-Manager's restart button will re-exec in place");
+                None
+            }
+        };
         let first = child::spawn(&spec)?;
-        log::info!(
-            "started {} (pid {})",
-            spec.argv[0].to_string_lossy(),
-            first.pid
-        );
+        log::info!("started {} (pid {})", spec.argv[0].to_string_lossy(), first.pid);
         let policy = RestartPolicy::new(settings.restart, Limits::default());
-        Ok(Supervisor {
-            settings,
-            spec,
-            signals,
-            policy,
-            phase: Phase::Running(first),
-        })
+        Ok(Supervisor { settings, spec, signals, guard, session, policy, phase: Phase::Running(first) })
     }
 
     /// The loop. Returns the exit code for comfy-init.
@@ -100,25 +101,29 @@ impl Supervisor {
             for (pid, status) in reaper::reap_all() {
                 self.on_reaped(pid, status);
             }
+            if let Some(guard) = &mut self.guard {
+                guard.on_readable(Instant::now());
+            }
             self.on_time(Instant::now());
         }
     }
 
-    /// Sleeps until the signalfd is readable or the next deadline; no deadline, no wake-up.
+    /// Sleeps until a signal or a file event arrives, or the next deadline; no deadline, no
+    /// wake-up.
     fn wait_for_event(&self) {
         let timeout = match self.next_deadline() {
             None => PollTimeout::NONE,
             Some(at) => {
-                let ms = at
-                    .saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(i32::MAX as u128);
+                let ms = at.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128);
                 // Round up so we never wake a hair before the deadline and spin.
                 PollTimeout::try_from(ms as i32 + 1).unwrap_or(PollTimeout::MAX)
             }
         };
-        let fd: BorrowedFd = self.signals.fd();
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        let mut fds: Vec<PollFd> = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+        if let Some(guard) = &self.guard {
+            let fd: BorrowedFd = guard.fd();
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         if let Err(e) = nix::poll::poll(&mut fds, timeout) {
             if e != nix::errno::Errno::EINTR {
                 log::error!("poll failed: {e}");
@@ -127,20 +132,16 @@ impl Supervisor {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        match &self.phase {
-            Phase::Stopping {
-                kill_at, killed, ..
-            } => {
+        let phase = match &self.phase {
+            Phase::Stopping { kill_at, killed, .. } => {
                 let recheck = Instant::now() + GROUP_RECHECK;
-                Some(if *killed {
-                    recheck
-                } else {
-                    recheck.min(*kill_at)
-                })
+                Some(if *killed { recheck } else { recheck.min(*kill_at) })
             }
             Phase::Backoff { until, .. } => Some(*until),
             Phase::Running(_) | Phase::Done(_) => None,
-        }
+        };
+        let files = self.guard.as_ref().and_then(Guard::deadline);
+        phase.into_iter().chain(files).min()
     }
 
     fn on_signal(&mut self, signo: i32) {
@@ -167,12 +168,7 @@ impl Supervisor {
                 let child = *child;
                 self.begin_stop(child, None, AfterStop::Exit);
             }
-            Phase::Stopping {
-                child,
-                then,
-                killed,
-                ..
-            } => {
+            Phase::Stopping { child, then, killed, .. } => {
                 if *then == AfterStop::Exit && !*killed {
                     // Asked twice (Ctrl-C Ctrl-C): no more patience.
                     log::warn!("second stop request: killing process group {}", child.pid);
@@ -189,20 +185,10 @@ impl Supervisor {
     /// Sends the stop signal to the whole group and arms the SIGKILL deadline.
     fn begin_stop(&mut self, child: Child, exited: Option<ExitStatus>, then: AfterStop) {
         let signo = self.settings.stop_signal;
-        log::debug!(
-            "sending {} to process group {}",
-            signal_name(signo),
-            child.pid
-        );
+        log::debug!("sending {} to process group {}", signal_name(signo), child.pid);
         forward(child.pid, signo);
         let kill_at = Instant::now() + self.settings.stop_timeout;
-        self.phase = Phase::Stopping {
-            child,
-            exited,
-            then,
-            kill_at,
-            killed: false,
-        };
+        self.phase = Phase::Stopping { child, exited, then, kill_at, killed: false };
     }
 
     fn on_reaped(&mut self, pid: i32, status: ExitStatus) {
@@ -226,14 +212,14 @@ impl Supervisor {
     }
 
     fn on_time(&mut self, now: Instant) {
+        let token_changed = self.guard.as_mut().map(|g| g.on_time(now)).unwrap_or(false);
+        if let (true, Phase::Running(child)) = (token_changed, &self.phase) {
+            let child = *child;
+            log::info!("the token changed: restarting ComfyUI (pid {}) so that it reads the new one", child.pid);
+            self.begin_stop(child, None, AfterStop::Restart);
+        }
         match &mut self.phase {
-            Phase::Stopping {
-                child,
-                exited,
-                then,
-                kill_at,
-                killed,
-            } => {
+            Phase::Stopping { child, exited, then, kill_at, killed } => {
                 let (child, then) = (*child, *then);
                 if let Some(status) = *exited {
                     if !child::group_alive(child.pid) {
@@ -268,20 +254,15 @@ impl Supervisor {
     /// The child ended by itself and its group is gone: restart now, later, or exit.
     fn decide(&mut self, child: Child, status: ExitStatus) {
         let now = Instant::now();
-        match self
-            .policy
-            .on_exit(status, now.duration_since(child.started), false, now)
-        {
-            Decision::RestartNow => self.start_child(),
+        let reboot = self.session.as_ref().map(Session::take_reboot_request).unwrap_or(false);
+        match self.policy.on_exit(status, now.duration_since(child.started), reboot, now) {
+            Decision::RestartNow => {
+                log::info!("ComfyUI asked for a restart (ComfyUI-Manager): starting it again");
+                self.start_child()
+            }
             Decision::RestartAfter(delay) => {
-                log::warn!(
-                    "restarting in {delay:?} (COMFY_INIT_RESTART={:?})",
-                    self.settings.restart
-                );
-                self.phase = Phase::Backoff {
-                    until: now + delay,
-                    last: status,
-                };
+                log::warn!("restarting in {delay:?} (COMFY_INIT_RESTART={})", self.settings.restart);
+                self.phase = Phase::Backoff { until: now + delay, last: status };
             }
             Decision::Exit { code, gave_up } => {
                 if gave_up {
@@ -296,19 +277,12 @@ impl Supervisor {
     fn start_child(&mut self) {
         match child::spawn(&self.spec) {
             Ok(child) => {
-                log::info!(
-                    "started {} (pid {})",
-                    self.spec.argv[0].to_string_lossy(),
-                    child.pid
-                );
+                log::info!("started {} (pid {})", self.spec.argv[0].to_string_lossy(), child.pid);
                 self.phase = Phase::Running(child);
             }
             Err(e) => {
                 log::error!("{e}");
-                let never_ran = Child {
-                    pid: 0,
-                    started: Instant::now(),
-                };
+                let never_ran = Child { pid: 0, started: Instant::now() };
                 self.decide(never_ran, ExitStatus::Code(e.exit_code()));
             }
         }
@@ -319,15 +293,9 @@ impl Supervisor {
 fn forward(pgid: i32, signo: i32) {
     if let Err(e) = child::signal_group(pgid, signo) {
         if e.raw_os_error() == Some(libc::ESRCH) {
-            log::debug!(
-                "{} not delivered: process group {pgid} is gone",
-                signal_name(signo)
-            );
+            log::debug!("{} not delivered: process group {pgid} is gone", signal_name(signo));
         } else {
-            log::warn!(
-                "cannot send {} to process group {pgid}: {e}",
-                signal_name(signo)
-            );
+            log::warn!("cannot send {} to process group {pgid}: {e}", signal_name(signo));
         }
     }
 }

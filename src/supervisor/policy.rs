@@ -16,6 +16,16 @@ pub enum RestartMode {
     Never,
 }
 
+impl std::fmt::Display for RestartMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RestartMode::OnFailure => "on-failure",
+            RestartMode::Always => "always",
+            RestartMode::Never => "never",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     RestartNow,
@@ -60,23 +70,12 @@ pub struct RestartPolicy {
 
 impl RestartPolicy {
     pub fn new(mode: RestartMode, limits: Limits) -> Self {
-        RestartPolicy {
-            mode,
-            limits,
-            next_delay: limits.first_delay,
-            failures: VecDeque::new(),
-        }
+        RestartPolicy { mode, limits, next_delay: limits.first_delay, failures: VecDeque::new() }
     }
 
     /// The child exited by itself after `uptime`. `reboot_requested`: it left ComfyUI-Manager's
     /// restart marker.
-    pub fn on_exit(
-        &mut self,
-        status: ExitStatus,
-        uptime: Duration,
-        reboot_requested: bool,
-        now: Instant,
-    ) -> Decision {
+    pub fn on_exit(&mut self, status: ExitStatus, uptime: Duration, reboot_requested: bool, now: Instant) -> Decision {
         if uptime >= self.limits.healthy_after {
             self.next_delay = self.limits.first_delay;
         }
@@ -90,10 +89,7 @@ impl RestartPolicy {
             RestartMode::Always => true,
         };
         if !restart {
-            return Decision::Exit {
-                code: status.code(),
-                gave_up: false,
-            };
+            return Decision::Exit { code: status.code(), gave_up: false };
         }
         if failed {
             self.failures.push_back(now);
@@ -105,10 +101,7 @@ impl RestartPolicy {
                 }
             }
             if self.failures.len() >= self.limits.max_failures {
-                return Decision::Exit {
-                    code: status.code(),
-                    gave_up: true,
-                };
+                return Decision::Exit { code: status.code(), gave_up: true };
             }
         }
         let delay = self.next_delay;
@@ -162,17 +155,12 @@ mod tests {
 
     #[test]
     fn delay_is_capped_at_thirty_seconds() {
-        let limits = Limits {
-            max_failures: 100,
-            ..Limits::default()
-        };
+        let limits = Limits { max_failures: 100, ..Limits::default() };
         let mut p = RestartPolicy::new(RestartMode::OnFailure, limits);
         let mut clock = Clock(Instant::now());
         let mut last = Duration::ZERO;
         for _ in 0..10 {
-            if let Decision::RestartAfter(d) =
-                p.on_exit(SEGV, Duration::ZERO, false, clock.advance(secs(1)))
-            {
+            if let Decision::RestartAfter(d) = p.on_exit(SEGV, Duration::ZERO, false, clock.advance(secs(1))) {
                 last = d;
             }
         }
@@ -194,52 +182,25 @@ mod tests {
     fn a_minute_of_uptime_resets_the_delay() {
         let mut p = RestartPolicy::new(RestartMode::OnFailure, Limits::default());
         let mut clock = Clock(Instant::now());
-        assert_eq!(
-            p.on_exit(FAIL, secs(1), false, clock.advance(secs(1))),
-            Decision::RestartAfter(secs(1))
-        );
-        assert_eq!(
-            p.on_exit(FAIL, secs(1), false, clock.advance(secs(1))),
-            Decision::RestartAfter(secs(2))
-        );
-        assert_eq!(
-            p.on_exit(FAIL, secs(61), false, clock.advance(secs(61))),
-            Decision::RestartAfter(secs(1))
-        );
+        assert_eq!(p.on_exit(FAIL, secs(1), false, clock.advance(secs(1))), Decision::RestartAfter(secs(1)));
+        assert_eq!(p.on_exit(FAIL, secs(1), false, clock.advance(secs(1))), Decision::RestartAfter(secs(2)));
+        assert_eq!(p.on_exit(FAIL, secs(61), false, clock.advance(secs(61))), Decision::RestartAfter(secs(1)));
     }
 
     #[test]
     fn clean_exit_depends_on_mode() {
         let now = Instant::now();
-        let exit0 = Decision::Exit {
-            code: 0,
-            gave_up: false,
-        };
+        let exit0 = Decision::Exit { code: 0, gave_up: false };
         assert_eq!(
-            RestartPolicy::new(RestartMode::OnFailure, Limits::default()).on_exit(
-                CLEAN,
-                secs(5),
-                false,
-                now
-            ),
+            RestartPolicy::new(RestartMode::OnFailure, Limits::default()).on_exit(CLEAN, secs(5), false, now),
             exit0
         );
         assert_eq!(
-            RestartPolicy::new(RestartMode::Never, Limits::default()).on_exit(
-                CLEAN,
-                secs(5),
-                false,
-                now
-            ),
+            RestartPolicy::new(RestartMode::Never, Limits::default()).on_exit(CLEAN, secs(5), false, now),
             exit0
         );
         assert_eq!(
-            RestartPolicy::new(RestartMode::Always, Limits::default()).on_exit(
-                CLEAN,
-                secs(5),
-                false,
-                now
-            ),
+            RestartPolicy::new(RestartMode::Always, Limits::default()).on_exit(CLEAN, secs(5), false, now),
             Decision::RestartAfter(secs(1))
         );
     }
@@ -247,33 +208,17 @@ mod tests {
     #[test]
     fn never_passes_failures_through() {
         let mut p = RestartPolicy::new(RestartMode::Never, Limits::default());
-        assert_eq!(
-            p.on_exit(SEGV, secs(1), false, Instant::now()),
-            Decision::Exit {
-                code: 139,
-                gave_up: false
-            }
-        );
+        assert_eq!(p.on_exit(SEGV, secs(1), false, Instant::now()), Decision::Exit { code: 139, gave_up: false });
     }
 
     #[test]
     fn manager_reboot_restarts_at_once_in_every_mode() {
-        for mode in [
-            RestartMode::OnFailure,
-            RestartMode::Always,
-            RestartMode::Never,
-        ] {
+        for mode in [RestartMode::OnFailure, RestartMode::Always, RestartMode::Never] {
             let mut p = RestartPolicy::new(mode, Limits::default());
-            assert_eq!(
-                p.on_exit(CLEAN, secs(1), true, Instant::now()),
-                Decision::RestartNow
-            );
+            assert_eq!(p.on_exit(CLEAN, secs(1), true, Instant::now()), Decision::RestartNow);
         }
         // A marker left by a crashing child is no restart request.
         let mut p = RestartPolicy::new(RestartMode::Never, Limits::default());
-        assert!(matches!(
-            p.on_exit(FAIL, secs(1), true, Instant::now()),
-            Decision::Exit { .. }
-        ));
+        assert!(matches!(p.on_exit(FAIL, secs(1), true, Instant::now()), Decision::Exit { .. }));
     }
 }

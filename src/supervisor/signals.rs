@@ -40,10 +40,7 @@ impl Signals {
         let me = std::process::id() as i32;
         let mut out = Vec::new();
         while let Ok(Some(info)) = self.fd.read_signal() {
-            let received = Received {
-                signo: info.ssi_signo as i32,
-                sender: info.ssi_pid as i32,
-            };
+            let received = Received { signo: info.ssi_signo as i32, sender: info.ssi_pid as i32 };
             if received.signo == libc::SIGPIPE && received.sender == me {
                 continue;
             }
@@ -92,12 +89,7 @@ struct KernelSigaction {
 }
 
 fn set_default_raw(signo: i32) {
-    let action = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
+    let action = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
     // SAFETY: rt_sigaction with a valid struct and the kernel's sigset size (8 bytes).
     unsafe {
         libc::syscall(

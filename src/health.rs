@@ -1,0 +1,703 @@
+//! `comfy-init healthcheck`: the Docker HEALTHCHECK target (the image has no curl).
+//!
+//! GET /system_stats on 127.0.0.1:$COMFYUI_PORT with the bearer token, then the same request
+//! without a token and with an empty `?token=` must be refused (401), then, under
+//! `COMFY_INIT_GPU=require`, NVML must still open the devices. One line on stdout starting
+//! `healthy:` or `UNHEALTHY:`; exit 0 or 1, never 2 (Docker reserves it).
+//!
+//! [`evaluate`] decides from what the requests answered ([`Reply`]) and is pure: the requests are
+//! passed in as a function, so the whole sequence is unit-tested without a network. [`command`]
+//! does the I/O and owns the deadline.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::config::{self, process_env, Lookup};
+use crate::credentials;
+use crate::gpu::{self, GpuPolicy, GpuSettings};
+
+pub const ENV_TIMEOUT: &str = "COMFY_INIT_HEALTH_TIMEOUT";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Docker keeps 4096 bytes of probe output; stay well under it.
+const MAX_LINE: usize = 1000;
+
+/// What one request came back with, reduced to what the verdict needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// An HTTP answer. The body is read only for 200.
+    Answer { status: u16, body: String },
+    /// Connection refused (or otherwise not established): nothing listens.
+    NotListening(String),
+    /// The deadline passed before a complete answer.
+    Timeout,
+    /// Anything else on the wire: reset, garbage instead of HTTP.
+    Failed(String),
+}
+
+/// The three requests the healthcheck makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request<'a> {
+    Bearer(&'a str),
+    Anonymous,
+    EmptyToken,
+}
+
+impl Request<'_> {
+    fn describe(self) -> &'static str {
+        match self {
+            Request::Bearer(_) => "with our token",
+            Request::Anonymous => "without a token",
+            Request::EmptyToken => "with an empty ?token=",
+        }
+    }
+}
+
+/// What the healthcheck knows about authentication before asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    /// COMFY_INIT_AUTH=off: no token, no enforcement check.
+    Off,
+    Token(String),
+    /// PASSWORD missing, empty or malformed: why, with the repair.
+    Unreadable(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    Config(String),
+    NotListening,
+    Timeout,
+    /// 401 to our token: ComfyUI-Login read another PASSWORD at its start.
+    TokenRejected,
+    /// 401 while COMFY_INIT_AUTH=off: ComfyUI-Login is there but we have no token.
+    AuthRequiredButOff,
+    NoToken(String),
+    ServerError(u16),
+    Unexpected { status: u16, request: &'static str },
+    BadJson(String),
+    AuthNotEnforced(&'static str),
+    Transport(String),
+    GpuLost(String),
+}
+
+/// Where and how long: only for the wording of the line.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub port: u16,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Healthy {
+    pub version: String,
+    pub device: Option<String>,
+    pub auth_checked: bool,
+    pub gpu: Option<String>,
+}
+
+impl Problem {
+    pub fn line(&self, t: Target) -> String {
+        let addr = format!("127.0.0.1:{}", t.port);
+        let why = match self {
+            Problem::Config(e) => format!("bad configuration: {e}"),
+            Problem::NotListening => format!(
+                "not listening: nothing accepts connections on {addr} (ComfyUI is starting, \
+                 crashed, or listens elsewhere: check COMFYUI_PORT)"
+            ),
+            Problem::Timeout => format!(
+                "timeout: no complete answer from {addr} within {} ({ENV_TIMEOUT}); ComfyUI is hung or overloaded",
+                secs(t.timeout)
+            ),
+            Problem::TokenRejected => "token out of sync: ComfyUI answers 401 to the token in \
+                login/PASSWORD (ComfyUI-Login reads it only at start); restart ComfyUI (comfy-init's \
+                supervisor restarts it when PASSWORD changes) and, if PASSWORD was edited by hand, \
+                run 'comfy-init sync'"
+                .to_string(),
+            Problem::AuthRequiredButOff => "ComfyUI answers 401 but COMFY_INIT_AUTH=off gives the \
+                healthcheck no token: set COMFY_INIT_AUTH=on, or remove ComfyUI-Login"
+                .to_string(),
+            Problem::NoToken(why) => format!("no token to check with: {why}"),
+            Problem::ServerError(s) => {
+                format!("ComfyUI answered {s} on /system_stats: it is broken, see its log")
+            }
+            Problem::Unexpected { status, request } => format!(
+                "unexpected answer {status} to /system_stats {request} (is ComfyUI on {addr}?)"
+            ),
+            Problem::BadJson(e) => format!(
+                "/system_stats answered 200 without ComfyUI's JSON (no 'system' object: {e})"
+            ),
+            Problem::AuthNotEnforced(request) => format!(
+                "authentication is not enforced: /system_stats answered 200 {request} \
+                 (ComfyUI-Login is missing or failed to load, or login/PASSWORD was empty when \
+                 ComfyUI started: the empty-token bypass is open); run 'comfy-init sync' and restart"
+            ),
+            Problem::Transport(e) => format!("request to {addr} failed: {e}"),
+            Problem::GpuLost(e) => format!("GPU lost: ComfyUI answers but NVML fails: {e}"),
+        };
+        format!("UNHEALTHY: {why}")
+    }
+}
+
+impl Healthy {
+    pub fn line(&self, t: Target) -> String {
+        let mut line = format!(
+            "healthy: ComfyUI {} answers on 127.0.0.1:{}",
+            self.version, t.port
+        );
+        if let Some(d) = &self.device {
+            line += &format!(", device {d}");
+        }
+        line += if self.auth_checked {
+            "; auth enforced (401 without a token and with an empty ?token=)"
+        } else {
+            "; auth not checked (COMFY_INIT_AUTH=off)"
+        };
+        if let Some(g) = &self.gpu {
+            line += &format!("; NVML opens {g}");
+        }
+        line
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// Transport outcomes are judged the same way for every request.
+fn transport(reply: &Reply) -> Option<Problem> {
+    match reply {
+        Reply::Answer { .. } => None,
+        Reply::NotListening(_) => Some(Problem::NotListening),
+        Reply::Timeout => Some(Problem::Timeout),
+        Reply::Failed(e) => Some(Problem::Transport(e.clone())),
+    }
+}
+
+/// The main request: 200 with a `system` object, or why not.
+pub fn judge_stats(reply: &Reply, request: Request) -> Result<Healthy, Problem> {
+    if let Some(p) = transport(reply) {
+        return Err(p);
+    }
+    let Reply::Answer { status, body } = reply else {
+        return Err(Problem::Transport("no answer".into()));
+    };
+    match (*status, request) {
+        (200, _) => {}
+        (401, Request::Bearer(_)) => return Err(Problem::TokenRejected),
+        (401, _) => return Err(Problem::AuthRequiredButOff),
+        (s @ 500..=599, _) => return Err(Problem::ServerError(s)),
+        (s, r) => {
+            return Err(Problem::Unexpected {
+                status: s,
+                request: r.describe(),
+            })
+        }
+    }
+    let json: Value = serde_json::from_str(body).map_err(|e| Problem::BadJson(e.to_string()))?;
+    let system = json
+        .get("system")
+        .filter(|s| s.is_object())
+        .ok_or_else(|| Problem::BadJson("valid JSON, but no 'system' object".into()))?;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(printable);
+    Ok(Healthy {
+        version: text(system.get("comfyui_version")).unwrap_or_else(|| "(version unknown)".into()),
+        device: text(json.pointer("/devices/0/name")),
+        auth_checked: false,
+        gpu: None,
+    })
+}
+
+/// A request without a valid token: refused is right, 200 means anyone gets in.
+pub fn judge_refusal(reply: &Reply, request: Request) -> Result<(), Problem> {
+    if let Some(p) = transport(reply) {
+        return Err(p);
+    }
+    match reply {
+        // ComfyUI-Login: 401 for API clients, 302 to /login for browsers.
+        Reply::Answer {
+            status: 401 | 302, ..
+        } => Ok(()),
+        Reply::Answer {
+            status: 200..=299, ..
+        } => Err(Problem::AuthNotEnforced(request.describe())),
+        Reply::Answer { status, .. } => Err(Problem::Unexpected {
+            status: *status,
+            request: request.describe(),
+        }),
+        _ => Err(Problem::Transport("no answer".into())),
+    }
+}
+
+/// The whole check, I/O passed in: `fetch` makes one request, `gpu` (None unless the policy is
+/// `require`) asks NVML.
+pub fn evaluate(
+    auth: &Auth,
+    fetch: &mut dyn FnMut(Request) -> Reply,
+    gpu: Option<&dyn Fn() -> Result<String, String>>,
+) -> Result<Healthy, Problem> {
+    let mut refusals = |fetch: &mut dyn FnMut(Request) -> Reply| -> Result<(), Problem> {
+        for r in [Request::Anonymous, Request::EmptyToken] {
+            judge_refusal(&fetch(r), r)?;
+        }
+        Ok(())
+    };
+    let mut healthy = match auth {
+        Auth::Off => judge_stats(&fetch(Request::Anonymous), Request::Anonymous)?,
+        Auth::Token(token) => {
+            let r = Request::Bearer(token);
+            let mut h = judge_stats(&fetch(r), r)?;
+            refusals(fetch)?;
+            h.auth_checked = true;
+            h
+        }
+        // Without a token the open door is still worth naming: it is the worse news.
+        Auth::Unreadable(why) => {
+            refusals(fetch)?;
+            return Err(Problem::NoToken(why.clone()));
+        }
+    };
+    if let Some(check) = gpu {
+        healthy.gpu = Some(check().map_err(|e| Problem::GpuLost(printable(&e)))?);
+    }
+    Ok(healthy)
+}
+
+/// Server-supplied or multi-line text made safe for the one line.
+fn printable(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    clip(&s, 200)
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+// ------------------------------------------------------------------------- I/O ---
+
+struct Settings {
+    target: Target,
+    auth: Auth,
+    gpu: GpuSettings,
+}
+
+pub fn timeout(get: Lookup) -> Result<Duration, String> {
+    match get(ENV_TIMEOUT) {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(v) => match config::parse_duration(ENV_TIMEOUT, &v) {
+            Ok(d) if d.is_zero() => Err(format!("{ENV_TIMEOUT}='{v}' must be more than 0")),
+            Ok(d) => Ok(d),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
+/// The same configuration `run` reads, so the probe needs no arguments in the container.
+fn settings(get: Lookup) -> Result<Settings, String> {
+    let target = Target {
+        port: config::comfyui_port(get).map_err(|e| e.to_string())?,
+        timeout: timeout(get)?,
+    };
+    let gpu = GpuSettings::from_lookup(get)?;
+    let auth = if credentials::auth_enabled(get).map_err(|e| e.to_string())? {
+        let creds = credentials::Settings::from_lookup(get).map_err(|e| e.to_string())?;
+        match credentials::current_token(&creds) {
+            Ok(t) => Auth::Token(t),
+            Err(e) => Auth::Unreadable(e),
+        }
+    } else {
+        Auth::Off
+    };
+    Ok(Settings { target, auth, gpu })
+}
+
+/// Set once a line is out: main and watchdog print at most one between them.
+static REPORTED: Mutex<bool> = Mutex::new(false);
+/// What the main thread is waiting on, for the watchdog's line.
+static STAGE: AtomicU8 = AtomicU8::new(0);
+const STAGE_HTTP: u8 = 0;
+const STAGE_GPU: u8 = 1;
+
+fn print_once(line: &str) -> bool {
+    let mut done = REPORTED.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return false;
+    }
+    *done = true;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", clip(line, MAX_LINE));
+    let _ = out.flush();
+    true
+}
+
+/// The per-request timeouts already end at the deadline; this covers whatever they cannot
+/// (a server trickling bytes into a slow body, an NVML call that hangs). Exiting from a thread
+/// is fine here: the healthcheck is a short-lived process, not PID 1.
+fn arm_watchdog(deadline: Instant, target: Target) {
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        let mut done = REPORTED.lock().unwrap_or_else(|p| p.into_inner());
+        if *done {
+            return;
+        }
+        *done = true;
+        let mut line = Problem::Timeout.line(target);
+        if STAGE.load(Ordering::SeqCst) == STAGE_GPU {
+            line = format!(
+                "UNHEALTHY: timeout: NVML did not answer within {} ({ENV_TIMEOUT}): the GPU is likely lost",
+                secs(target.timeout)
+            );
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        // Exit while holding the lock, so the main thread can never print or return 0 after us.
+        std::process::exit(1);
+    });
+}
+
+fn fetch(agent: &ureq::Agent, port: u16, deadline: Instant, request: Request) -> Reply {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Reply::Timeout;
+    }
+    let query = if request == Request::EmptyToken { "?token=" } else { "" };
+    let mut req = agent
+        .get(&format!("http://127.0.0.1:{port}/system_stats{query}"))
+        .timeout(left);
+    if let Request::Bearer(token) = request {
+        req = req.set("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(status, _)) => {
+            return Reply::Answer {
+                status,
+                body: String::new(),
+            }
+        }
+        Err(ureq::Error::Transport(t)) => return transport_reply(&t),
+    };
+    let status = response.status();
+    if status != 200 {
+        return Reply::Answer {
+            status,
+            body: String::new(),
+        };
+    }
+    match response.into_string() {
+        Ok(body) => Reply::Answer { status, body },
+        Err(e) if timed_out(&e) => Reply::Timeout,
+        Err(e) => Reply::Failed(format!("reading the answer: {e}")),
+    }
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+fn transport_reply(t: &ureq::Transport) -> Reply {
+    let mut source = std::error::Error::source(t);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some_and(timed_out) {
+            return Reply::Timeout;
+        }
+        source = e.source();
+    }
+    match t.kind() {
+        ureq::ErrorKind::ConnectionFailed => Reply::NotListening(t.to_string()),
+        _ => Reply::Failed(printable(&t.to_string())),
+    }
+}
+
+/// `comfy-init healthcheck`: prints one line, returns 0 (healthy) or 1.
+pub fn command() -> u8 {
+    let started = Instant::now();
+    let s = match settings(&process_env) {
+        Ok(s) => s,
+        Err(e) => {
+            let t = Target {
+                port: 0,
+                timeout: DEFAULT_TIMEOUT,
+            };
+            print_once(&Problem::Config(printable(&e)).line(t));
+            return 1;
+        }
+    };
+    let deadline = started + s.target.timeout;
+    arm_watchdog(deadline, s.target);
+
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0) // a 302 to /login is an answer, not somewhere to go
+        .user_agent(concat!("comfy-init-healthcheck/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let port = s.target.port;
+    let mut http = |r: Request| fetch(&agent, port, deadline, r);
+    let gpu_settings = s.gpu.clone();
+    let gpu_check = move || {
+        STAGE.store(STAGE_GPU, Ordering::SeqCst);
+        gpu::check_alive(&gpu_settings)
+    };
+    let gpu: Option<&dyn Fn() -> Result<String, String>> =
+        (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
+    debug_assert_eq!(STAGE.load(Ordering::SeqCst), STAGE_HTTP);
+
+    let (code, mut line) = match evaluate(&s.auth, &mut http, gpu) {
+        Ok(h) => (0, h.line(s.target)),
+        Err(p) => (1, p.line(s.target)),
+    };
+    // Belt and braces: no path above prints the token, and none ever may.
+    if let Auth::Token(token) = &s.auth {
+        line = line.replace(token.as_str(), "<token>");
+    }
+    if print_once(&line) {
+        code
+    } else {
+        1 // the watchdog already reported a timeout (and is exiting 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const T: Target = Target {
+        port: 8188,
+        timeout: Duration::from_secs(5),
+    };
+    const STATS: &str = r#"{"system": {"comfyui_version": "0.3.40", "os": "posix"},
+        "devices": [{"name": "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync"}]}"#;
+
+    fn ok(body: &str) -> Reply {
+        Reply::Answer {
+            status: 200,
+            body: body.into(),
+        }
+    }
+
+    fn status(s: u16) -> Reply {
+        Reply::Answer {
+            status: s,
+            body: String::new(),
+        }
+    }
+
+    /// A server answering by request kind; records what was asked.
+    fn run(
+        auth: &Auth,
+        answer: impl Fn(Request) -> Reply,
+        gpu: Option<&dyn Fn() -> Result<String, String>>,
+    ) -> (Result<Healthy, Problem>, Vec<String>) {
+        let mut asked = Vec::new();
+        let mut fetch = |r: Request| {
+            asked.push(r.describe().to_string());
+            answer(r)
+        };
+        let result = evaluate(auth, &mut fetch, gpu);
+        (result, asked)
+    }
+
+    fn protected(r: Request) -> Reply {
+        match r {
+            Request::Bearer("tok") => ok(STATS),
+            _ => status(401),
+        }
+    }
+
+    fn token() -> Auth {
+        Auth::Token("tok".into())
+    }
+
+    #[test]
+    fn healthy_with_auth_enforced() {
+        let (result, asked) = run(&token(), protected, None);
+        let h = result.unwrap();
+        assert_eq!(h.version, "0.3.40");
+        assert_eq!(
+            h.device.as_deref(),
+            Some("cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync")
+        );
+        assert!(h.auth_checked);
+        assert_eq!(
+            asked,
+            ["with our token", "without a token", "with an empty ?token="]
+        );
+        let line = h.line(T);
+        assert!(line.starts_with("healthy: ComfyUI 0.3.40 answers on 127.0.0.1:8188"));
+        assert!(line.contains("auth enforced"), "{line}");
+    }
+
+    #[test]
+    fn auth_off_makes_one_anonymous_request() {
+        let (result, asked) = run(&Auth::Off, |_| ok(STATS), None);
+        let line = result.unwrap().line(T);
+        assert_eq!(asked, ["without a token"]);
+        assert!(line.contains("auth not checked (COMFY_INIT_AUTH=off)"), "{line}");
+        let (result, _) = run(&Auth::Off, protected, None);
+        assert_eq!(result, Err(Problem::AuthRequiredButOff));
+    }
+
+    #[test]
+    fn open_door_is_reported_whichever_request_gets_in() {
+        let (result, _) = run(&token(), |_| ok(STATS), None);
+        assert_eq!(result, Err(Problem::AuthNotEnforced("without a token")));
+        let bypass = |r: Request| match r {
+            Request::Anonymous => status(401),
+            _ => ok(STATS),
+        };
+        let (result, _) = run(&token(), bypass, None);
+        let p = result.unwrap_err();
+        assert_eq!(p, Problem::AuthNotEnforced("with an empty ?token="));
+        assert!(p
+            .line(T)
+            .starts_with("UNHEALTHY: authentication is not enforced"));
+    }
+
+    #[test]
+    fn unreadable_token_still_checks_the_door() {
+        let auth = Auth::Unreadable("login/PASSWORD is empty".into());
+        let (result, asked) = run(&auth, |_| ok(STATS), None);
+        assert_eq!(result, Err(Problem::AuthNotEnforced("without a token")));
+        assert_eq!(asked, ["without a token"]);
+        let (result, _) = run(&auth, protected, None);
+        let line = result.unwrap_err().line(T);
+        assert_eq!(
+            line,
+            "UNHEALTHY: no token to check with: login/PASSWORD is empty"
+        );
+        let (result, _) = run(&auth, |_| Reply::NotListening("refused".into()), None);
+        assert_eq!(result, Err(Problem::NotListening));
+    }
+
+    #[test]
+    fn each_failure_of_the_main_request() {
+        let cases: Vec<(Reply, Problem, &str)> = vec![
+            (
+                Reply::NotListening("refused".into()),
+                Problem::NotListening,
+                "UNHEALTHY: not listening",
+            ),
+            (Reply::Timeout, Problem::Timeout, "UNHEALTHY: timeout"),
+            (
+                status(401),
+                Problem::TokenRejected,
+                "UNHEALTHY: token out of sync",
+            ),
+            (
+                status(500),
+                Problem::ServerError(500),
+                "UNHEALTHY: ComfyUI answered 500",
+            ),
+            (
+                status(404),
+                Problem::Unexpected {
+                    status: 404,
+                    request: "with our token",
+                },
+                "UNHEALTHY: unexpected answer 404",
+            ),
+            (
+                ok(r#"{"system": {"os": "#),
+                Problem::BadJson("EOF while parsing a value at line 1 column 18".into()),
+                "UNHEALTHY: /system_stats answered 200 without ComfyUI's JSON",
+            ),
+            (
+                ok(r#"{"devices": []}"#),
+                Problem::BadJson("valid JSON, but no 'system' object".into()),
+                "UNHEALTHY: /system_stats answered 200 without",
+            ),
+            (
+                Reply::Failed("connection reset".into()),
+                Problem::Transport("connection reset".into()),
+                "UNHEALTHY: request to 127.0.0.1:8188 failed: connection reset",
+            ),
+        ];
+        for (reply, problem, start) in cases {
+            let (result, asked) = run(&token(), |_| reply.clone(), None);
+            assert_eq!(result, Err(problem.clone()), "{reply:?}");
+            assert_eq!(asked.len(), 1, "stops at the first failure");
+            let line = problem.line(T);
+            assert!(line.starts_with(start), "{line}");
+        }
+        assert!(Problem::TokenRejected.line(T).contains("comfy-init sync"));
+    }
+
+    #[test]
+    fn a_redirect_to_login_is_a_refusal() {
+        assert_eq!(judge_refusal(&status(302), Request::Anonymous), Ok(()));
+        assert_eq!(
+            judge_refusal(&status(500), Request::EmptyToken),
+            Err(Problem::Unexpected {
+                status: 500,
+                request: "with an empty ?token="
+            })
+        );
+    }
+
+    #[test]
+    fn minimal_stats_and_hostile_strings() {
+        let h = judge_stats(&ok(r#"{"system": {}}"#), Request::Anonymous).unwrap();
+        assert_eq!(h.version, "(version unknown)");
+        assert_eq!(h.device, None);
+        let long = "x".repeat(5000);
+        let body = format!(r#"{{"system": {{"comfyui_version": "a\nb{long}"}}}}"#);
+        let h = judge_stats(&ok(&body), Request::Anonymous).unwrap();
+        assert!(!h.version.contains('\n'));
+        assert!(h.line(T).len() < 400);
+    }
+
+    #[test]
+    fn gpu_is_asked_last_and_only_when_given() {
+        let alive = || Ok("NVIDIA GeForce RTX 4090".to_string());
+        let (result, _) = run(&token(), protected, Some(&alive));
+        let line = result.unwrap().line(T);
+        assert!(line.ends_with("; NVML opens NVIDIA GeForce RTX 4090"), "{line}");
+        let lost = || Err("the GPU fell off the bus:\nreboot the host".to_string());
+        let (result, _) = run(&token(), protected, Some(&lost));
+        let line = result.unwrap_err().line(T);
+        assert!(line.starts_with("UNHEALTHY: GPU lost"), "{line}");
+        assert!(!line.contains('\n'));
+        // ComfyUI down: the GPU is not asked, the HTTP problem is reported.
+        let never = || -> Result<String, String> { panic!("asked the GPU") };
+        let (result, _) = run(&token(), |_| Reply::Timeout, Some(&never));
+        assert_eq!(result, Err(Problem::Timeout));
+    }
+
+    #[test]
+    fn timeout_setting() {
+        let get = |pairs: &'static [(&'static str, &'static str)]| {
+            let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+            timeout(&move |k| map.get(k).map(|v| v.to_string()))
+        };
+        assert_eq!(get(&[]), Ok(Duration::from_secs(5)));
+        assert_eq!(get(&[(ENV_TIMEOUT, "1500ms")]), Ok(Duration::from_millis(1500)));
+        assert!(get(&[(ENV_TIMEOUT, "0")]).unwrap_err().contains("more than 0"));
+        assert!(get(&[(ENV_TIMEOUT, "soon")])
+            .unwrap_err()
+            .contains(ENV_TIMEOUT));
+    }
+
+    #[test]
+    fn lines_stay_short() {
+        let p = Problem::Config("y".repeat(10_000));
+        assert!(clip(&p.line(T), MAX_LINE).len() <= MAX_LINE + 3);
+        assert_eq!(clip("héllo", 2), "h...");
+    }
+}

@@ -1,0 +1,71 @@
+//! Keeps the credentials in step while ComfyUI runs: file events (debounced) trigger a new
+//! reconciliation with the running token as a candidate, so a broken PASSWORD is healed in place
+//! and only a real token change asks for a restart. Our own writes cause events too; they
+//! reconcile to "nothing to do", which is why no restart can come from them.
+
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use crate::credentials::{self, Settings};
+use crate::watch::Watcher;
+
+/// One save is one reaction: wait this long after the last event...
+const QUIET: Duration = Duration::from_millis(75);
+/// ...but never longer than this after the first.
+const MAX_WAIT: Duration = Duration::from_millis(500);
+
+pub struct Guard {
+    settings: Settings,
+    watcher: Watcher,
+    /// The token the current child was started with.
+    token: String,
+    /// (first event, last event) of a burst not yet acted on.
+    burst: Option<(Instant, Instant)>,
+}
+
+impl Guard {
+    pub fn new(settings: Settings, token: String) -> nix::Result<Guard> {
+        let watcher = Watcher::new(settings.watch_targets())?;
+        Ok(Guard { settings, watcher, token, burst: None })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.watcher.fd()
+    }
+
+    pub fn on_readable(&mut self, now: Instant) {
+        if self.watcher.drain() {
+            let first = self.burst.map(|(first, _)| first).unwrap_or(now);
+            self.burst = Some((first, now));
+        }
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        self.burst.map(|(first, last)| (last + QUIET).min(first + MAX_WAIT))
+    }
+
+    /// At the deadline: reconcile. True when the child must restart to pick up a new token.
+    pub fn on_time(&mut self, now: Instant) -> bool {
+        match self.deadline() {
+            Some(at) if now >= at => self.burst = None,
+            _ => return false,
+        }
+        match credentials::reconcile(&self.settings, Some(&self.token), false) {
+            Ok(out) => {
+                for change in &out.changes {
+                    log::info!("credentials: {change}");
+                }
+                credentials::announce(&out);
+                if out.token == self.token {
+                    return false;
+                }
+                self.token = out.token;
+                true
+            }
+            Err(e) => {
+                log::error!("{e}; ComfyUI keeps running with its current token");
+                false
+            }
+        }
+    }
+}
