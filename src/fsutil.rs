@@ -25,6 +25,7 @@ pub fn write_atomic(path: &Path, content: &[u8], attrs: NewFileAttrs) -> Result<
         Ok(meta) => (attrs.mode, attrs.owner.or(Some((meta.uid(), meta.gid())))),
         Err(_) => (attrs.mode, attrs.owner),
     };
+    remove_stale_temp_files(dir, &name);
     let tmp = dir.join(format!(".{name}.comfy-init-{}.tmp", std::process::id()));
     let result = (|| -> io::Result<()> {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
@@ -42,6 +43,19 @@ pub fn write_atomic(path: &Path, content: &[u8], attrs: NewFileAttrs) -> Result<
         let _ = fs::remove_file(&tmp);
         explain_write_error(path, &e)
     })
+}
+
+/// A write killed before its rename leaves its temp file behind: sweep those of earlier runs.
+fn remove_stale_temp_files(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.comfy-init-");
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        if file.starts_with(&prefix) && file.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// One line an operator can act on, for a failed write.

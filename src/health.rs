@@ -77,9 +77,16 @@ pub enum Problem {
     AuthRequiredButOff,
     NoToken(String),
     ServerError(u16),
-    Unexpected { status: u16, request: &'static str },
+    Unexpected {
+        status: u16,
+        request: &'static str,
+    },
     BadJson(String),
-    AuthNotEnforced(&'static str),
+    /// 200 to a request without a valid token; with why we had no token, if we had none.
+    AuthNotEnforced {
+        request: &'static str,
+        token_problem: Option<String>,
+    },
     Transport(String),
     GpuLost(String),
 }
@@ -124,16 +131,20 @@ impl Problem {
             Problem::ServerError(s) => {
                 format!("ComfyUI answered {s} on /system_stats: it is broken, see its log")
             }
-            Problem::Unexpected { status, request } => format!(
-                "unexpected answer {status} to /system_stats {request} (is ComfyUI on {addr}?)"
+            Problem::Unexpected { status, request } => {
+                format!("unexpected answer {status} to /system_stats {request} (is ComfyUI on {addr}?)")
+            }
+            Problem::BadJson(e) => {
+                format!("/system_stats answered 200 without ComfyUI's JSON (no 'system' object: {e})")
+            }
+            Problem::AuthNotEnforced { request, token_problem: Some(why) } => format!(
+                "authentication is not enforced: /system_stats answered 200 {request}, the \
+                 empty-token bypass of ComfyUI-Login is open because {why}"
             ),
-            Problem::BadJson(e) => format!(
-                "/system_stats answered 200 without ComfyUI's JSON (no 'system' object: {e})"
-            ),
-            Problem::AuthNotEnforced(request) => format!(
+            Problem::AuthNotEnforced { request, token_problem: None } => format!(
                 "authentication is not enforced: /system_stats answered 200 {request} \
                  (ComfyUI-Login is missing or failed to load, or login/PASSWORD was empty when \
-                 ComfyUI started: the empty-token bypass is open); run 'comfy-init sync' and restart"
+                 ComfyUI started: the empty-token bypass); run 'comfy-init sync' and restart"
             ),
             Problem::Transport(e) => format!("request to {addr} failed: {e}"),
             Problem::GpuLost(e) => format!("GPU lost: ComfyUI answers but NVML fails: {e}"),
@@ -144,10 +155,7 @@ impl Problem {
 
 impl Healthy {
     pub fn line(&self, t: Target) -> String {
-        let mut line = format!(
-            "healthy: ComfyUI {} answers on 127.0.0.1:{}",
-            self.version, t.port
-        );
+        let mut line = format!("healthy: ComfyUI {} answers on 127.0.0.1:{}", self.version, t.port);
         if let Some(d) = &self.device {
             line += &format!(", device {d}");
         }
@@ -190,12 +198,7 @@ pub fn judge_stats(reply: &Reply, request: Request) -> Result<Healthy, Problem> 
         (401, Request::Bearer(_)) => return Err(Problem::TokenRejected),
         (401, _) => return Err(Problem::AuthRequiredButOff),
         (s @ 500..=599, _) => return Err(Problem::ServerError(s)),
-        (s, r) => {
-            return Err(Problem::Unexpected {
-                status: s,
-                request: r.describe(),
-            })
-        }
+        (s, r) => return Err(Problem::Unexpected { status: s, request: r.describe() }),
     }
     let json: Value = serde_json::from_str(body).map_err(|e| Problem::BadJson(e.to_string()))?;
     let system = json
@@ -218,16 +221,11 @@ pub fn judge_refusal(reply: &Reply, request: Request) -> Result<(), Problem> {
     }
     match reply {
         // ComfyUI-Login: 401 for API clients, 302 to /login for browsers.
-        Reply::Answer {
-            status: 401 | 302, ..
-        } => Ok(()),
-        Reply::Answer {
-            status: 200..=299, ..
-        } => Err(Problem::AuthNotEnforced(request.describe())),
-        Reply::Answer { status, .. } => Err(Problem::Unexpected {
-            status: *status,
-            request: request.describe(),
-        }),
+        Reply::Answer { status: 401 | 302, .. } => Ok(()),
+        Reply::Answer { status: 200..=299, .. } => {
+            Err(Problem::AuthNotEnforced { request: request.describe(), token_problem: None })
+        }
+        Reply::Answer { status, .. } => Err(Problem::Unexpected { status: *status, request: request.describe() }),
         _ => Err(Problem::Transport("no answer".into())),
     }
 }
@@ -239,12 +237,12 @@ pub fn evaluate(
     fetch: &mut dyn FnMut(Request) -> Reply,
     gpu: Option<&dyn Fn() -> Result<String, String>>,
 ) -> Result<Healthy, Problem> {
-    let mut refusals = |fetch: &mut dyn FnMut(Request) -> Reply| -> Result<(), Problem> {
+    fn refusals(fetch: &mut dyn FnMut(Request) -> Reply) -> Result<(), Problem> {
         for r in [Request::Anonymous, Request::EmptyToken] {
             judge_refusal(&fetch(r), r)?;
         }
         Ok(())
-    };
+    }
     let mut healthy = match auth {
         Auth::Off => judge_stats(&fetch(Request::Anonymous), Request::Anonymous)?,
         Auth::Token(token) => {
@@ -256,23 +254,29 @@ pub fn evaluate(
         }
         // Without a token the open door is still worth naming: it is the worse news.
         Auth::Unreadable(why) => {
-            refusals(fetch)?;
-            return Err(Problem::NoToken(why.clone()));
+            return Err(match refusals(fetch) {
+                Ok(()) => Problem::NoToken(why.clone()),
+                Err(Problem::AuthNotEnforced { request, .. }) => {
+                    Problem::AuthNotEnforced { request, token_problem: Some(why.clone()) }
+                }
+                Err(p) => p,
+            });
         }
     };
     if let Some(check) = gpu {
-        healthy.gpu = Some(check().map_err(|e| Problem::GpuLost(printable(&e)))?);
+        healthy.gpu = Some(check().map_err(|e| Problem::GpuLost(one_line(&e)))?);
     }
     Ok(healthy)
 }
 
-/// Server-supplied or multi-line text made safe for the one line.
+/// Multi-line text made fit for the one line.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// Server-supplied text: one line, and short.
 fn printable(s: &str) -> String {
-    let s: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    clip(&s, 200)
+    clip(&one_line(s), 200)
 }
 
 fn clip(s: &str, max: usize) -> String {
@@ -307,10 +311,7 @@ pub fn timeout(get: Lookup) -> Result<Duration, String> {
 
 /// The same configuration `run` reads, so the probe needs no arguments in the container.
 fn settings(get: Lookup) -> Result<Settings, String> {
-    let target = Target {
-        port: config::comfyui_port(get).map_err(|e| e.to_string())?,
-        timeout: timeout(get)?,
-    };
+    let target = Target { port: config::comfyui_port(get).map_err(|e| e.to_string())?, timeout: timeout(get)? };
     let gpu = GpuSettings::from_lookup(get)?;
     let auth = if credentials::auth_enabled(get).map_err(|e| e.to_string())? {
         let creds = credentials::Settings::from_lookup(get).map_err(|e| e.to_string())?;
@@ -327,7 +328,7 @@ fn settings(get: Lookup) -> Result<Settings, String> {
 /// Set once a line is out: main and watchdog print at most one between them.
 static REPORTED: Mutex<bool> = Mutex::new(false);
 /// What the main thread is waiting on, for the watchdog's line.
-static STAGE: AtomicU8 = AtomicU8::new(0);
+static STAGE: AtomicU8 = AtomicU8::new(STAGE_HTTP);
 const STAGE_HTTP: u8 = 0;
 const STAGE_GPU: u8 = 1;
 
@@ -375,28 +376,18 @@ fn fetch(agent: &ureq::Agent, port: u16, deadline: Instant, request: Request) ->
         return Reply::Timeout;
     }
     let query = if request == Request::EmptyToken { "?token=" } else { "" };
-    let mut req = agent
-        .get(&format!("http://127.0.0.1:{port}/system_stats{query}"))
-        .timeout(left);
+    let mut req = agent.get(&format!("http://127.0.0.1:{port}/system_stats{query}")).timeout(left);
     if let Request::Bearer(token) = request {
         req = req.set("Authorization", &format!("Bearer {token}"));
     }
     let response = match req.call() {
         Ok(r) => r,
-        Err(ureq::Error::Status(status, _)) => {
-            return Reply::Answer {
-                status,
-                body: String::new(),
-            }
-        }
+        Err(ureq::Error::Status(status, _)) => return Reply::Answer { status, body: String::new() },
         Err(ureq::Error::Transport(t)) => return transport_reply(&t),
     };
     let status = response.status();
     if status != 200 {
-        return Reply::Answer {
-            status,
-            body: String::new(),
-        };
+        return Reply::Answer { status, body: String::new() };
     }
     match response.into_string() {
         Ok(body) => Reply::Answer { status, body },
@@ -406,10 +397,7 @@ fn fetch(agent: &ureq::Agent, port: u16, deadline: Instant, request: Request) ->
 }
 
 fn timed_out(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-    )
+    matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
 }
 
 fn transport_reply(t: &ureq::Transport) -> Reply {
@@ -432,11 +420,8 @@ pub fn command() -> u8 {
     let s = match settings(&process_env) {
         Ok(s) => s,
         Err(e) => {
-            let t = Target {
-                port: 0,
-                timeout: DEFAULT_TIMEOUT,
-            };
-            print_once(&Problem::Config(printable(&e)).line(t));
+            let t = Target { port: 0, timeout: DEFAULT_TIMEOUT };
+            print_once(&Problem::Config(one_line(&e)).line(t));
             return 1;
         }
     };
@@ -454,9 +439,7 @@ pub fn command() -> u8 {
         STAGE.store(STAGE_GPU, Ordering::SeqCst);
         gpu::check_alive(&gpu_settings)
     };
-    let gpu: Option<&dyn Fn() -> Result<String, String>> =
-        (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
-    debug_assert_eq!(STAGE.load(Ordering::SeqCst), STAGE_HTTP);
+    let gpu: Option<&dyn Fn() -> Result<String, String>> = (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
 
     let (code, mut line) = match evaluate(&s.auth, &mut http, gpu) {
         Ok(h) => (0, h.line(s.target)),
@@ -478,25 +461,16 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    const T: Target = Target {
-        port: 8188,
-        timeout: Duration::from_secs(5),
-    };
+    const T: Target = Target { port: 8188, timeout: Duration::from_secs(5) };
     const STATS: &str = r#"{"system": {"comfyui_version": "0.3.40", "os": "posix"},
         "devices": [{"name": "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync"}]}"#;
 
     fn ok(body: &str) -> Reply {
-        Reply::Answer {
-            status: 200,
-            body: body.into(),
-        }
+        Reply::Answer { status: 200, body: body.into() }
     }
 
     fn status(s: u16) -> Reply {
-        Reply::Answer {
-            status: s,
-            body: String::new(),
-        }
+        Reply::Answer { status: s, body: String::new() }
     }
 
     /// A server answering by request kind; records what was asked.
@@ -521,6 +495,10 @@ mod tests {
         }
     }
 
+    fn not_enforced(request: &'static str, token_problem: Option<String>) -> Problem {
+        Problem::AuthNotEnforced { request, token_problem }
+    }
+
     fn token() -> Auth {
         Auth::Token("tok".into())
     }
@@ -530,15 +508,9 @@ mod tests {
         let (result, asked) = run(&token(), protected, None);
         let h = result.unwrap();
         assert_eq!(h.version, "0.3.40");
-        assert_eq!(
-            h.device.as_deref(),
-            Some("cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync")
-        );
+        assert_eq!(h.device.as_deref(), Some("cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync"));
         assert!(h.auth_checked);
-        assert_eq!(
-            asked,
-            ["with our token", "without a token", "with an empty ?token="]
-        );
+        assert_eq!(asked, ["with our token", "without a token", "with an empty ?token="]);
         let line = h.line(T);
         assert!(line.starts_with("healthy: ComfyUI 0.3.40 answers on 127.0.0.1:8188"));
         assert!(line.contains("auth enforced"), "{line}");
@@ -557,31 +529,35 @@ mod tests {
     #[test]
     fn open_door_is_reported_whichever_request_gets_in() {
         let (result, _) = run(&token(), |_| ok(STATS), None);
-        assert_eq!(result, Err(Problem::AuthNotEnforced("without a token")));
+        assert_eq!(result, Err(not_enforced("without a token", None)));
         let bypass = |r: Request| match r {
             Request::Anonymous => status(401),
             _ => ok(STATS),
         };
         let (result, _) = run(&token(), bypass, None);
         let p = result.unwrap_err();
-        assert_eq!(p, Problem::AuthNotEnforced("with an empty ?token="));
-        assert!(p
-            .line(T)
-            .starts_with("UNHEALTHY: authentication is not enforced"));
+        assert_eq!(p, not_enforced("with an empty ?token=", None));
+        assert!(p.line(T).starts_with("UNHEALTHY: authentication is not enforced"));
     }
 
     #[test]
     fn unreadable_token_still_checks_the_door() {
         let auth = Auth::Unreadable("login/PASSWORD is empty".into());
-        let (result, asked) = run(&auth, |_| ok(STATS), None);
-        assert_eq!(result, Err(Problem::AuthNotEnforced("without a token")));
-        assert_eq!(asked, ["without a token"]);
+        let bypass = |r: Request| match r {
+            Request::EmptyToken => ok(STATS),
+            _ => status(401),
+        };
+        let (result, asked) = run(&auth, bypass, None);
+        let p = result.unwrap_err();
+        let why = Some("login/PASSWORD is empty".to_string());
+        assert_eq!(p, not_enforced("with an empty ?token=", why));
+        assert_eq!(asked, ["without a token", "with an empty ?token="]);
+        let line = p.line(T);
+        assert!(line.starts_with("UNHEALTHY: authentication is not enforced"), "{line}");
+        assert!(line.contains("because login/PASSWORD is empty"), "{line}");
         let (result, _) = run(&auth, protected, None);
         let line = result.unwrap_err().line(T);
-        assert_eq!(
-            line,
-            "UNHEALTHY: no token to check with: login/PASSWORD is empty"
-        );
+        assert_eq!(line, "UNHEALTHY: no token to check with: login/PASSWORD is empty");
         let (result, _) = run(&auth, |_| Reply::NotListening("refused".into()), None);
         assert_eq!(result, Err(Problem::NotListening));
     }
@@ -589,28 +565,13 @@ mod tests {
     #[test]
     fn each_failure_of_the_main_request() {
         let cases: Vec<(Reply, Problem, &str)> = vec![
-            (
-                Reply::NotListening("refused".into()),
-                Problem::NotListening,
-                "UNHEALTHY: not listening",
-            ),
+            (Reply::NotListening("refused".into()), Problem::NotListening, "UNHEALTHY: not listening"),
             (Reply::Timeout, Problem::Timeout, "UNHEALTHY: timeout"),
-            (
-                status(401),
-                Problem::TokenRejected,
-                "UNHEALTHY: token out of sync",
-            ),
-            (
-                status(500),
-                Problem::ServerError(500),
-                "UNHEALTHY: ComfyUI answered 500",
-            ),
+            (status(401), Problem::TokenRejected, "UNHEALTHY: token out of sync"),
+            (status(500), Problem::ServerError(500), "UNHEALTHY: ComfyUI answered 500"),
             (
                 status(404),
-                Problem::Unexpected {
-                    status: 404,
-                    request: "with our token",
-                },
+                Problem::Unexpected { status: 404, request: "with our token" },
                 "UNHEALTHY: unexpected answer 404",
             ),
             (
@@ -644,10 +605,7 @@ mod tests {
         assert_eq!(judge_refusal(&status(302), Request::Anonymous), Ok(()));
         assert_eq!(
             judge_refusal(&status(500), Request::EmptyToken),
-            Err(Problem::Unexpected {
-                status: 500,
-                request: "with an empty ?token="
-            })
+            Err(Problem::Unexpected { status: 500, request: "with an empty ?token=" })
         );
     }
 
@@ -689,9 +647,7 @@ mod tests {
         assert_eq!(get(&[]), Ok(Duration::from_secs(5)));
         assert_eq!(get(&[(ENV_TIMEOUT, "1500ms")]), Ok(Duration::from_millis(1500)));
         assert!(get(&[(ENV_TIMEOUT, "0")]).unwrap_err().contains("more than 0"));
-        assert!(get(&[(ENV_TIMEOUT, "soon")])
-            .unwrap_err()
-            .contains(ENV_TIMEOUT));
+        assert!(get(&[(ENV_TIMEOUT, "soon")]).unwrap_err().contains(ENV_TIMEOUT));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod config;
 mod credentials;
 mod fsutil;
 mod gpu;
+mod health;
 mod logging;
 mod supervisor;
 mod test_hook;
@@ -48,10 +49,7 @@ fn main() -> ExitCode {
         Command::Sync { dry_run } => ExitCode::from(sync(dry_run)),
         Command::Token => ExitCode::from(token()),
         Command::Rotate => ExitCode::from(rotate()),
-        other => {
-            eprintln!("comfy-init: '{other:?}' is not available in this build");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Command::Healthcheck => ExitCode::from(health::command()),
     }
 }
 

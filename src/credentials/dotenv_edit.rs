@@ -55,10 +55,15 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
             Ok((k, v)) => {
                 values.insert(k, v);
             }
-            Err(dotenvy::Error::LineParse(line, index)) => {
-                let at = text.find(line.trim()).unwrap_or(0);
-                let number = text[..at].matches('\n').count() + 1;
-                return Err((number, format!("cannot parse '{}' at character {index}", line.trim())));
+            Err(dotenvy::Error::LineParse(fragment, index)) => {
+                // dotenvy names the fragment it choked on, not the line: find the line holding it.
+                let fragment = fragment.trim();
+                let (number, line) =
+                    text.lines().enumerate().find(|(_, l)| l.contains(fragment)).unwrap_or((0, fragment));
+                return Err((
+                    number + 1,
+                    format!("cannot parse '{}' (at character {index} of the value)", line.trim()),
+                ));
             }
             Err(e) => return Err((0, e.to_string())),
         }
@@ -152,7 +157,7 @@ mod tests {
     fn parse_errors_name_the_line() {
         let (line, reason) = parse("A=1\n# ok\nB=two words\n").unwrap_err();
         assert_eq!(line, 3);
-        assert!(reason.contains("two words"), "{reason}");
+        assert!(reason.contains("'B=two words'"), "{reason}");
     }
 
     const POOL: &[&str] = &[

@@ -50,16 +50,8 @@ fn fixtures() -> &'static Fixtures {
         std::fs::write(&text_file, "this is a text file, not libnvidia-ml\n").unwrap();
         Fixtures {
             full: compile(&dir, "libnvidia-ml-fake.so", &[]),
-            no_shutdown: compile(
-                &dir,
-                "libnvidia-ml-noshutdown.so",
-                &["-DFAKE_NVML_NO_SHUTDOWN"],
-            ),
-            old_driver: compile(
-                &dir,
-                "libnvidia-ml-old.so",
-                &["-DFAKE_NVML_NO_MEMORY_V2", "-DFAKE_NVML_NO_CUDA_V2"],
-            ),
+            no_shutdown: compile(&dir, "libnvidia-ml-noshutdown.so", &["-DFAKE_NVML_NO_SHUTDOWN"]),
+            old_driver: compile(&dir, "libnvidia-ml-old.so", &["-DFAKE_NVML_NO_MEMORY_V2", "-DFAKE_NVML_NO_CUDA_V2"]),
             text_file,
             dir,
         }
@@ -83,42 +75,22 @@ impl Out {
     }
 
     fn assert_no_panic(&self) {
-        assert!(
-            !self.stderr.contains("panicked"),
-            "comfy-init panicked:\n{}",
-            self.stderr
-        );
-        assert_ne!(
-            self.code,
-            Some(101),
-            "comfy-init panicked:\n{}",
-            self.stderr
-        );
-        assert!(
-            self.code.is_some(),
-            "comfy-init died from a signal:\n{}",
-            self.stderr
-        );
+        assert!(!self.stderr.contains("panicked"), "comfy-init panicked:\n{}", self.stderr);
+        assert_ne!(self.code, Some(101), "comfy-init panicked:\n{}", self.stderr);
+        assert!(self.code.is_some(), "comfy-init died from a signal:\n{}", self.stderr);
     }
 }
 
 /// Runs comfy-init with a clean GPU environment plus `env`; kills it after 60 s.
 fn comfy(args: &[&str], lib: Option<&Path>, env: &[(&str, &str)]) -> Out {
     let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
         if k.starts_with("FAKE_NVML_") || k.starts_with("COMFY_INIT_") {
             cmd.env_remove(&k);
         }
     }
-    for k in [
-        "CUDA_VERSION",
-        "NVIDIA_VISIBLE_DEVICES",
-        "NVIDIA_DRIVER_CAPABILITIES",
-    ] {
+    for k in ["CUDA_VERSION", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"] {
         cmd.env_remove(k);
     }
     if let Some(lib) = lib {
@@ -163,12 +135,7 @@ fn gpu_json(lib: &Path, env: &[(&str, &str)]) -> Value {
     out.assert_no_panic();
     let j = out.json();
     let expected = if j["ok"] == Value::Bool(true) { 0 } else { 1 };
-    assert_eq!(
-        out.code,
-        Some(expected),
-        "exit code must follow \"ok\":\n{}",
-        out.stdout
-    );
+    assert_eq!(out.code, Some(expected), "exit code must follow \"ok\":\n{}", out.stdout);
     j
 }
 
@@ -177,29 +144,15 @@ fn gpu_json(lib: &Path, env: &[(&str, &str)]) -> Value {
 /// each phrase. Returns the require run.
 fn under_each_policy(lib: &Path, env: &[(&str, &str)], require_code: i32, phrases: &[&str]) -> Out {
     let default = gpu(lib, env);
-    assert_eq!(
-        default.code,
-        Some(require_code),
-        "default policy (require):\n{}",
-        default.all()
-    );
+    assert_eq!(default.code, Some(require_code), "default policy (require):\n{}", default.all());
     for (policy, code) in [("require", require_code), ("warn", 0), ("off", 0)] {
         let mut e = env.to_vec();
         e.push(("COMFY_INIT_GPU", policy));
         let out = gpu(lib, &e);
-        assert_eq!(
-            out.code,
-            Some(code),
-            "COMFY_INIT_GPU={policy}:\n{}",
-            out.all()
-        );
+        assert_eq!(out.code, Some(code), "COMFY_INIT_GPU={policy}:\n{}", out.all());
         if policy != "off" {
             for p in phrases {
-                assert!(
-                    out.stdout.contains(p),
-                    "COMFY_INIT_GPU={policy}: {p:?} missing from:\n{}",
-                    out.stdout
-                );
+                assert!(out.stdout.contains(p), "COMFY_INIT_GPU={policy}: {p:?} missing from:\n{}", out.stdout);
             }
         }
     }
@@ -218,38 +171,20 @@ fn codes(j: &Value) -> Vec<String> {
 }
 
 fn assert_json_shape(j: &Value) {
-    for key in [
-        "driver_version",
-        "cuda_driver_version",
-        "image_cuda_version",
-        "gpus",
-        "findings",
-        "policy",
-        "ok",
-    ] {
+    for key in ["driver_version", "cuda_driver_version", "image_cuda_version", "gpus", "findings", "policy", "ok"] {
         assert!(j.get(key).is_some(), "JSON lacks {key}: {j}");
     }
     assert!(j["ok"].is_boolean());
     assert!(j["policy"].is_string());
     for g in j["gpus"].as_array().expect("gpus array") {
-        for key in [
-            "index",
-            "name",
-            "brand",
-            "rtx",
-            "vram_total_bytes",
-            "vram_free_bytes",
-            "compute_capability",
-            "uuid",
-        ] {
+        for key in
+            ["index", "name", "brand", "rtx", "vram_total_bytes", "vram_free_bytes", "compute_capability", "uuid"]
+        {
             assert!(g.get(key).is_some(), "GPU entry lacks {key}: {g}");
         }
     }
     for f in j["findings"].as_array().expect("findings array") {
-        assert!(
-            matches!(f["severity"].as_str(), Some("error" | "warning" | "info")),
-            "{f}"
-        );
+        assert!(matches!(f["severity"].as_str(), Some("error" | "warning" | "info")), "{f}");
         assert!(f["message"].is_string() && f["advice"].is_string(), "{f}");
     }
 }
@@ -259,12 +194,7 @@ fn assert_json_shape(j: &Value) {
 #[test]
 fn gpu_one_rtx_3090() {
     let f = fixtures();
-    let out = under_each_policy(
-        &f.full,
-        &[],
-        0,
-        &["NVIDIA GeForce RTX 3090", "550.54.14", "12.4", "8.6"],
-    );
+    let out = under_each_policy(&f.full, &[], 0, &["NVIDIA GeForce RTX 3090", "550.54.14", "12.4", "8.6"]);
     assert!(out.stdout.contains("Verdict: OK"), "{}", out.stdout);
 
     let j = gpu_json(&f.full, &[]);
@@ -296,19 +226,8 @@ fn gpu_one_rtx_3090() {
 #[test]
 fn gpu_two_gpus() {
     let f = fixtures();
-    let env = [(
-        "FAKE_NVML_GPUS",
-        "NVIDIA GeForce RTX 3090:24:8.6;NVIDIA GeForce RTX 4090:24:8.9",
-    )];
-    under_each_policy(
-        &f.full,
-        &env,
-        0,
-        &[
-            "GPU 0: NVIDIA GeForce RTX 3090",
-            "GPU 1: NVIDIA GeForce RTX 4090",
-        ],
-    );
+    let env = [("FAKE_NVML_GPUS", "NVIDIA GeForce RTX 3090:24:8.6;NVIDIA GeForce RTX 4090:24:8.9")];
+    under_each_policy(&f.full, &env, 0, &["GPU 0: NVIDIA GeForce RTX 3090", "GPU 1: NVIDIA GeForce RTX 4090"]);
     let j = gpu_json(&f.full, &env);
     let gpus = j["gpus"].as_array().unwrap();
     assert_eq!(gpus.len(), 2);
@@ -326,16 +245,8 @@ fn gpu_calls_shutdown_once() {
     assert_eq!(out.code, Some(0));
     let calls = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
-    assert_eq!(
-        calls.lines().filter(|l| *l == "nvmlInit_v2").count(),
-        1,
-        "{calls}"
-    );
-    assert_eq!(
-        calls.lines().filter(|l| *l == "nvmlShutdown").count(),
-        1,
-        "{calls}"
-    );
+    assert_eq!(calls.lines().filter(|l| *l == "nvmlInit_v2").count(), 1, "{calls}");
+    assert_eq!(calls.lines().filter(|l| *l == "nvmlShutdown").count(), 1, "{calls}");
     assert_eq!(calls.lines().last(), Some("nvmlShutdown"), "{calls}");
 }
 
@@ -347,12 +258,7 @@ fn gpu_optional_metrics_unavailable_are_not_fatal() {
     let j = gpu_json(&f.full, &env);
     assert_eq!(j["ok"], true);
     let g = &j["gpus"][0];
-    for key in [
-        "temperature_c",
-        "power_w",
-        "utilization_percent",
-        "mig_mode",
-    ] {
+    for key in ["temperature_c", "power_w", "utilization_percent", "mig_mode"] {
         assert!(g.get(key).is_none(), "{key} should be left out: {g}");
     }
     assert_eq!(codes(&j), Vec::<String>::new());
@@ -361,20 +267,13 @@ fn gpu_optional_metrics_unavailable_are_not_fatal() {
 #[test]
 fn gpu_mig_memory_no_permission_is_not_fatal() {
     let f = fixtures();
-    let env = [
-        ("FAKE_NVML_MEMORY", "no_permission"),
-        ("FAKE_NVML_MIG", "1"),
-        ("COMFY_INIT_MIN_VRAM_GB", "8"),
-    ];
+    let env = [("FAKE_NVML_MEMORY", "no_permission"), ("FAKE_NVML_MIG", "1"), ("COMFY_INIT_MIN_VRAM_GB", "8")];
     under_each_policy(&f.full, &env, 0, &["MIG"]);
     let j = gpu_json(&f.full, &env);
     assert_eq!(j["gpus"][0]["vram_total_bytes"], Value::Null);
     assert_eq!(j["gpus"][0]["mig_mode"], "enabled");
     let c = codes(&j);
-    assert!(
-        c.contains(&"vram_unknown".to_string()) && c.contains(&"mig_enabled".to_string()),
-        "{c:?}"
-    );
+    assert!(c.contains(&"vram_unknown".to_string()) && c.contains(&"mig_enabled".to_string()), "{c:?}");
 }
 
 #[test]
@@ -395,21 +294,13 @@ fn gpu_old_driver_without_v2_symbols() {
     assert_eq!(j["ok"], true, "{j}");
     assert_eq!(j["cuda_driver_version"], "12.2");
     assert_eq!(j["cuda_driver_version_source"], "v1");
-    assert_eq!(
-        j["gpus"][0]["vram_total_bytes"].as_u64(),
-        Some(24 * GIB),
-        "memory via the v1 call"
-    );
+    assert_eq!(j["gpus"][0]["vram_total_bytes"].as_u64(), Some(24 * GIB), "memory via the v1 call");
 }
 
 #[test]
 fn gpu_cuda_both_calls_fail_is_not_fatal() {
     let f = fixtures();
-    let env = [
-        ("FAKE_NVML_CUDA_V2_FAIL", "1"),
-        ("FAKE_NVML_CUDA_V1_FAIL", "1"),
-        ("CUDA_VERSION", "12.8.1"),
-    ];
+    let env = [("FAKE_NVML_CUDA_V2_FAIL", "1"), ("FAKE_NVML_CUDA_V1_FAIL", "1"), ("CUDA_VERSION", "12.8.1")];
     under_each_policy(&f.full, &env, 0, &["could not be read"]);
     let j = gpu_json(&f.full, &env);
     assert_eq!(j["cuda_driver_version"], Value::Null);
@@ -421,12 +312,7 @@ fn gpu_cuda_both_calls_fail_is_not_fatal() {
 fn gpu_no_devices() {
     let f = fixtures();
     let env = [("FAKE_NVML_GPUS", ""), ("NVIDIA_VISIBLE_DEVICES", "void")];
-    under_each_policy(
-        &f.full,
-        &env,
-        1,
-        &["NVIDIA_VISIBLE_DEVICES", "void", "--gpus all"],
-    );
+    under_each_policy(&f.full, &env, 1, &["NVIDIA_VISIBLE_DEVICES", "void", "--gpus all"]);
     let j = gpu_json(&f.full, &env);
     assert_json_shape(&j);
     assert_eq!(j["ok"], false);
@@ -449,32 +335,15 @@ fn gpu_init_driver_not_loaded() {
 fn gpu_init_version_mismatch() {
     let f = fixtures();
     let env = [("FAKE_NVML_INIT", "lib_rm_version_mismatch")];
-    under_each_policy(
-        &f.full,
-        &env,
-        1,
-        &[
-            "version mismatch",
-            "reboot the host",
-            "Do not ship driver libraries",
-        ],
-    );
-    assert_eq!(
-        codes(&gpu_json(&f.full, &env)),
-        vec!["driver_version_mismatch"]
-    );
+    under_each_policy(&f.full, &env, 1, &["version mismatch", "reboot the host", "Do not ship driver libraries"]);
+    assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["driver_version_mismatch"]);
 }
 
 #[test]
 fn gpu_init_unknown_means_lost_device_access() {
     let f = fixtures();
     let env = [("FAKE_NVML_INIT", "unknown")];
-    under_each_policy(
-        &f.full,
-        &env,
-        1,
-        &["recreate the container", "systemctl daemon-reload"],
-    );
+    under_each_policy(&f.full, &env, 1, &["recreate the container", "systemctl daemon-reload"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["lost_device_access"]);
 }
 
@@ -482,12 +351,7 @@ fn gpu_init_unknown_means_lost_device_access() {
 fn gpu_init_no_permission() {
     let f = fixtures();
     let env = [("FAKE_NVML_INIT", "no_permission")];
-    under_each_policy(
-        &f.full,
-        &env,
-        1,
-        &["no permission", "--gpus all", "/dev/nvidia"],
-    );
+    under_each_policy(&f.full, &env, 1, &["no permission", "--gpus all", "/dev/nvidia"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["no_permission"]);
 }
 
@@ -505,10 +369,7 @@ fn gpu_lost_on_handle() {
 fn gpu_lost_on_one_of_two() {
     let f = fixtures();
     let env = [
-        (
-            "FAKE_NVML_GPUS",
-            "NVIDIA GeForce RTX 3090:24:8.6;NVIDIA GeForce RTX 3090:24:8.6",
-        ),
+        ("FAKE_NVML_GPUS", "NVIDIA GeForce RTX 3090:24:8.6;NVIDIA GeForce RTX 3090:24:8.6"),
         ("FAKE_NVML_HANDLE", "gpu_lost"),
         ("FAKE_NVML_HANDLE_INDEX", "1"),
     ];
@@ -522,21 +383,13 @@ fn gpu_lost_on_one_of_two() {
 fn gpu_too_little_vram() {
     let f = fixtures();
     let env = [("COMFY_INIT_MIN_VRAM_GB", "32")];
-    under_each_policy(
-        &f.full,
-        &env,
-        1,
-        &["COMFY_INIT_MIN_VRAM_GB=32", "24.00 GiB"],
-    );
+    under_each_policy(&f.full, &env, 1, &["COMFY_INIT_MIN_VRAM_GB=32", "24.00 GiB"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["vram_too_small"]);
     // exactly enough
     under_each_policy(&f.full, &[("COMFY_INIT_MIN_VRAM_GB", "24")], 0, &[]);
     // one of two large enough: a warning only
     let env = [
-        (
-            "FAKE_NVML_GPUS",
-            "NVIDIA GeForce RTX 3060:12:8.6;NVIDIA GeForce RTX 4090:24:8.9",
-        ),
+        ("FAKE_NVML_GPUS", "NVIDIA GeForce RTX 3060:12:8.6;NVIDIA GeForce RTX 4090:24:8.9"),
         ("COMFY_INIT_MIN_VRAM_GB", "16"),
     ];
     under_each_policy(&f.full, &env, 0, &["GPU 0", "--cuda-device"]);
@@ -558,10 +411,7 @@ fn gpu_not_rtx_is_a_warning() {
 #[test]
 fn gpu_rtx_brand_without_rtx_in_name() {
     let f = fixtures();
-    let env = [
-        ("FAKE_NVML_GPUS", "NVIDIA Graphics Device:32:12.0"),
-        ("FAKE_NVML_BRAND", "geforce_rtx"),
-    ];
+    let env = [("FAKE_NVML_GPUS", "NVIDIA Graphics Device:32:12.0"), ("FAKE_NVML_BRAND", "geforce_rtx")];
     let j = gpu_json(&f.full, &env);
     assert_eq!(j["gpus"][0]["rtx"], true);
     assert_eq!(j["gpus"][0]["brand"], "GeForceRTX");
@@ -586,23 +436,14 @@ fn gpu_driver_too_old_for_image_cuda_major() {
     under_each_policy(&f.full, &env, 1, &["13.0", "12.4", "580"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["driver_too_old"]);
     // a new enough driver
-    let env = [
-        ("CUDA_VERSION", "13.0.1"),
-        ("FAKE_NVML_DRIVER", "580.65.06"),
-        ("FAKE_NVML_CUDA", "13000"),
-    ];
+    let env = [("CUDA_VERSION", "13.0.1"), ("FAKE_NVML_DRIVER", "580.65.06"), ("FAKE_NVML_CUDA", "13000")];
     under_each_policy(&f.full, &env, 0, &[]);
 }
 
 #[test]
 fn gpu_library_is_a_text_file() {
     let f = fixtures();
-    under_each_policy(
-        &f.text_file,
-        &[],
-        1,
-        &["not a loadable NVML library", "COMFY_INIT_NVML_LIB"],
-    );
+    under_each_policy(&f.text_file, &[], 1, &["not a loadable NVML library", "COMFY_INIT_NVML_LIB"]);
     let j = gpu_json(&f.text_file, &[]);
     assert_json_shape(&j);
     assert_eq!(codes(&j), vec!["library_invalid"]);
@@ -616,31 +457,20 @@ fn gpu_library_missing() {
         &missing,
         &[],
         1,
-        &[
-            "--gpus all",
-            "NVIDIA Container Toolkit",
-            "NVIDIA_DRIVER_CAPABILITIES",
-            "utility",
-        ],
+        &["--gpus all", "NVIDIA Container Toolkit", "NVIDIA_DRIVER_CAPABILITIES", "utility"],
     );
     let j = gpu_json(&missing, &[]);
     assert_json_shape(&j);
     assert_eq!(j["ok"], false);
     assert_eq!(codes(&j), vec!["library_missing"]);
-    assert!(j["findings"][0]["advice"]
-        .as_str()
-        .unwrap()
-        .contains("--gpus all"));
+    assert!(j["findings"][0]["advice"].as_str().unwrap().contains("--gpus all"));
 }
 
 #[test]
 fn gpu_library_without_nvml_shutdown_does_not_panic() {
     let f = fixtures();
     under_each_policy(&f.no_shutdown, &[], 1, &["nvmlShutdown"]);
-    assert_eq!(
-        codes(&gpu_json(&f.no_shutdown, &[])),
-        vec!["library_incomplete"]
-    );
+    assert_eq!(codes(&gpu_json(&f.no_shutdown, &[])), vec!["library_incomplete"]);
 }
 
 #[test]
@@ -657,17 +487,9 @@ fn gpu_invalid_policy_is_refused() {
     out.assert_no_panic();
     assert_ne!(out.code, Some(0), "{}", out.all());
     assert!(out.all().contains("COMFY_INIT_GPU"), "{}", out.all());
-    let out = comfy(
-        &["gpu"],
-        Some(&f.full),
-        &[("COMFY_INIT_MIN_VRAM_GB", "lots")],
-    );
+    let out = comfy(&["gpu"], Some(&f.full), &[("COMFY_INIT_MIN_VRAM_GB", "lots")]);
     assert_ne!(out.code, Some(0), "{}", out.all());
-    assert!(
-        out.all().contains("COMFY_INIT_MIN_VRAM_GB"),
-        "{}",
-        out.all()
-    );
+    assert!(out.all().contains("COMFY_INIT_MIN_VRAM_GB"), "{}", out.all());
 }
 
 // ---- `comfy-init run` preflight ----------------------------------------------------------
@@ -703,64 +525,26 @@ fn run_true_passes_preflight() {
 fn run_require_refuses_to_start_without_gpu() {
     let f = fixtures();
     for (tag, lib, env, phrase) in [
-        (
-            "missing",
-            f.dir.join("nope/libnvidia-ml.so.1"),
-            vec![],
-            "--gpus all",
-        ),
-        (
-            "unknown",
-            f.full.clone(),
-            vec![("FAKE_NVML_INIT", "unknown")],
-            "recreate the container",
-        ),
-        (
-            "lost",
-            f.full.clone(),
-            vec![("FAKE_NVML_HANDLE", "gpu_lost")],
-            "Xid 79",
-        ),
-        (
-            "nodev",
-            f.full.clone(),
-            vec![("FAKE_NVML_GPUS", "")],
-            "NVIDIA_VISIBLE_DEVICES",
-        ),
+        ("missing", f.dir.join("nope/libnvidia-ml.so.1"), vec![], "--gpus all"),
+        ("unknown", f.full.clone(), vec![("FAKE_NVML_INIT", "unknown")], "recreate the container"),
+        ("lost", f.full.clone(), vec![("FAKE_NVML_HANDLE", "gpu_lost")], "Xid 79"),
+        ("nodev", f.full.clone(), vec![("FAKE_NVML_GPUS", "")], "NVIDIA_VISIBLE_DEVICES"),
         ("noshutdown", f.no_shutdown.clone(), vec![], "nvmlShutdown"),
     ] {
         let (out, ran) = run_with(&lib, &env, tag);
         assert_eq!(out.code, Some(69), "{tag}:\n{}", out.all());
-        assert!(
-            !ran,
-            "{tag}: the command must not start when the preflight fails"
-        );
-        assert!(
-            out.all().contains(phrase),
-            "{tag}: {phrase:?} missing from:\n{}",
-            out.all()
-        );
+        assert!(!ran, "{tag}: the command must not start when the preflight fails");
+        assert!(out.all().contains(phrase), "{tag}: {phrase:?} missing from:\n{}", out.all());
     }
 }
 
 #[test]
 fn run_warn_starts_anyway() {
     let f = fixtures();
-    let (out, ran) = run_with(
-        &f.full,
-        &[
-            ("COMFY_INIT_GPU", "warn"),
-            ("FAKE_NVML_INIT", "driver_not_loaded"),
-        ],
-        "warn",
-    );
+    let (out, ran) = run_with(&f.full, &[("COMFY_INIT_GPU", "warn"), ("FAKE_NVML_INIT", "driver_not_loaded")], "warn");
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(ran);
-    assert!(
-        out.all().contains("driver is not loaded"),
-        "the problem is still logged:\n{}",
-        out.all()
-    );
+    assert!(out.all().contains("driver is not loaded"), "the problem is still logged:\n{}", out.all());
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Integration tests: each drives the built comfy-init binary the way a user meets it.
 
+mod credentials;
 mod gpu;
+mod health;
 mod pid1;
 mod util;

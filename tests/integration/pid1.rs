@@ -23,24 +23,14 @@ fn death_by_signal_gives_128_plus_n() {
     if !can_be_pid1("death_by_signal_gives_128_plus_n") {
         return;
     }
-    for (name, n) in [
-        ("TERM", 15),
-        ("HUP", 1),
-        ("QUIT", 3),
-        ("KILL", 9),
-        ("USR2", 12),
-    ] {
+    for (name, n) in [("TERM", 15), ("HUP", 1), ("QUIT", 3), ("KILL", 9), ("USR2", 12)] {
         let (got, _, err) = Launch::sh(&format!("kill -{name} $$")).output(LONG);
         assert_eq!(got, 128 + n, "child killed by SIG{name}; stderr:\n{err}");
     }
 }
 
 fn read_report(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(String::from)
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect()
 }
 
 #[test]
@@ -51,19 +41,8 @@ fn every_forwardable_signal_reaches_the_child() {
     let dir = TempDir::new("signals");
     let report = dir.join("report");
     let reporter = fixtures().join("signal_reporter.py");
-    let init = Launch::init(&[
-        "python3",
-        reporter.to_str().unwrap(),
-        report.to_str().unwrap(),
-    ])
-    .start();
-    assert!(
-        init.until(LONG, || read_report(&report)
-            .iter()
-            .any(|l| l.starts_with("ready"))),
-        "{}",
-        init.stderr()
-    );
+    let init = Launch::init(&["python3", reporter.to_str().unwrap(), report.to_str().unwrap()]).start();
+    assert!(init.until(LONG, || read_report(&report).iter().any(|l| l.starts_with("ready"))), "{}", init.stderr());
 
     let stop_requests = [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT];
     let unforwardable = [libc::SIGKILL, libc::SIGSTOP, libc::SIGCHLD];
@@ -75,9 +54,7 @@ fn every_forwardable_signal_reaches_the_child() {
         let before = read_report(&report).len();
         init.signal(signo);
         // One at a time: standard signals sent back to back may merge.
-        let arrived = init.until(Duration::from_secs(5), || {
-            read_report(&report).len() > before
-        });
+        let arrived = init.until(Duration::from_secs(5), || read_report(&report).len() > before);
         assert!(
             arrived,
             "signal {signo} did not reach the child; report: {:?}\n{}",
@@ -86,12 +63,7 @@ fn every_forwardable_signal_reaches_the_child() {
         );
         sent += 1;
     }
-    assert_eq!(
-        read_report(&report).len(),
-        sent + 1,
-        "{:?}",
-        read_report(&report)
-    );
+    assert_eq!(read_report(&report).len(), sent + 1, "{:?}", read_report(&report));
 }
 
 #[test]
@@ -102,19 +74,11 @@ fn sigterm_becomes_the_stop_signal_and_a_clean_exit_is_0() {
     let dir = TempDir::new("stop");
     let report = dir.join("report");
     let reporter = fixtures().join("signal_reporter.py");
-    let mut init = Launch::init(&[
-        "python3",
-        reporter.to_str().unwrap(),
-        report.to_str().unwrap(),
-    ])
-    .start();
+    let mut init = Launch::init(&["python3", reporter.to_str().unwrap(), report.to_str().unwrap()]).start();
     assert!(init.until(LONG, || !read_report(&report).is_empty()));
     init.signal(libc::SIGTERM);
     assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
-    assert_eq!(
-        read_report(&report).last().map(String::as_str),
-        Some("SIGINT")
-    );
+    assert_eq!(read_report(&report).last().map(String::as_str), Some("SIGINT"));
 }
 
 #[test]
@@ -122,9 +86,7 @@ fn a_child_ignoring_the_stop_signal_is_killed_after_the_timeout() {
     if !can_be_pid1("a_child_ignoring_the_stop_signal_is_killed_after_the_timeout") {
         return;
     }
-    let mut init = Launch::sh("trap '' INT; echo up; sleep 100")
-        .env("COMFY_INIT_STOP_TIMEOUT", "1500ms")
-        .start();
+    let mut init = Launch::sh("trap '' INT; echo up; sleep 100").env("COMFY_INIT_STOP_TIMEOUT", "1500ms").start();
     assert!(init.until(LONG, || init.stderr().contains("started")));
     std::thread::sleep(Duration::from_millis(200));
     let t0 = Instant::now();
@@ -132,14 +94,8 @@ fn a_child_ignoring_the_stop_signal_is_killed_after_the_timeout() {
     let code = init.wait(LONG);
     let took = t0.elapsed();
     assert_eq!(code, Some(137), "{}", init.stderr());
-    assert!(
-        took >= Duration::from_millis(1500),
-        "killed too early: {took:?}"
-    );
-    assert!(
-        took < Duration::from_millis(2500),
-        "stop took {took:?}, over timeout + 1 s"
-    );
+    assert!(took >= Duration::from_millis(1500), "killed too early: {took:?}");
+    assert!(took < Duration::from_millis(2500), "stop took {took:?}, over timeout + 1 s");
 }
 
 #[test]
@@ -149,18 +105,12 @@ fn a_grandchild_ignoring_the_stop_signal_is_killed_before_we_exit() {
     }
     // The main child exits on SIGINT at once; its grandchild ignores it.
     let script = "(trap '' INT; exec sleep 100) & trap 'exit 0' INT; while :; do sleep 0.05; done";
-    let mut init = Launch::sh(script)
-        .env("COMFY_INIT_STOP_TIMEOUT", "1s")
-        .start();
+    let mut init = Launch::sh(script).env("COMFY_INIT_STOP_TIMEOUT", "1s").start();
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     init.signal(libc::SIGTERM);
     assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
-    assert!(
-        t0.elapsed() >= Duration::from_secs(1),
-        "exited before the grandchild's SIGKILL: {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= Duration::from_secs(1), "exited before the grandchild's SIGKILL: {:?}", t0.elapsed());
     assert!(init.stderr().contains("SIGKILL"), "{}", init.stderr());
 }
 
@@ -173,30 +123,17 @@ fn not_pid1_the_grandchild_is_gone_when_we_exit() {
         "(trap '' INT; echo $$ > /dev/null; exec sh -c 'echo $$ > {}; exec sleep 100') & trap 'exit 0' INT; while :; do sleep 0.05; done",
         pidfile.display()
     );
-    let mut init = Launch::sh(&script)
-        .not_pid1()
-        .env("COMFY_INIT_STOP_TIMEOUT", "1s")
-        .start();
-    assert!(init.until(LONG, || std::fs::read_to_string(&pidfile)
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false)));
-    let grandchild: i32 = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let mut init = Launch::sh(&script).not_pid1().env("COMFY_INIT_STOP_TIMEOUT", "1s").start();
+    assert!(init.until(LONG, || std::fs::read_to_string(&pidfile).map(|s| !s.trim().is_empty()).unwrap_or(false)));
+    let grandchild: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     assert!(pid_exists(grandchild));
     init.signal(libc::SIGTERM);
     assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
-    assert!(
-        !pid_exists(grandchild),
-        "grandchild {grandchild} outlived comfy-init"
-    );
+    assert!(!pid_exists(grandchild), "grandchild {grandchild} outlived comfy-init");
 }
 
 /// 100 processes whose parent exits at once: they become our orphans.
-const ORPHANS: &str =
-    "sh -c 'for i in $(seq 100); do sleep 0.3 & done; exit 0'; echo spawned; sleep 100";
+const ORPHANS: &str = "sh -c 'for i in $(seq 100); do sleep 0.3 & done; exit 0'; echo spawned; sleep 100";
 
 fn zombies_and_orphans(init_pid: i32) -> (usize, usize) {
     let kids = children_of(init_pid);
@@ -211,10 +148,7 @@ fn hundred_orphans_are_reaped_while_the_child_runs() {
     }
     let mut init = Launch::sh(ORPHANS).start();
     let pid = init.init_pid();
-    assert!(
-        init.until(LONG, || zombies_and_orphans(pid).1 > 50),
-        "orphans never came to us"
-    );
+    assert!(init.until(LONG, || zombies_and_orphans(pid).1 > 50), "orphans never came to us");
     // Only the main child is left, and no zombie.
     let clean = init.until(LONG, || zombies_and_orphans(pid) == (0, 1));
     assert!(clean, "left: {:?}", children_of(pid));
@@ -224,15 +158,9 @@ fn hundred_orphans_are_reaped_while_the_child_runs() {
 
 #[test]
 fn not_pid1_orphans_are_still_reaped_without_warning() {
-    let mut init = Launch::sh(ORPHANS)
-        .not_pid1()
-        .env("RUST_LOG", "info")
-        .start();
+    let mut init = Launch::sh(ORPHANS).not_pid1().env("RUST_LOG", "info").start();
     let pid = init.init_pid();
-    assert!(
-        init.until(LONG, || zombies_and_orphans(pid).1 > 50),
-        "orphans never came to us: not a subreaper?"
-    );
+    assert!(init.until(LONG, || zombies_and_orphans(pid).1 > 50), "orphans never came to us: not a subreaper?");
     let clean = init.until(LONG, || zombies_and_orphans(pid) == (0, 1));
     assert!(clean, "left: {:?}", children_of(pid));
     init.signal(libc::SIGTERM);
@@ -249,9 +177,8 @@ fn the_child_starts_with_no_blocked_or_ignored_signals() {
     // Start comfy-init with SIGINT ignored and SIGUSR1 blocked, as a careless parent might.
     let wrapper = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); \
                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1}); os.execvp(sys.argv[1], sys.argv[1:])";
-    let (code, out, err) = Launch::sh("grep -E '^Sig(Blk|Ign)' /proc/self/status")
-        .prefix(&["python3", "-c", wrapper])
-        .output(LONG);
+    let (code, out, err) =
+        Launch::sh("grep -E '^Sig(Blk|Ign)' /proc/self/status").prefix(&["python3", "-c", wrapper]).output(LONG);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
     assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
@@ -265,11 +192,7 @@ fn a_missing_program_exits_127_and_names_it() {
     let (code, _, err) = Launch::init(&["no-such-program-xyz"]).output(LONG);
     assert_eq!(code, 127);
     assert!(err.contains("no-such-program-xyz"), "{err}");
-    assert_eq!(
-        err.lines().filter(|l| l.contains("cannot run")).count(),
-        1,
-        "{err}"
-    );
+    assert_eq!(err.lines().filter(|l| l.contains("cannot run")).count(), 1, "{err}");
 }
 
 #[test]
@@ -277,9 +200,7 @@ fn a_file_that_is_not_executable_exits_126() {
     let dir = TempDir::new("noexec");
     let script = dir.join("script.sh");
     write(&script, "#!/bin/sh\nexit 0\n");
-    let (code, _, err) = Launch::init(&[script.to_str().unwrap()])
-        .not_pid1()
-        .output(LONG);
+    let (code, _, err) = Launch::init(&[script.to_str().unwrap()]).not_pid1().output(LONG);
     assert_eq!(code, 126, "{err}");
     assert!(err.contains("script.sh"), "{err}");
 }

@@ -21,9 +21,7 @@ pub fn fixtures() -> PathBuf {
 
 /// True when CI demands that tests needing root or Docker run instead of skipping.
 pub fn mandatory() -> bool {
-    std::env::var("COMFY_INIT_TESTS_MANDATORY")
-        .map(|v| v == "1")
-        .unwrap_or(false)
+    std::env::var("COMFY_INIT_TESTS_MANDATORY").map(|v| v == "1").unwrap_or(false)
 }
 
 /// Root and `unshare` are needed to run comfy-init as PID 1 of a fresh PID namespace. Elsewhere
@@ -35,11 +33,7 @@ pub fn can_be_pid1(test: &str) -> bool {
     if root && unshare {
         return true;
     }
-    let reason = if root {
-        "unshare(1) is not installed"
-    } else {
-        "it needs root (unshare --pid)"
-    };
+    let reason = if root { "unshare(1) is not installed" } else { "it needs root (unshare --pid)" };
     if mandatory() {
         panic!("{test}: {reason}, and COMFY_INIT_TESTS_MANDATORY=1");
     }
@@ -97,12 +91,7 @@ impl Launch {
         env.insert("COMFY_INIT_AUTH".into(), "off".into());
         env.insert("COMFY_INIT_RESTART".into(), "never".into());
         env.insert("RUST_LOG".into(), "debug".into());
-        Launch {
-            args,
-            env,
-            pid1: true,
-            prefix: vec![],
-        }
+        Launch { args, env, pid1: true, prefix: vec![] }
     }
 
     pub fn sh(script: &str) -> Launch {
@@ -110,8 +99,7 @@ impl Launch {
     }
 
     pub fn env(mut self, k: &str, v: impl AsRef<OsStr>) -> Launch {
-        self.env
-            .insert(k.into(), v.as_ref().to_string_lossy().into_owned());
+        self.env.insert(k.into(), v.as_ref().to_string_lossy().into_owned());
         self
     }
 
@@ -134,26 +122,20 @@ impl Launch {
         argv.push(bin().to_string_lossy().into_owned());
         argv.extend(self.args);
         let mut cmd = Command::new(&argv[0]);
+        scrub_env(&mut cmd);
         cmd.args(&argv[1..])
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(fs::File::create(dir.join("stdout")).unwrap())
             .stderr(fs::File::create(dir.join("stderr")).unwrap());
         let child = cmd.spawn().expect("start comfy-init");
-        Running {
-            child,
-            pid1: self.pid1,
-            out: dir,
-            started: Instant::now(),
-        }
+        Running { child, pid1: self.pid1, out: dir, started: Instant::now() }
     }
 
     /// Starts, waits up to `limit`, returns (exit code, stdout, stderr).
     pub fn output(self, limit: Duration) -> (i32, String, String) {
         let mut r = self.start();
-        let code = r
-            .wait(limit)
-            .unwrap_or_else(|| panic!("comfy-init did not exit within {limit:?}: {}", r.stderr()));
+        let code = r.wait(limit).unwrap_or_else(|| panic!("comfy-init did not exit within {limit:?}: {}", r.stderr()));
         (code, r.stdout(), r.stderr())
     }
 }
@@ -198,11 +180,7 @@ impl Running {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(
-                    status
-                        .code()
-                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-                );
+                return Some(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)));
             }
             if Instant::now() >= deadline {
                 return None;
@@ -267,12 +245,7 @@ pub fn proc_stat(pid: i32) -> Option<Proc> {
     let state = f.next()?.chars().next()?;
     let ppid = f.next()?.parse().ok()?;
     let pgrp = f.next()?.parse().ok()?;
-    Some(Proc {
-        pid,
-        state,
-        ppid,
-        pgrp,
-    })
+    Some(Proc { pid, state, ppid, pgrp })
 }
 
 /// Every process whose parent is `ppid`, as the host sees them.
@@ -286,11 +259,141 @@ pub fn children_of(ppid: i32) -> Vec<Proc> {
 }
 
 pub fn pid_exists(pid: i32) -> bool {
-    proc_stat(pid)
-        .map(|p| p.state != 'Z' && p.state != 'X')
-        .unwrap_or(false)
+    proc_stat(pid).map(|p| p.state != 'Z' && p.state != 'X').unwrap_or(false)
 }
 
 pub fn write(path: &Path, content: &str) {
     fs::write(path, content).unwrap()
+}
+
+/// Our settings from the developer's shell must not leak into a test.
+pub fn scrub_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COMFY")
+            || k.starts_with("FAKE_")
+            || ["PUID", "PGID", "CUDA_VERSION", "RUST_LOG"].contains(&k.as_str())
+        {
+            cmd.env_remove(k);
+        }
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A temporary ComfyUI workspace: `ComfyUI/` holding the stand-in as `main.py`, a `.env` beside
+/// it, a free port. The settings comfy-init reads point there.
+pub struct Workspace {
+    pub dir: TempDir,
+    pub port: u16,
+    pub extra_env: HashMap<String, String>,
+}
+
+impl Workspace {
+    pub fn new(tag: &str) -> Workspace {
+        let dir = TempDir::new(tag);
+        fs::create_dir_all(dir.join("ComfyUI")).unwrap();
+        fs::copy(fixtures().join("fake_comfyui.py"), dir.join("ComfyUI/main.py")).unwrap();
+        Workspace { dir, port: free_port(), extra_env: HashMap::new() }
+    }
+
+    pub fn comfyui(&self) -> PathBuf {
+        self.dir.join("ComfyUI")
+    }
+    pub fn env_file(&self) -> PathBuf {
+        self.dir.join(".env")
+    }
+    pub fn password_file(&self) -> PathBuf {
+        self.dir.join("ComfyUI/login/PASSWORD")
+    }
+    pub fn events_file(&self) -> PathBuf {
+        self.dir.join("events")
+    }
+
+    pub fn set(mut self, k: &str, v: impl AsRef<OsStr>) -> Workspace {
+        self.extra_env.insert(k.into(), v.as_ref().to_string_lossy().into_owned());
+        self
+    }
+
+    pub fn env(&self) -> HashMap<String, String> {
+        let mut env = HashMap::new();
+        env.insert("COMFYUI_DIR".into(), self.comfyui().to_string_lossy().into_owned());
+        env.insert("COMFY_INIT_ENV_FILE".into(), self.env_file().to_string_lossy().into_owned());
+        env.insert("COMFYUI_PORT".into(), self.port.to_string());
+        env.insert("COMFY_INIT_GPU".into(), "off".into());
+        env.insert("FAKE_COMFYUI_EVENTS".into(), self.events_file().to_string_lossy().into_owned());
+        env.insert("RUST_LOG".into(), "debug".into());
+        env.extend(self.extra_env.clone());
+        env
+    }
+
+    /// `comfy-init ARGS` (sync, token, rotate...) run to completion: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(bin());
+        scrub_env(&mut cmd);
+        let out = cmd.args(args).envs(self.env()).stdin(Stdio::null()).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `comfy-init run` (ComfyUI = the stand-in) as PID 1 of a fresh PID namespace.
+    pub fn launch(&self) -> Launch {
+        Launch { args: vec!["run".into()], env: self.env(), pid1: true, prefix: vec![] }
+    }
+
+    pub fn token(&self) -> String {
+        let (code, out, err) = self.cli(&["token"]);
+        assert_eq!(code, 0, "comfy-init token failed: {err}");
+        out.trim().to_string()
+    }
+
+    /// GET /system_stats with this bearer token (None: no header): the HTTP status, 0 when
+    /// nothing answers.
+    pub fn status(&self, token: Option<&str>) -> u16 {
+        self.get(token).0
+    }
+
+    /// (status, body) of GET /system_stats.
+    pub fn get(&self, token: Option<&str>) -> (u16, String) {
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build();
+        let mut req = agent.get(&format!("http://127.0.0.1:{}/system_stats", self.port));
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        match req.call() {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// The stand-in's pid, from its /system_stats answer.
+    pub fn comfyui_pid(&self, token: &str) -> Option<i64> {
+        let (code, body) = self.get(Some(token));
+        if code != 200 {
+            return None;
+        }
+        serde_json::from_str::<serde_json::Value>(&body).ok()?["standin"]["pid"].as_i64()
+    }
+
+    /// How many times the stand-in started, from its event log.
+    pub fn starts(&self) -> usize {
+        fs::read_to_string(self.events_file()).unwrap_or_default().lines().filter(|l| l.starts_with("start ")).count()
+    }
+
+    /// Replaces `KEY=...` in .env (or appends), the way an editor saves: temp file + rename.
+    pub fn edit_env(&self, key: &str, line: &str) {
+        let text = fs::read_to_string(self.env_file()).unwrap_or_default();
+        let mut lines: Vec<String> =
+            text.lines().filter(|l| !l.starts_with(&format!("{key}="))).map(String::from).collect();
+        lines.push(line.to_string());
+        let tmp = self.dir.join(".env.swp");
+        fs::write(&tmp, lines.join("\n") + "\n").unwrap();
+        fs::rename(&tmp, self.env_file()).unwrap();
+    }
 }

@@ -1,0 +1,294 @@
+//! Credentials as an operator meets them: the files after `sync`, `token` and `run`, the seed
+//! report repaired, every refusal leaving the files untouched, and crashes mid-write.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime};
+
+use crate::util::*;
+
+const SEED_TOKEN: &str = "$2b$12$NErya5UooY9bJnscVc/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5ka";
+
+fn read(path: &std::path::Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+fn mtime(path: &std::path::Path) -> SystemTime {
+    fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// (hash, username) from PASSWORD, asserting the exact `hash\nusername` format.
+fn password_file(ws: &Workspace) -> (String, String) {
+    let text = read(&ws.password_file());
+    let (hash, user) = text.split_once('\n').unwrap_or_else(|| panic!("PASSWORD not hash\\nusername: {text:?}"));
+    assert_eq!(hash.len(), 60, "{text:?}");
+    assert!(!user.contains('\n') && !text.contains('\r'), "{text:?}");
+    (hash.to_string(), user.to_string())
+}
+
+fn dotenv(ws: &Workspace) -> std::collections::HashMap<String, String> {
+    dotenvy::from_path_iter(ws.env_file()).unwrap().map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn first_start_generates_announces_once_then_changes_nothing() {
+    let ws = Workspace::new("first");
+    let (code, out, err) = ws.cli(&["sync"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("password:"), "no announcement: {err}");
+    let values = dotenv(&ws);
+    let password = &values["COMFYUI_PASSWORD"];
+    assert!(err.contains(password.as_str()));
+    let (hash, user) = password_file(&ws);
+    assert_eq!(user, "admin");
+    assert!(bcrypt::verify(password, &hash).unwrap());
+    assert!(hash.starts_with("$2b$12$"));
+    assert_eq!(values["COMFYUI_BEARER_TOKEN"], hash);
+    assert_eq!(fs::metadata(ws.password_file()).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(out.contains("changed:"), "{out}");
+
+    let before = (read(&ws.env_file()), read(&ws.password_file()), mtime(&ws.env_file()), mtime(&ws.password_file()));
+    std::thread::sleep(Duration::from_millis(20));
+    let (code, out, err) = ws.cli(&["sync"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing to change"), "{out}");
+    assert!(!err.contains(password.as_str()) && !out.contains(password.as_str()), "password printed again");
+    let after = (read(&ws.env_file()), read(&ws.password_file()), mtime(&ws.env_file()), mtime(&ws.password_file()));
+    assert_eq!(before, after, "second sync rewrote a file");
+    assert_eq!(ws.token(), hash);
+}
+
+#[test]
+fn changing_the_password_rehashes_updates_the_token_and_ends_sessions() {
+    let ws = Workspace::new("change");
+    write(&ws.env_file(), "# mine\nCOMFYUI_PASSWORD=first-pass\nKEEP=me\n");
+    assert_eq!(ws.cli(&["sync"]).0, 0);
+    let (old_hash, _) = password_file(&ws);
+    let secret_key = ws.comfyui().join("custom_nodes/ComfyUI-Login/.secret-key.txt");
+    fs::create_dir_all(secret_key.parent().unwrap()).unwrap();
+    write(&secret_key, "key");
+
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=second-pass");
+    let (code, _, err) = ws.cli(&["sync"]);
+    assert_eq!(code, 0, "{err}");
+    let (new_hash, _) = password_file(&ws);
+    assert_ne!(new_hash, old_hash);
+    assert!(bcrypt::verify("second-pass", &new_hash).unwrap());
+    assert_eq!(dotenv(&ws)["COMFYUI_BEARER_TOKEN"], new_hash);
+    assert_eq!(dotenv(&ws)["KEEP"], "me");
+    assert!(!secret_key.exists(), ".secret-key.txt survived a password change");
+    assert!(!err.contains("second-pass"), "plaintext password in the log: {err}");
+}
+
+#[test]
+fn a_pinned_token_that_verifies_is_used_as_is() {
+    let ws = Workspace::new("pinned");
+    let pinned = bcrypt::hash("pinned-pass", 12).unwrap();
+    write(&ws.env_file(), &format!("COMFYUI_PASSWORD=pinned-pass\nCOMFYUI_BEARER_TOKEN='{pinned}'\n"));
+    let before = read(&ws.env_file());
+    assert_eq!(ws.cli(&["sync"]).0, 0);
+    assert_eq!(password_file(&ws).0, pinned);
+    assert_eq!(read(&ws.env_file()), before, ".env rewritten although it was right");
+}
+
+#[test]
+fn the_seed_report_env_is_repaired() {
+    let ws = Workspace::new("seed");
+    let seed = format!("COMFYUI_BEARER_TOKEN={SEED_TOKEN}\nCOMFYUI_USERNAME=admin\nCOMFYUI_PASSWORD=rZDS3XQa/8!v9L\n");
+    write(&ws.env_file(), &seed);
+    let (code, _, err) = ws.cli(&["sync"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("61 characters"), "the warning should say what was wrong: {err}");
+    let (hash, user) = password_file(&ws);
+    assert_eq!(user, "admin");
+    assert!(bcrypt::verify("rZDS3XQa/8!v9L", &hash).unwrap());
+    let text = read(&ws.env_file());
+    let want = format!("COMFYUI_BEARER_TOKEN='{hash}'\nCOMFYUI_USERNAME=admin\nCOMFYUI_PASSWORD=rZDS3XQa/8!v9L\n");
+    assert_eq!(text, want);
+    assert_eq!(dotenv(&ws)["COMFYUI_BEARER_TOKEN"], hash);
+}
+
+#[test]
+fn precedence_secret_file_then_env_file_then_environment_with_a_warning() {
+    let ws = Workspace::new("prec");
+    let secret = ws.dir.join("secret");
+    write(&secret, "from-secret\n");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=from-env-file\n");
+    let ws = ws.set("COMFYUI_PASSWORD", "from-environment").set("COMFYUI_PASSWORD_FILE", &secret);
+    let (code, _, err) = ws.cli(&["sync"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(bcrypt::verify("from-secret", &password_file(&ws).0).unwrap());
+    assert!(err.contains("differs"), "no warning on disagreeing sources: {err}");
+    assert!(!err.contains("from-env-file") && !err.contains("from-environment"), "{err}");
+
+    let mut ws = ws;
+    ws.extra_env.remove("COMFYUI_PASSWORD_FILE");
+    assert_eq!(ws.cli(&["sync"]).0, 0);
+    assert!(bcrypt::verify("from-env-file", &password_file(&ws).0).unwrap());
+
+    fs::remove_file(ws.env_file()).unwrap();
+    assert_eq!(ws.cli(&["sync"]).0, 0);
+    assert!(bcrypt::verify("from-environment", &password_file(&ws).0).unwrap());
+}
+
+/// A refusal: non-zero exit, the message names `phrase` and `source`, no file changed.
+fn assert_refused(ws: &Workspace, phrases: &[&str]) {
+    let before = (read(&ws.env_file()), read(&ws.password_file()));
+    let (code, _, err) = ws.cli(&["sync"]);
+    assert_eq!(code, 78, "{err}");
+    for p in phrases {
+        assert!(err.contains(p), "missing {p:?} in: {err}");
+    }
+    assert_eq!((read(&ws.env_file()), read(&ws.password_file())), before, "a refused sync changed a file");
+}
+
+/// A workspace already in sync, so that a refusal has files to leave alone.
+fn synced(tag: &str) -> Workspace {
+    let ws = Workspace::new(tag);
+    write(&ws.env_file(), "COMFYUI_PASSWORD=good-pass\n");
+    assert_eq!(ws.cli(&["sync"]).0, 0);
+    ws
+}
+
+#[test]
+fn bad_passwords_are_refused_naming_the_source_and_the_rule() {
+    let ws = synced("badpw");
+    let env_file = ws.env_file().display().to_string();
+    ws.edit_env("COMFYUI_PASSWORD", &format!("COMFYUI_PASSWORD={}", "a".repeat(73)));
+    assert_refused(&ws, &[&env_file, "72 bytes"]);
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=' leading'");
+    assert_refused(&ws, &[&env_file, "whitespace"]);
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=''");
+    assert_refused(&ws, &[&env_file, "empty"]);
+    let secret = ws.dir.join("secret");
+    write(&secret, "two\nlines\n");
+    let ws = ws.set("COMFYUI_PASSWORD_FILE", &secret);
+    assert_refused(&ws, &["COMFYUI_PASSWORD_FILE", "line break"]);
+}
+
+#[test]
+fn an_unparseable_env_line_is_refused_with_file_and_line() {
+    let ws = synced("badline");
+    let mut text = read(&ws.env_file());
+    text.push_str("# fine\nBROKEN=two words\n");
+    write(&ws.env_file(), &text);
+    assert_refused(&ws, &[&ws.env_file().display().to_string(), "line 4", "BROKEN=two words"]);
+}
+
+#[test]
+fn a_password_file_that_is_a_folder_or_an_outside_symlink_is_refused() {
+    let ws = synced("pwdir");
+    fs::remove_file(ws.password_file()).unwrap();
+    fs::create_dir(ws.password_file()).unwrap();
+    assert_refused(&ws, &["PASSWORD", "folder"]);
+    fs::remove_dir(ws.password_file()).unwrap();
+    let outside = ws.dir.join("elsewhere");
+    write(&outside, "x");
+    std::os::unix::fs::symlink(&outside, ws.password_file()).unwrap();
+    assert_refused(&ws, &["PASSWORD", "outside the login folder"]);
+    assert_eq!(read(&outside), "x");
+}
+
+#[test]
+fn a_missing_comfyui_folder_fails_closed() {
+    let ws = Workspace::new("nodir");
+    let nope = ws.dir.join("nope");
+    let ws = ws.set("COMFYUI_DIR", &nope);
+    let (code, _, err) = ws.cli(&["sync"]);
+    assert_eq!(code, 78);
+    assert!(err.contains("COMFYUI_DIR") && err.contains("COMFY_INIT_AUTH=off"), "{err}");
+}
+
+#[test]
+fn run_never_starts_comfyui_without_a_valid_password_file() {
+    if !can_be_pid1("run_never_starts_comfyui_without_a_valid_password_file") {
+        return;
+    }
+    let ws = synced("runrefuse");
+    ws.edit_env("COMFYUI_PASSWORD", &format!("COMFYUI_PASSWORD={}", "b".repeat(80)));
+    let (code, _, err) = ws.launch().output(Duration::from_secs(20));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("ComfyUI not started"), "{err}");
+    assert_eq!(ws.starts(), 0, "the stand-in ran");
+}
+
+#[test]
+fn a_read_only_filesystem_is_refused() {
+    if !can_be_pid1("a_read_only_filesystem_is_refused") {
+        return;
+    }
+    let ws = Workspace::new("ro");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=ro-pass\n");
+    let dir = ws.dir.path().display().to_string();
+    // A private mount namespace with the workspace bound read-only.
+    let script = format!("mount --bind {dir} {dir} && mount -o remount,bind,ro {dir} && exec \"$0\" sync");
+    let mut cmd = std::process::Command::new("unshare");
+    scrub_env(&mut cmd);
+    let out = cmd.args(["--mount", "sh", "-c", &script]).arg(bin()).envs(ws.env()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.contains("read-only"), "{err}");
+    assert!(!ws.password_file().exists());
+}
+
+#[test]
+fn run_serves_the_token_that_comfy_init_token_prints() {
+    if !can_be_pid1("run_serves_the_token_that_comfy_init_token_prints") {
+        return;
+    }
+    let ws = Workspace::new("serve");
+    let init = ws.launch().start();
+    assert!(init.until(Duration::from_secs(20), || ws.status(None) == 401), "{}", init.stderr());
+    let token = ws.token();
+    assert_eq!(ws.status(Some(&token)), 200);
+    assert_eq!(ws.status(Some("$2b$12$wrongwrongwrongwrongwrongwrongwrongwrongwrongwrongwrong")), 401);
+    assert!(init.stderr().contains("password:"), "first start announces the password");
+}
+
+#[test]
+fn a_crash_at_any_point_of_a_sync_leaves_old_or_new_content() {
+    let ws = synced("crash");
+    let mut rng_state = std::process::id() as u64;
+    let mut next = || {
+        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (rng_state >> 33) as u64
+    };
+    let mut passwords = vec!["good-pass".to_string()];
+    for round in 0..12 {
+        let new = format!("pass-{round}");
+        ws.edit_env("COMFYUI_PASSWORD", &format!("COMFYUI_PASSWORD={new}"));
+        passwords.push(new);
+        // Each write pauses 150 ms before its rename and between files: kill anywhere in there.
+        let mut cmd = std::process::Command::new(bin());
+        scrub_env(&mut cmd);
+        let mut child = cmd
+            .arg("sync")
+            .envs(ws.env())
+            .env("COMFY_INIT_TEST_PAUSE_MS", "150")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(next() % 900));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever happened: PASSWORD is complete and holds the hash of a password we set,
+        // the .env parses, and its token (if any) is a complete hash.
+        let (hash, _) = password_file(&ws);
+        // A kill before PASSWORD's rename leaves an older one: any password we set, never a mix.
+        assert!(passwords.iter().rev().any(|p| bcrypt::verify(p, &hash).unwrap()), "round {round}");
+        let values = dotenv(&ws);
+        assert_eq!(values["COMFYUI_PASSWORD"], passwords[passwords.len() - 1]);
+        if let Some(t) = values.get("COMFYUI_BEARER_TOKEN") {
+            assert_eq!(t.len(), 60);
+        }
+    }
+    // And the next full sync converges, sweeping the temp files killed writes left.
+    assert_eq!(ws.cli(&["sync"]).0, 0);
+    let login: Vec<_> =
+        fs::read_dir(ws.password_file().parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(login, vec!["PASSWORD"]);
+    let (hash, _) = password_file(&ws);
+    assert!(bcrypt::verify(passwords.last().unwrap(), &hash).unwrap());
+    assert_eq!(dotenv(&ws)["COMFYUI_BEARER_TOKEN"], hash);
+}
