@@ -177,6 +177,11 @@ pub struct Outcome {
 /// Reconciles once. `running`: the token of the running ComfyUI (supervisor). `dry_run`: decide
 /// and describe, write nothing. Err: a refusal with the source and the rule; nothing written.
 pub fn reconcile(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<Outcome, String> {
+    let _lock = Lock::acquire(s)?;
+    reconcile_locked(s, running, dry_run)
+}
+
+fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<Outcome, String> {
     if !s.comfyui_dir.is_dir() {
         return Err(format!(
             "COMFYUI_DIR={} is not a folder: mount ComfyUI there or point COMFYUI_DIR at it \
@@ -293,7 +298,7 @@ pub fn announce(out: &Outcome) {
              once. To choose your own, set {KEY_PASSWORD} (or COMFYUI_PASSWORD_FILE) and restart."
         ),
     };
-    log::warn!("==================== ComfyUI login created ====================");
+    log::warn!("====================== new ComfyUI login ======================");
     log::warn!("  username: {}", out.username);
     log::warn!("  password: {password}");
     log::warn!("  token:    {}", out.token);
@@ -320,6 +325,7 @@ pub fn current_token(s: &Settings) -> Result<String, String> {
 
 /// `comfy-init rotate`: a new random password into `.env`, then a normal reconciliation.
 pub fn rotate(s: &Settings) -> Result<Outcome, String> {
+    let _lock = Lock::acquire(s)?;
     if let Some(p) = &s.password_file {
         return Err(format!(
             "the password comes from COMFYUI_PASSWORD_FILE ({}): change that secret instead",
@@ -335,8 +341,46 @@ pub fn rotate(s: &Settings) -> Result<Outcome, String> {
     let text = env.map(|e| e.text).unwrap_or_default();
     let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
     fsutil::write_atomic(&s.env_file, dotenv_edit::set(&text, KEY_PASSWORD, &password).as_bytes(), attrs)?;
-    let mut out = reconcile(s, None, false)?;
+    let mut out = reconcile_locked(s, None, false)?;
     out.generated = Some(password);
     out.stored_in = Some(s.env_file.clone());
     Ok(out)
+}
+
+/// Serialises reconciliations across processes: without it, `comfy-init rotate` and the running
+/// supervisor (woken by rotate's own .env write) would both hash and write, and one token would
+/// silently replace the other. An flock on `login/.comfy-init.lock`, released on drop (and by
+/// the kernel if we die). Waits at most 10 s: a stuck holder must not freeze PID 1's loop.
+struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    fn acquire(s: &Settings) -> Result<Lock, String> {
+        use std::os::fd::AsRawFd;
+        let login = s.comfyui_dir.join("login");
+        if !s.comfyui_dir.is_dir() {
+            return Err(format!(
+                "COMFYUI_DIR={} is not a folder: mount ComfyUI there or point COMFYUI_DIR at it \
+                 (COMFY_INIT_AUTH=off runs without ComfyUI-Login, unprotected)",
+                s.comfyui_dir.display()
+            ));
+        }
+        std::fs::create_dir_all(&login).map_err(|e| fsutil::explain_write_error(&login, &e))?;
+        let path = login.join(".comfy-init.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| fsutil::explain_write_error(&path, &e))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // SAFETY: flock on a descriptor we own.
+        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if std::time::Instant::now() >= deadline {
+                log::warn!("{} is held by another comfy-init for 10 s: going on without it", path.display());
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(Lock(file))
+    }
 }

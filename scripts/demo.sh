@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# `make demo`: comfy-init over the stand-in ComfyUI in a temporary workspace. Watch the GPU
+# preflight, the generated password and token, a healthcheck, a password rotation with its
+# automatic restart, and a clean stop. Runs as PID 1 of a fresh PID namespace when root.
+set -euo pipefail
+
+BIN=$(realpath "${1:-target/release/comfy-init}")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/comfy-init-demo.XXXXXX)
+LOG="$WORK/comfy-init.log"
+INIT_PID=
+
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+cleanup() {
+  [ -n "$INIT_PID" ] && kill -KILL "$INIT_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# GET /system_stats with an optional bearer token; prints the HTTP status.
+status() {
+  python3 - "$COMFYUI_PORT" "${1:-}" <<'PY'
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/system_stats")
+if sys.argv[2]:
+    req.add_header("Authorization", "Bearer " + sys.argv[2])
+try:
+    print(urllib.request.urlopen(req, timeout=3).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except Exception:
+    print("no answer")
+PY
+}
+
+wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { echo "timed out waiting for: $*"; cat "$LOG"; exit 1; }
+    sleep 0.2
+  done
+}
+
+mkdir -p "$WORK/ComfyUI"
+cp "$ROOT/tests/fixtures/fake_comfyui.py" "$WORK/ComfyUI/main.py"
+export COMFYUI_DIR="$WORK/ComfyUI" COMFY_INIT_ENV_FILE="$WORK/.env" COMFY_INIT_GPU=warn
+export COMFYUI_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf '# my settings: comfy-init keeps this comment and every other line\nHF_HOME=/models/hf\n' > "$WORK/.env"
+
+bold "Workspace $WORK: the stand-in ComfyUI in ComfyUI/main.py, an .env with no password"
+cat "$WORK/.env"
+
+bold "Starting comfy-init (GPU policy 'warn': this machine may have no RTX card)"
+if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null; then
+  unshare --pid --fork --mount-proc "$BIN" >"$LOG" 2>&1 &
+  OUTER=$!
+  has_child() { [ -n "$(cat "/proc/$OUTER/task/$OUTER/children" 2>/dev/null)" ]; }
+  wait_for 5 has_child
+  INIT_PID=$(cut -d' ' -f1 "/proc/$OUTER/task/$OUTER/children")
+  echo "comfy-init is PID 1 of a new PID namespace (host pid $INIT_PID)"
+else
+  "$BIN" >"$LOG" 2>&1 &
+  INIT_PID=$!
+  echo "not root: comfy-init runs as a child subreaper (pid $INIT_PID)"
+fi
+wait_for 30 "$BIN" healthcheck
+sed 's/^/  | /' "$LOG"
+
+bold "The .env now holds the generated password and the token, single-quoted"
+sed 's/^/  | /' "$WORK/.env"
+
+bold "comfy-init healthcheck (the Docker HEALTHCHECK)"
+"$BIN" healthcheck; echo "  exit $?"
+
+OLD=$("$BIN" token)
+bold "API: with the token -> $(status "$OLD"), without -> $(status)"
+
+bold "comfy-init rotate: a new password; the running comfy-init restarts ComfyUI by itself"
+"$BIN" rotate 2>&1 | sed "s/^/  | /"
+NEW=$("$BIN" token)
+new_token_works() { [ "$(status "$NEW")" = 200 ]; }
+wait_for 15 new_token_works
+echo "new token -> $(status "$NEW"), old token -> $(status "$OLD")"
+grep -E 'token changed|started' "$LOG" | sed 's/^/  | /'
+
+bold "Stopping: SIGTERM to comfy-init (it sends SIGINT to ComfyUI, ComfyUI's clean stop)"
+START=$(date +%s.%N)
+kill -TERM "$INIT_PID"
+while kill -0 "$INIT_PID" 2>/dev/null; do sleep 0.05; done
+wait 2>/dev/null || true
+INIT_PID=
+tail -n 3 "$LOG" | sed 's/^/  | /'
+printf 'stopped in %.2f s\n' "$(echo "$(date +%s.%N) - $START" | bc 2>/dev/null || echo 0)"
+
+bold "Done. Next: 'make test', and README.md for Docker, compose and Kubernetes."
