@@ -7,6 +7,7 @@ mod fsutil;
 mod gpu;
 mod health;
 mod logging;
+mod privileges;
 mod supervisor;
 mod test_hook;
 mod watch;
@@ -180,6 +181,20 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
             return EXIT_CONFIG as i32;
         }
     };
+    match credentials::owner(&process_env) {
+        Ok(Some(owner)) => {
+            if let Err(e) = privileges::check_ownership(&settings.comfyui_dir, owner) {
+                log::error!("{e}");
+                return EXIT_CONFIG as i32;
+            }
+            spec.user = Some(owner);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            log::error!("{e}");
+            return EXIT_CONFIG as i32;
+        }
+    }
     // The plaintext password is ours; the child and its custom nodes do not need it.
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
     if command.is_empty() {

@@ -292,3 +292,33 @@ fn a_crash_at_any_point_of_a_sync_leaves_old_or_new_content() {
     assert!(bcrypt::verify(passwords.last().unwrap(), &hash).unwrap());
     assert_eq!(dotenv(&ws)["COMFYUI_BEARER_TOKEN"], hash);
 }
+
+#[test]
+fn with_puid_the_child_runs_as_that_user_and_owns_password() {
+    if !can_be_pid1("with_puid_the_child_runs_as_that_user_and_owns_password") {
+        return;
+    }
+    let ws = Workspace::new("puid").set("PUID", "65534").set("PGID", "65534");
+    let mut launch = ws.launch();
+    let password = ws.password_file().display().to_string();
+    launch.args =
+        vec!["run".into(), "--".into(), "sh".into(), "-c".into(), format!("id -u; id -g; head -c 4 {password}")];
+    let (code, out, err) = launch.output(Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "65534\n65534\n$2b$", "the child could not read PASSWORD as its user: {err}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(ws.password_file()).unwrap().uid(), 65534);
+}
+
+#[test]
+fn with_puid_a_folder_owned_by_someone_else_stops_with_the_chown_to_run() {
+    if !can_be_pid1("with_puid_a_folder_owned_by_someone_else_stops_with_the_chown_to_run") {
+        return;
+    }
+    let ws = Workspace::new("puidown").set("PUID", "65534");
+    fs::create_dir_all(ws.comfyui().join("output")).unwrap(); // owned by root
+    let (code, _, err) = ws.launch().output(Duration::from_secs(20));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("chown -R 65534:65534"), "{err}");
+    assert_eq!(ws.starts(), 0);
+}
