@@ -285,9 +285,10 @@ fn a_crash_at_any_point_of_a_sync_leaves_old_or_new_content() {
     }
     // And the next full sync converges, sweeping the temp files killed writes left.
     assert_eq!(ws.cli(&["sync"]).0, 0);
-    let login: Vec<_> =
+    let mut login: Vec<_> =
         fs::read_dir(ws.password_file().parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(login, vec!["PASSWORD"]);
+    login.sort();
+    assert_eq!(login, vec![".comfy-init.lock", "PASSWORD"]);
     let (hash, _) = password_file(&ws);
     assert!(bcrypt::verify(passwords.last().unwrap(), &hash).unwrap());
     assert_eq!(dotenv(&ws)["COMFYUI_BEARER_TOKEN"], hash);
