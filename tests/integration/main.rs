@@ -4,4 +4,5 @@ mod credentials;
 mod gpu;
 mod health;
 mod pid1;
+mod supervise;
 mod util;
