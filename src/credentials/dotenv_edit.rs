@@ -42,7 +42,7 @@ impl EnvFile {
     /// The value as written after `=` on the key's last line, before any unquoting: tells a
     /// value mangled by `$` expansion from one written that way.
     pub fn raw(&self, key: &str) -> Option<&str> {
-        let line = self.text.split_inclusive('\n').filter(|l| assigns(l, key)).last()?;
+        let line = self.text.split_inclusive('\n').rfind(|l| assigns(l, key))?;
         Some(line[line.find('=')? + 1..].trim_end_matches(['\n', '\r']).trim())
     }
 }
