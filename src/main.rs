@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use cli::{Command, Topic};
 use config::{process_env, RunSettings};
 use supervisor::child::ChildSpec;
+use supervisor::guard::Guard;
 use supervisor::signals::Signals;
 use supervisor::Supervisor;
 
@@ -126,17 +127,15 @@ fn rotate() -> u8 {
 }
 
 /// Reconciles before the first start, then watches for changes while ComfyUI runs.
-fn prepare_credentials() -> Result<supervisor::guard::Guard, String> {
+fn prepare_credentials() -> Result<Guard, String> {
     let settings = credential_settings()?;
     let out = credentials::reconcile(&settings, None, false)?;
-    for change in &out.changes {
-        log::info!("credentials: {change}");
-    }
-    credentials::announce(&out);
-    supervisor::guard::Guard::new(settings, out.token).map_err(|e| format!("cannot watch the credential files: {e}"))
+    credentials::log_outcome(&out);
+    Guard::new(settings, out.token).map_err(|e| format!("cannot watch the credential files: {e}"))
 }
 
-/// `comfy-init run`: signals first (before any thread exists), then settings, then supervise.
+/// `comfy-init run`: signals first (before any thread exists: NVML may start some), then the
+/// preparation, then the loop.
 fn run(command: Vec<std::ffi::OsString>) -> i32 {
     let signals = match Signals::install() {
         Ok(s) => s,
@@ -146,55 +145,43 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
         }
     };
     logging::init();
-    let settings = match RunSettings::from_lookup(&process_env) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("{e}");
-            return EXIT_CONFIG as i32;
+    let (settings, spec, guard) = match prepare(command) {
+        Ok(prepared) => prepared,
+        Err((message, code)) => {
+            log::error!("{message}");
+            return code as i32;
         }
     };
-    let gpu_check = gpu::GpuSettings::from_lookup(&process_env)
-        .map_err(|e| (e, EXIT_CONFIG))
-        .and_then(|g| gpu::preflight(&g).map_err(|e| (e, EXIT_GPU)));
-    if let Err((e, code)) = gpu_check {
-        log::error!("{e}");
-        return code as i32;
+    match Supervisor::start(settings, spec, signals, guard) {
+        Ok(supervisor) => supervisor.run(),
+        Err(e) => {
+            log::error!("{e}");
+            e.exit_code()
+        }
     }
+}
+
+/// Everything before the child starts: settings, GPU preflight, privileges, credentials.
+/// Err: the message and comfy-init's exit code; ComfyUI was not started.
+fn prepare(command: Vec<std::ffi::OsString>) -> Result<(RunSettings, ChildSpec, Option<Guard>), (String, u8)> {
+    let config = |e: config::ConfigError| (e.to_string(), EXIT_CONFIG);
+    let settings = RunSettings::from_lookup(&process_env).map_err(config)?;
+    let gpu = gpu::GpuSettings::from_lookup(&process_env).map_err(|e| (e, EXIT_CONFIG))?;
+    gpu::preflight(&gpu).map_err(|e| (e, EXIT_GPU))?;
+
     let mut spec = ChildSpec::default();
-    let guard = match credentials::auth_enabled(&process_env) {
-        Ok(true) => match prepare_credentials() {
-            Ok(guard) => Some(guard),
-            Err(e) => {
-                log::error!("{e}");
-                log::error!("ComfyUI not started: it never runs without a valid login/PASSWORD");
-                return EXIT_CONFIG as i32;
-            }
-        },
-        Ok(false) => {
-            log::warn!(
-                "COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it"
-            );
-            None
-        }
-        Err(e) => {
-            log::error!("{e}");
-            return EXIT_CONFIG as i32;
-        }
-    };
-    match credentials::owner(&process_env) {
-        Ok(Some(owner)) => {
-            if let Err(e) = privileges::check_ownership(&settings.comfyui_dir, owner) {
-                log::error!("{e}");
-                return EXIT_CONFIG as i32;
-            }
-            spec.user = Some(owner);
-        }
-        Ok(None) => {}
-        Err(e) => {
-            log::error!("{e}");
-            return EXIT_CONFIG as i32;
-        }
+    if let Some(owner) = credentials::owner(&process_env).map_err(config)? {
+        privileges::check_ownership(&settings.comfyui_dir, owner).map_err(|e| (e, EXIT_CONFIG))?;
+        spec.user = Some(owner);
     }
+    let guard = if credentials::auth_enabled(&process_env).map_err(config)? {
+        let not_started =
+            |e| (format!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD"), EXIT_CONFIG);
+        Some(prepare_credentials().map_err(not_started)?)
+    } else {
+        log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it");
+        None
+    };
     // The plaintext password is ours; the child and its custom nodes do not need it.
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
     if command.is_empty() {
@@ -203,11 +190,5 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
     } else {
         spec.argv = command;
     }
-    match Supervisor::start(settings, spec, signals, guard) {
-        Ok(supervisor) => supervisor.run(),
-        Err(e) => {
-            log::error!("{e}");
-            e.exit_code()
-        }
-    }
+    Ok((settings, spec, guard))
 }

@@ -286,6 +286,14 @@ fn env_update(env: &Option<EnvFile>, token: &str, generated: Option<&str>, dry_r
     (new != text).then_some(new)
 }
 
+/// For the supervisor's log: what changed, and the announcement of a generated password.
+pub fn log_outcome(out: &Outcome) {
+    for change in &out.changes {
+        log::info!("credentials: {change}");
+    }
+    announce(out);
+}
+
 /// The one-time announcement of a generated password (the only time a secret is logged).
 pub fn announce(out: &Outcome) {
     let Some(password) = &out.generated else {

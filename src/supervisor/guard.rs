@@ -52,10 +52,7 @@ impl Guard {
         }
         match credentials::reconcile(&self.settings, Some(&self.token), false) {
             Ok(out) => {
-                for change in &out.changes {
-                    log::info!("credentials: {change}");
-                }
-                credentials::announce(&out);
+                credentials::log_outcome(&out);
                 if out.token == self.token {
                     return false;
                 }
