@@ -199,15 +199,30 @@ impl Supervisor {
                 if child::group_alive(child.pid) {
                     log::info!("stopping what is left of its process group");
                     self.begin_stop(child, Some(status), AfterStop::AskPolicy);
+                    self.hurry_leftovers(child.pid);
                 } else {
                     self.decide(child, status);
                 }
             }
             Phase::Stopping { child, exited, .. } if child.pid == pid => {
+                let pgid = child.pid;
                 log::info!("child (pid {pid}) exited: {status}");
                 *exited = Some(status);
+                if child::group_alive(pgid) {
+                    self.hurry_leftovers(pgid);
+                }
             }
             _ => log::debug!("reaped orphan pid {pid}: {status}"),
+        }
+    }
+
+    /// The main child is gone but some of its group lives on (a helper, a shell's background job,
+    /// which starts with SIGINT ignored): ComfyUI's clean stop is over, so they get the
+    /// conventional SIGTERM at once instead of waiting out the whole grace before SIGKILL.
+    fn hurry_leftovers(&self, pgid: i32) {
+        if self.settings.stop_signal != libc::SIGTERM {
+            log::debug!("sending SIGTERM to what is left of process group {pgid}");
+            forward(pgid, libc::SIGTERM);
         }
     }
 

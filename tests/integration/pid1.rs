@@ -103,8 +103,8 @@ fn a_grandchild_ignoring_the_stop_signal_is_killed_before_we_exit() {
     if !can_be_pid1("a_grandchild_ignoring_the_stop_signal_is_killed_before_we_exit") {
         return;
     }
-    // The main child exits on SIGINT at once; its grandchild ignores it.
-    let script = "(trap '' INT; exec sleep 100) & trap 'exit 0' INT; while :; do sleep 0.05; done";
+    // The main child exits on SIGINT at once; its grandchild ignores SIGINT and SIGTERM.
+    let script = "trap 'exit 0' INT; (trap '' INT TERM; exec sleep 100) & while :; do sleep 0.05; done";
     let mut init = Launch::sh(script).env("COMFY_INIT_STOP_TIMEOUT", "1s").start();
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
@@ -115,12 +115,27 @@ fn a_grandchild_ignoring_the_stop_signal_is_killed_before_we_exit() {
 }
 
 #[test]
+fn leftovers_of_the_group_get_sigterm_once_the_child_is_gone() {
+    if !can_be_pid1("leftovers_of_the_group_get_sigterm_once_the_child_is_gone") {
+        return;
+    }
+    // A background job of a shell starts with SIGINT ignored: it must not cost the whole grace.
+    let script = "trap 'exit 0' INT; sleep 100 & while :; do sleep 0.05; done";
+    let mut init = Launch::sh(script).env("COMFY_INIT_STOP_TIMEOUT", "5s").start();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    init.signal(libc::SIGTERM);
+    assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
+    assert!(t0.elapsed() < Duration::from_secs(2), "waited {:?} for a leftover", t0.elapsed());
+}
+
+#[test]
 fn not_pid1_the_grandchild_is_gone_when_we_exit() {
     // Without a PID namespace nothing kills leftovers for us: this proves we waited for them.
     let dir = TempDir::new("gc");
     let pidfile = dir.join("gc.pid");
     let script = format!(
-        "(trap '' INT; echo $$ > /dev/null; exec sh -c 'echo $$ > {}; exec sleep 100') & trap 'exit 0' INT; while :; do sleep 0.05; done",
+        "trap 'exit 0' INT; (trap '' INT TERM; exec sh -c 'echo $$ > {}; exec sleep 100') & while :; do sleep 0.05; done",
         pidfile.display()
     );
     let mut init = Launch::sh(&script).not_pid1().env("COMFY_INIT_STOP_TIMEOUT", "1s").start();
