@@ -177,7 +177,8 @@ pub struct Outcome {
 /// Reconciles once. `running`: the token of the running ComfyUI (supervisor). `dry_run`: decide
 /// and describe, write nothing. Err: a refusal with the source and the rule; nothing written.
 pub fn reconcile(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<Outcome, String> {
-    let _lock = Lock::acquire(s)?;
+    // A dry run writes nothing, not even the lock file.
+    let _lock = if dry_run { None } else { Some(Lock::acquire(s)?) };
     reconcile_locked(s, running, dry_run)
 }
 
@@ -214,9 +215,9 @@ fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Resul
         },
         Choice::Pinned => (sources.pinned.clone().unwrap_or_default(), "from COMFYUI_BEARER_TOKEN"),
         Choice::Running => (running.unwrap_or_default().to_string(), "restored from the running ComfyUI"),
-        Choice::HashPassword if dry_run => ("(new hash)".into(), "new hash: the password changed"),
+        Choice::HashPassword if dry_run => ("(new hash)".into(), "new hash of the configured password"),
         Choice::HashPassword => {
-            (token::hash(sources.password.as_deref().unwrap_or_default())?, "new hash: the password changed")
+            (token::hash(sources.password.as_deref().unwrap_or_default())?, "new hash of the configured password")
         }
         Choice::Generate if dry_run => ("(new hash)".into(), "new password generated"),
         Choice::Generate => {

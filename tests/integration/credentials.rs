@@ -323,3 +323,15 @@ fn with_puid_a_folder_owned_by_someone_else_stops_with_the_chown_to_run() {
     assert!(err.contains("chown -R 65534:65534"), "{err}");
     assert_eq!(ws.starts(), 0);
 }
+
+#[test]
+fn sync_dry_run_says_what_it_would_change_and_writes_nothing() {
+    let ws = Workspace::new("dry");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=dry-pass\n");
+    let (code, out, err) = ws.cli(&["sync", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("would change:") && out.contains("PASSWORD"), "{out}");
+    assert!(!out.contains("dry-pass") && !err.contains("dry-pass"));
+    assert_eq!(read(&ws.env_file()), "COMFYUI_PASSWORD=dry-pass\n");
+    assert!(!ws.comfyui().join("login").exists(), "a dry run created login/");
+}
