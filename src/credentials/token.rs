@@ -54,9 +54,21 @@ pub fn verifies(password: &str, hash: &str) -> bool {
 /// (password, hash, verifies), most recent last.
 static ANSWERS: Mutex<Vec<(String, String, bool)>> = Mutex::new(Vec::new());
 
+/// A remembered answer. A hash known to match one password cannot match another (passwords are
+/// at most 72 bytes, so bcrypt's truncation cannot make two of them equal): that answer is free
+/// too, and it is the common case of a password change.
 fn remembered(password: &str, hash: &str) -> Option<bool> {
     let answers = ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
-    answers.iter().rev().find(|(p, h, _)| p == password && h == hash).map(|(_, _, ok)| *ok)
+    let same_hash = answers.iter().rev().filter(|(_, h, _)| h == hash);
+    for (p, _, ok) in same_hash {
+        if p == password {
+            return Some(*ok);
+        }
+        if *ok {
+            return Some(false);
+        }
+    }
+    None
 }
 
 fn remember(password: &str, hash: &str, ok: bool) {
@@ -69,7 +81,9 @@ fn remember(password: &str, hash: &str, ok: bool) {
 
 /// A fresh `$2b$12$` hash. The password was validated (at most 72 bytes, no NUL) beforehand.
 pub fn hash(password: &str) -> Result<String, String> {
-    bcrypt::non_truncating_hash(password, COST).map_err(|e| format!("cannot hash the password: {e}"))
+    let hash = bcrypt::non_truncating_hash(password, COST).map_err(|e| format!("cannot hash the password: {e}"))?;
+    remember(password, &hash, true);
+    Ok(hash)
 }
 
 /// A strong random password: 24 characters from 62 (about 143 bits), safe in any quoting.

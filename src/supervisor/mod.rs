@@ -51,7 +51,7 @@ pub struct Supervisor {
     signals: Signals,
     /// Credentials kept in step (None with COMFY_INIT_AUTH=off).
     guard: Option<Guard>,
-    session: Option<Session>,
+    session: Session,
     policy: RestartPolicy,
     phase: Phase,
 }
@@ -72,16 +72,8 @@ impl Supervisor {
                 );
             }
         }
-        let session = match Session::create(spec.user) {
-            Ok(session) => {
-                spec.env_set.push((session::ENV.into(), session.path().into()));
-                Some(session)
-            }
-            Err(e) => {
-                log::warn!("no restart marker folder ({e}): ComfyUI-Manager's restart button will re-exec in place");
-                None
-            }
-        };
+        let session = Session::new();
+        spec.env_set.push((session::ENV.into(), session.path().into()));
         let first = child::spawn(&spec)?;
         log::info!("started {} (pid {})", spec.argv[0].to_string_lossy(), first.pid);
         let policy = RestartPolicy::new(settings.restart, Limits::default());
@@ -269,7 +261,7 @@ impl Supervisor {
     /// The child ended by itself and its group is gone: restart now, later, or exit.
     fn decide(&mut self, child: Child, status: ExitStatus) {
         let now = Instant::now();
-        let reboot = self.session.as_ref().map(Session::take_reboot_request).unwrap_or(false);
+        let reboot = self.session.take_reboot_request();
         match self.policy.on_exit(status, now.duration_since(child.started), reboot, now) {
             Decision::RestartNow => {
                 log::info!("ComfyUI asked for a restart (ComfyUI-Manager): starting it again");

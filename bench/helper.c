@@ -1,0 +1,185 @@
+/* bench/helper.c: the small programs bench.py runs under each init. Compiled on the fly by
+ * bench.sh (cc -O2); not part of comfy-init.
+ *
+ *   helper child FIFO           the supervised child: SIGUSR1 handler that writes the
+ *                               CLOCK_MONOTONIC arrival time (8 bytes) to FIFO; writes 8 zero
+ *                               bytes once ready; then sleeps in pause(). SIGTERM/SIGINT keep
+ *                               their default action (the child dies at once).
+ *   helper send PID FIFO N      kill(PID, SIGUSR1) N times, one at a time, each time waiting for
+ *                               the child's timestamp; prints one latency (ns) per line.
+ *   helper reap N               run as the init's direct child: an intermediate forks N children
+ *                               that exit at once, waits until they are zombies, exits; they are
+ *                               orphaned to the init. Prints the ms until /proc (the namespace's)
+ *                               is back to its process count from before: every zombie reaped.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int ack_fd = -1;
+
+static void on_usr1(int sig) {
+    (void)sig;
+    int64_t t = now_ns();
+    int saved = errno;
+    if (write(ack_fd, &t, sizeof t) < 0) {
+        /* nothing to do in a handler */
+    }
+    errno = saved;
+}
+
+static int child(const char *fifo) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN); /* the reader may go away while we idle */
+    ack_fd = open(fifo, O_WRONLY);
+    if (ack_fd < 0) {
+        perror("helper child: open fifo");
+        return 1;
+    }
+    int64_t zero = 0;
+    if (write(ack_fd, &zero, sizeof zero) != sizeof zero) {
+        perror("helper child: ready");
+        return 1;
+    }
+    for (;;) pause();
+}
+
+static int read_full(int fd, void *buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        got += (size_t)r;
+    }
+    return 0;
+}
+
+static void on_alarm(int sig) {
+    (void)sig;
+    static const char msg[] = "helper send: no acknowledgement within 10 s (signal lost?)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {
+    }
+    _exit(3);
+}
+
+static int send(pid_t pid, const char *fifo, long n) {
+    signal(SIGALRM, on_alarm);
+    alarm(10);
+    int fd = open(fifo, O_RDONLY);
+    if (fd < 0) {
+        perror("helper send: open fifo");
+        return 1;
+    }
+    int64_t ready;
+    if (read_full(fd, &ready, sizeof ready) != 0) {
+        fprintf(stderr, "helper send: the child never got ready\n");
+        return 1;
+    }
+    int64_t *lat = calloc((size_t)n, sizeof *lat);
+    for (long i = 0; i < n; i++) {
+        alarm(10);
+        int64_t t0 = now_ns();
+        if (kill(pid, SIGUSR1) != 0) {
+            perror("helper send: kill");
+            return 1;
+        }
+        int64_t t1;
+        if (read_full(fd, &t1, sizeof t1) != 0) {
+            fprintf(stderr, "helper send: the child went away after %ld signals\n", i);
+            return 1;
+        }
+        lat[i] = t1 - t0;
+    }
+    alarm(0);
+    for (long i = 0; i < n; i++) printf("%lld\n", (long long)lat[i]);
+    return 0;
+}
+
+/* Processes in this (PID namespace's) /proc, zombies included. */
+static int count_procs(void) {
+    DIR *d = opendir("/proc");
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] >= '1' && e->d_name[0] <= '9') n++;
+    }
+    closedir(d);
+    return n;
+}
+
+static int reap(long n) {
+    int base = count_procs();
+    pid_t mid = fork();
+    if (mid < 0) {
+        perror("helper reap: fork");
+        return 1;
+    }
+    if (mid == 0) {
+        for (long i = 0; i < n; i++) {
+            pid_t p = fork();
+            if (p == 0) _exit(0);
+            if (p < 0) {
+                if (errno == EAGAIN) {
+                    usleep(1000);
+                    i--;
+                    continue;
+                }
+                perror("helper reap: fork orphan");
+                _exit(1);
+            }
+        }
+        usleep(300 * 1000); /* every orphan has exited by now: all zombies */
+        _exit(0);
+    }
+    int status;
+    int64_t fork_start = now_ns();
+    while (waitpid(mid, &status, 0) < 0 && errno == EINTR) {
+    }
+    /* The intermediate is gone: its zombies now belong to the init. */
+    int64_t t0 = now_ns();
+    int peak = count_procs();
+    int left = peak;
+    while (left > base) {
+        if (now_ns() - t0 > 60LL * 1000000000LL) {
+            printf("timeout left=%d\n", left - base);
+            return 2;
+        }
+        usleep(1000);
+        left = count_procs();
+    }
+    int64_t t1 = now_ns();
+    printf("reap_ms=%.3f orphans_seen=%d fork_ms=%.1f\n", (double)(t1 - t0) / 1e6, peak - base,
+           (double)(t0 - fork_start) / 1e6);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "child") == 0) return child(argv[2]);
+    if (argc == 5 && strcmp(argv[1], "send") == 0) return send(atoi(argv[2]), argv[3], atol(argv[4]));
+    if (argc == 3 && strcmp(argv[1], "reap") == 0) return reap(atol(argv[2]));
+    fprintf(stderr, "usage: helper child FIFO | send PID FIFO N | reap N\n");
+    return 2;
+}
