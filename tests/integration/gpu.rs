@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_comfy-init"))
-}
+use crate::util::bin;
 
-struct Fixtures {
+/// The fake NVML libraries, built once per test run (the healthcheck tests use them too).
+pub struct Fixtures {
     /// Every symbol.
-    full: PathBuf,
+    pub full: PathBuf,
     /// Without nvmlShutdown (nvml-wrapper's Drop would panic on it).
     no_shutdown: PathBuf,
     /// Without nvmlDeviceGetMemoryInfo_v2 and nvmlSystemGetCudaDriverVersion_v2 (old driver).
@@ -41,7 +40,7 @@ fn compile(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
     out
 }
 
-fn fixtures() -> &'static Fixtures {
+pub fn nvml_fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml");
@@ -193,7 +192,7 @@ fn assert_json_shape(j: &Value) {
 
 #[test]
 fn gpu_one_rtx_3090() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let out = under_each_policy(&f.full, &[], 0, &["NVIDIA GeForce RTX 3090", "550.54.14", "12.4", "8.6"]);
     assert!(out.stdout.contains("Verdict: OK"), "{}", out.stdout);
 
@@ -225,7 +224,7 @@ fn gpu_one_rtx_3090() {
 
 #[test]
 fn gpu_two_gpus() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_GPUS", "NVIDIA GeForce RTX 3090:24:8.6;NVIDIA GeForce RTX 4090:24:8.9")];
     under_each_policy(&f.full, &env, 0, &["GPU 0: NVIDIA GeForce RTX 3090", "GPU 1: NVIDIA GeForce RTX 4090"]);
     let j = gpu_json(&f.full, &env);
@@ -238,7 +237,7 @@ fn gpu_two_gpus() {
 
 #[test]
 fn gpu_calls_shutdown_once() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let log = f.dir.join(format!("calls-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let out = gpu(&f.full, &[("FAKE_NVML_LOG", log.to_str().unwrap())]);
@@ -252,7 +251,7 @@ fn gpu_calls_shutdown_once() {
 
 #[test]
 fn gpu_optional_metrics_unavailable_are_not_fatal() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_METRICS", "not_supported")];
     under_each_policy(&f.full, &env, 0, &["NVIDIA GeForce RTX 3090"]);
     let j = gpu_json(&f.full, &env);
@@ -266,7 +265,7 @@ fn gpu_optional_metrics_unavailable_are_not_fatal() {
 
 #[test]
 fn gpu_mig_memory_no_permission_is_not_fatal() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_MEMORY", "no_permission"), ("FAKE_NVML_MIG", "1"), ("COMFY_INIT_MIN_VRAM_GB", "8")];
     under_each_policy(&f.full, &env, 0, &["MIG"]);
     let j = gpu_json(&f.full, &env);
@@ -278,7 +277,7 @@ fn gpu_mig_memory_no_permission_is_not_fatal() {
 
 #[test]
 fn gpu_cuda_version_falls_back_to_v1() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_CUDA_V2_FAIL", "1"), ("FAKE_NVML_CUDA", "12080")];
     let out = under_each_policy(&f.full, &env, 0, &["12.8"]);
     assert!(out.stdout.contains("v1"), "{}", out.stdout);
@@ -289,7 +288,7 @@ fn gpu_cuda_version_falls_back_to_v1() {
 
 #[test]
 fn gpu_old_driver_without_v2_symbols() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let j = gpu_json(&f.old_driver, &[("FAKE_NVML_CUDA", "12020")]);
     assert_eq!(j["ok"], true, "{j}");
     assert_eq!(j["cuda_driver_version"], "12.2");
@@ -299,7 +298,7 @@ fn gpu_old_driver_without_v2_symbols() {
 
 #[test]
 fn gpu_cuda_both_calls_fail_is_not_fatal() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_CUDA_V2_FAIL", "1"), ("FAKE_NVML_CUDA_V1_FAIL", "1"), ("CUDA_VERSION", "12.8.1")];
     under_each_policy(&f.full, &env, 0, &["could not be read"]);
     let j = gpu_json(&f.full, &env);
@@ -310,7 +309,7 @@ fn gpu_cuda_both_calls_fail_is_not_fatal() {
 
 #[test]
 fn gpu_no_devices() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_GPUS", ""), ("NVIDIA_VISIBLE_DEVICES", "void")];
     under_each_policy(&f.full, &env, 1, &["NVIDIA_VISIBLE_DEVICES", "void", "--gpus all"]);
     let j = gpu_json(&f.full, &env);
@@ -322,7 +321,7 @@ fn gpu_no_devices() {
 
 #[test]
 fn gpu_init_driver_not_loaded() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_INIT", "driver_not_loaded")];
     under_each_policy(&f.full, &env, 1, &["driver is not loaded", "nvidia-smi"]);
     let j = gpu_json(&f.full, &env);
@@ -333,7 +332,7 @@ fn gpu_init_driver_not_loaded() {
 
 #[test]
 fn gpu_init_version_mismatch() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_INIT", "lib_rm_version_mismatch")];
     under_each_policy(&f.full, &env, 1, &["version mismatch", "reboot the host", "Do not ship driver libraries"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["driver_version_mismatch"]);
@@ -341,7 +340,7 @@ fn gpu_init_version_mismatch() {
 
 #[test]
 fn gpu_init_unknown_means_lost_device_access() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_INIT", "unknown")];
     under_each_policy(&f.full, &env, 1, &["recreate the container", "systemctl daemon-reload"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["lost_device_access"]);
@@ -349,7 +348,7 @@ fn gpu_init_unknown_means_lost_device_access() {
 
 #[test]
 fn gpu_init_no_permission() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_INIT", "no_permission")];
     under_each_policy(&f.full, &env, 1, &["no permission", "--gpus all", "/dev/nvidia"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["no_permission"]);
@@ -357,7 +356,7 @@ fn gpu_init_no_permission() {
 
 #[test]
 fn gpu_lost_on_handle() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_HANDLE", "gpu_lost")];
     under_each_policy(&f.full, &env, 1, &["Xid 79", "reboot"]);
     let j = gpu_json(&f.full, &env);
@@ -367,7 +366,7 @@ fn gpu_lost_on_handle() {
 
 #[test]
 fn gpu_lost_on_one_of_two() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [
         ("FAKE_NVML_GPUS", "NVIDIA GeForce RTX 3090:24:8.6;NVIDIA GeForce RTX 3090:24:8.6"),
         ("FAKE_NVML_HANDLE", "gpu_lost"),
@@ -381,7 +380,7 @@ fn gpu_lost_on_one_of_two() {
 
 #[test]
 fn gpu_too_little_vram() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("COMFY_INIT_MIN_VRAM_GB", "32")];
     under_each_policy(&f.full, &env, 1, &["COMFY_INIT_MIN_VRAM_GB=32", "24.00 GiB"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["vram_too_small"]);
@@ -397,7 +396,7 @@ fn gpu_too_little_vram() {
 
 #[test]
 fn gpu_not_rtx_is_a_warning() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_GPUS", "Tesla T4:16:7.5")];
     under_each_policy(&f.full, &env, 0, &["Tesla T4", "not an RTX card"]);
     let j = gpu_json(&f.full, &env);
@@ -410,7 +409,7 @@ fn gpu_not_rtx_is_a_warning() {
 
 #[test]
 fn gpu_rtx_brand_without_rtx_in_name() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("FAKE_NVML_GPUS", "NVIDIA Graphics Device:32:12.0"), ("FAKE_NVML_BRAND", "geforce_rtx")];
     let j = gpu_json(&f.full, &env);
     assert_eq!(j["gpus"][0]["rtx"], true);
@@ -419,7 +418,7 @@ fn gpu_rtx_brand_without_rtx_in_name() {
 
 #[test]
 fn gpu_driver_too_old_for_image_cuda_minor() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     // driver 550 = CUDA 12.4; image CUDA 12.8 wants 570
     let env = [("CUDA_VERSION", "12.8.1")];
     under_each_policy(&f.full, &env, 0, &["12.8", "12.4", "570"]);
@@ -431,7 +430,7 @@ fn gpu_driver_too_old_for_image_cuda_minor() {
 
 #[test]
 fn gpu_driver_too_old_for_image_cuda_major() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let env = [("CUDA_VERSION", "13.0.1")];
     under_each_policy(&f.full, &env, 1, &["13.0", "12.4", "580"]);
     assert_eq!(codes(&gpu_json(&f.full, &env)), vec!["driver_too_old"]);
@@ -442,7 +441,7 @@ fn gpu_driver_too_old_for_image_cuda_major() {
 
 #[test]
 fn gpu_library_is_a_text_file() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     under_each_policy(&f.text_file, &[], 1, &["not a loadable NVML library", "COMFY_INIT_NVML_LIB"]);
     let j = gpu_json(&f.text_file, &[]);
     assert_json_shape(&j);
@@ -451,7 +450,7 @@ fn gpu_library_is_a_text_file() {
 
 #[test]
 fn gpu_library_missing() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let missing = f.dir.join("does-not-exist/libnvidia-ml.so.1");
     under_each_policy(
         &missing,
@@ -468,7 +467,7 @@ fn gpu_library_missing() {
 
 #[test]
 fn gpu_library_without_nvml_shutdown_does_not_panic() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     under_each_policy(&f.no_shutdown, &[], 1, &["nvmlShutdown"]);
     assert_eq!(codes(&gpu_json(&f.no_shutdown, &[])), vec!["library_incomplete"]);
 }
@@ -482,7 +481,7 @@ fn gpu_library_that_is_not_nvml() {
 
 #[test]
 fn gpu_invalid_policy_is_refused() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let out = comfy(&["gpu"], Some(&f.full), &[("COMFY_INIT_GPU", "maybe")]);
     out.assert_no_panic();
     assert_ne!(out.code, Some(0), "{}", out.all());
@@ -496,7 +495,7 @@ fn gpu_invalid_policy_is_refused() {
 
 /// `comfy-init run -- sh -c 'touch MARKER'`: (exit code, whether the command ran).
 fn run_with(lib: &Path, env: &[(&str, &str)], tag: &str) -> (Out, bool) {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let marker = f.dir.join(format!("ran-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_file(&marker);
     let script = format!("touch '{}'", marker.display());
@@ -511,7 +510,7 @@ fn run_with(lib: &Path, env: &[(&str, &str)], tag: &str) -> (Out, bool) {
 
 #[test]
 fn run_true_passes_preflight() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let mut e = vec![("COMFY_INIT_AUTH", "off")];
     let out = comfy(&["run", "--", "/bin/true"], Some(&f.full), &e);
     out.assert_no_panic();
@@ -523,7 +522,7 @@ fn run_true_passes_preflight() {
 
 #[test]
 fn run_require_refuses_to_start_without_gpu() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     for (tag, lib, env, phrase) in [
         ("missing", f.dir.join("nope/libnvidia-ml.so.1"), vec![], "--gpus all"),
         ("unknown", f.full.clone(), vec![("FAKE_NVML_INIT", "unknown")], "recreate the container"),
@@ -540,7 +539,7 @@ fn run_require_refuses_to_start_without_gpu() {
 
 #[test]
 fn run_warn_starts_anyway() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let (out, ran) = run_with(&f.full, &[("COMFY_INIT_GPU", "warn"), ("FAKE_NVML_INIT", "driver_not_loaded")], "warn");
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(ran);
@@ -549,7 +548,7 @@ fn run_warn_starts_anyway() {
 
 #[test]
 fn run_off_skips_the_check() {
-    let f = fixtures();
+    let f = nvml_fixtures();
     let missing = f.dir.join("nope/libnvidia-ml.so.1");
     let (out, ran) = run_with(&missing, &[("COMFY_INIT_GPU", "off")], "off");
     assert_eq!(out.code, Some(0), "{}", out.all());

@@ -6,7 +6,6 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -250,25 +249,8 @@ fn malformed_json() {
 
 // ------------------------------------------------------------------------ GPU ---
 
-/// The fake NVML, built once (same recipe as tests/integration/gpu.rs, whose helper is private).
 fn fake_nvml() -> &'static Path {
-    static LIB: OnceLock<PathBuf> = OnceLock::new();
-    LIB.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml-health");
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("libnvidia-ml-fake.so");
-        // A private name, then rename: concurrent runs never load half a file.
-        let tmp = dir.join(format!("lib.{}.tmp", std::process::id()));
-        let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-            .args(["-shared", "-fPIC", "-O1", "-o"])
-            .arg(&tmp)
-            .arg(fixtures().join("fake_nvml.c"))
-            .status()
-            .expect("the GPU health tests need a C compiler (`cc`)");
-        assert!(status.success(), "building fake_nvml.c failed");
-        std::fs::rename(&tmp, &out).unwrap();
-        out
-    })
+    &crate::gpu::nvml_fixtures().full
 }
 
 #[test]
