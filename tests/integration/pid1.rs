@@ -225,3 +225,25 @@ fn a_file_that_is_not_executable_exits_126() {
     assert_eq!(code, 126, "{err}");
     assert!(err.contains("script.sh"), "{err}");
 }
+
+#[test]
+fn with_a_terminal_the_child_gets_the_foreground() {
+    // `docker run -it`: the child's own process group must own the terminal, or reading from it
+    // stops the child (SIGTTIN). script(1) gives comfy-init a pseudo-terminal.
+    let me = bin().display().to_string();
+    let inner = format!("{me} run -- sh -c 'ps -o pgid=,tpgid= -p $$'");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .env("COMFY_INIT_GPU", "off")
+        .env("COMFY_INIT_AUTH", "off")
+        .env("COMFY_INIT_RESTART", "never")
+        .output()
+        .expect("script(1) from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| {
+        l.split_whitespace().count() == 2 && l.trim().chars().all(|c| c.is_ascii_digit() || c.is_whitespace())
+    });
+    let ids: Vec<&str> = line.unwrap_or_else(|| panic!("no pgid/tpgid line in {text:?}")).split_whitespace().collect();
+    assert_eq!(ids[0], ids[1], "the child's group is not the terminal's foreground group: {text}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}
