@@ -162,6 +162,15 @@ fn read_secret(path: &Path) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+/// Cheap (no bcrypt, no write): whether the configured password is known, from bcrypt answers
+/// already computed, not to match `running`. False when unknown or invalid: `reconcile` decides.
+pub fn known_stale(s: &Settings, running: &str) -> bool {
+    match gather(s, &mut Vec::new()) {
+        Ok(Sources { password: Some(p), .. }) => token::known_mismatch(&p, running),
+        _ => false,
+    }
+}
+
 /// What a reconciliation did (or, dry, would do). No secret in `changes`.
 #[derive(Debug, Default)]
 pub struct Outcome {

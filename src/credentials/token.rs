@@ -51,6 +51,11 @@ pub fn verifies(password: &str, hash: &str) -> bool {
     ok
 }
 
+/// True only when the answer is already known to be "no" (no bcrypt run).
+pub fn known_mismatch(password: &str, hash: &str) -> bool {
+    remembered(password, hash) == Some(false)
+}
+
 /// (password, hash, verifies), most recent last.
 static ANSWERS: Mutex<Vec<(String, String, bool)>> = Mutex::new(Vec::new());
 
@@ -141,6 +146,15 @@ mod tests {
         assert!(verifies("s3cret $ ' \" # ! \\ é", &h));
         assert!(!verifies("other", &h));
         assert!(!verifies("s3cret", "garbage"));
+    }
+
+    #[test]
+    fn a_hash_known_to_match_one_password_is_known_not_to_match_another() {
+        let h = hash("known-one").unwrap();
+        assert!(known_mismatch("another", &h));
+        assert!(!known_mismatch("known-one", &h));
+        assert!(!known_mismatch("anything", "$2b$12$neverseenneverseenneverseenneverseenneverseenneverse"));
+        assert!(!verifies("another", &h));
     }
 
     #[test]

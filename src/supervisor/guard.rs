@@ -44,12 +44,20 @@ impl Guard {
         self.burst.map(|(first, last)| (last + QUIET).min(first + MAX_WAIT))
     }
 
-    /// At the deadline: reconcile. True when the child must restart to pick up a new token.
-    pub fn on_time(&mut self, now: Instant) -> bool {
-        match self.deadline() {
-            Some(at) if now >= at => self.burst = None,
-            _ => return false,
-        }
+    /// The burst of events has settled: time to act.
+    pub fn due(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|at| now >= at)
+    }
+
+    /// Cheap (no bcrypt): is the configured password known not to be the running token's? Then
+    /// the token will change, and ComfyUI can start stopping before the new hash is computed.
+    pub fn token_known_stale(&self) -> bool {
+        credentials::known_stale(&self.settings, &self.token)
+    }
+
+    /// Reconciles. True when the child must restart to pick up a new token.
+    pub fn reconcile(&mut self) -> bool {
+        self.burst = None;
         match credentials::reconcile(&self.settings, Some(&self.token), false) {
             Ok(out) => {
                 credentials::log_outcome(&out);

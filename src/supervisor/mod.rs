@@ -219,11 +219,8 @@ impl Supervisor {
     }
 
     fn on_time(&mut self, now: Instant) {
-        let token_changed = self.guard.as_mut().map(|g| g.on_time(now)).unwrap_or(false);
-        if let (true, Phase::Running(child)) = (token_changed, &self.phase) {
-            let child = *child;
-            log::info!("the token changed: restarting ComfyUI (pid {}) so that it reads the new one", child.pid);
-            self.begin_stop(child, None, AfterStop::Restart);
+        if self.guard.as_ref().is_some_and(|g| g.due(now)) {
+            self.on_credential_files_changed();
         }
         match &mut self.phase {
             Phase::Stopping { child, exited, then, kill_at, killed } => {
@@ -247,6 +244,25 @@ impl Supervisor {
             }
             Phase::Backoff { until, .. } if now >= *until => self.start_child(),
             _ => {}
+        }
+    }
+
+    /// The credential files changed and settled. When the password is known to be new, ComfyUI
+    /// is told to stop first: its stop takes seconds, the new bcrypt hash a quarter of one, and
+    /// they overlap. Then the reconciliation decides (and restarts if it was not known before).
+    fn on_credential_files_changed(&mut self) {
+        if self.guard.as_ref().is_some_and(Guard::token_known_stale) {
+            self.restart_for_new_token();
+        }
+        if self.guard.as_mut().is_some_and(Guard::reconcile) {
+            self.restart_for_new_token();
+        }
+    }
+
+    fn restart_for_new_token(&mut self) {
+        if let Phase::Running(child) = self.phase {
+            log::info!("the token changed: restarting ComfyUI (pid {}) so that it reads the new one", child.pid);
+            self.begin_stop(child, None, AfterStop::Restart);
         }
     }
 
