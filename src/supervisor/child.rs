@@ -71,6 +71,9 @@ pub fn spawn(spec: &ChildSpec) -> Result<Child, SpawnError> {
         // std drops supplementary groups (setgroups(0)) when root changes uid.
         cmd.uid(uid).gid(gid);
     }
+    // Code between fork and exec keeps std off posix_spawn, which would be faster (vfork) but
+    // leaves glibc's internal signals 32 and 33 ignored in the child (its spawn helper does so
+    // on purpose): a child must start with nothing ignored.
     // SAFETY: prepare_child only makes async-signal-safe calls.
     unsafe {
         cmd.pre_exec(signals::prepare_child);

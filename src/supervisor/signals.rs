@@ -107,9 +107,13 @@ fn set_default_raw(signo: i32) {
 /// mask, whatever comfy-init itself was started with.
 pub fn prepare_child() -> std::io::Result<()> {
     // SAFETY: isatty, tcsetpgrp, getpid, sigaction and sigprocmask are async-signal-safe.
-    // tcsetpgrp from a background group would raise SIGTTOU, but every signal is still blocked.
+    // tcsetpgrp from a background group raises SIGTTOU: block it first, whatever the mask is.
     unsafe {
         if libc::isatty(libc::STDIN_FILENO) == 1 {
+            let mut ttou: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut ttou);
+            libc::sigaddset(&mut ttou, libc::SIGTTOU);
+            libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
             libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
         }
     }
