@@ -84,7 +84,9 @@ fn sync(dry_run: bool) -> u8 {
             for change in &out.changes {
                 println!("{verb}: {change}");
             }
-            credentials::announce(&out);
+            if !dry_run {
+                credentials::announce(&out);
+            }
             0
         }
         Err(e) => {

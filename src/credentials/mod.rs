@@ -171,6 +171,18 @@ pub fn known_stale(s: &Settings, running: &str) -> bool {
     }
 }
 
+/// Fail closed: no ComfyUI folder, no ComfyUI started unprotected by accident.
+fn require_comfyui_dir(s: &Settings) -> Result<(), String> {
+    if s.comfyui_dir.is_dir() {
+        return Ok(());
+    }
+    Err(format!(
+        "COMFYUI_DIR={} is not a folder: mount ComfyUI there or point COMFYUI_DIR at it \
+         (COMFY_INIT_AUTH=off runs without ComfyUI-Login, unprotected)",
+        s.comfyui_dir.display()
+    ))
+}
+
 /// What a reconciliation did (or, dry, would do). No secret in `changes`.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -184,7 +196,8 @@ pub struct Outcome {
 }
 
 /// Reconciles once. `running`: the token of the running ComfyUI (supervisor). `dry_run`: decide
-/// and describe, write nothing. Err: a refusal with the source and the rule; nothing written.
+/// and describe (a new hash is still computed, to know what would change), write nothing.
+/// Err: a refusal with the source and the rule; nothing written.
 pub fn reconcile(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<Outcome, String> {
     // A dry run writes nothing, not even the lock file.
     let _lock = if dry_run { None } else { Some(Lock::acquire(s)?) };
@@ -192,13 +205,7 @@ pub fn reconcile(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<O
 }
 
 fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<Outcome, String> {
-    if !s.comfyui_dir.is_dir() {
-        return Err(format!(
-            "COMFYUI_DIR={} is not a folder: mount ComfyUI there or point COMFYUI_DIR at it \
-             (COMFY_INIT_AUTH=off runs without ComfyUI-Login, unprotected)",
-            s.comfyui_dir.display()
-        ));
-    }
+    require_comfyui_dir(s)?;
     let mut warnings = Vec::new();
     let sources = gather(s, &mut warnings)?;
     let file_path = s.password_path();
@@ -224,11 +231,9 @@ fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Resul
         },
         Choice::Pinned => (sources.pinned.clone().unwrap_or_default(), "from COMFYUI_BEARER_TOKEN"),
         Choice::Running => (running.unwrap_or_default().to_string(), "restored from the running ComfyUI"),
-        Choice::HashPassword if dry_run => ("(new hash)".into(), "new hash of the configured password"),
         Choice::HashPassword => {
             (token::hash(sources.password.as_deref().unwrap_or_default())?, "new hash of the configured password")
         }
-        Choice::Generate if dry_run => ("(new hash)".into(), "new password generated"),
         Choice::Generate => {
             let password = token::generate_password();
             let hash = token::hash(&password)?;
@@ -239,7 +244,7 @@ fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Resul
 
     // The .env first: once it holds the (new) password and token, a crash before PASSWORD is
     // written still ends in the same token on the next start (the pinned token verifies).
-    if let Some(text) = env_update(&sources.env, &token, out.generated.as_deref(), dry_run) {
+    if let Some(text) = env_update(&sources.env, &token, out.generated.as_deref()) {
         let env_dir = s.env_file.parent().unwrap_or(Path::new("."));
         if fsutil::dir_writable(env_dir) {
             if !dry_run {
@@ -248,7 +253,7 @@ fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Resul
                 crate::test_hook::pause("between .env and PASSWORD");
             }
             out.changes.push(format!("{}: {KEY_TOKEN} updated", s.env_file.display()));
-            if out.generated.is_some() || (dry_run && plan.choice == Choice::Generate) {
+            if out.generated.is_some() {
                 out.changes.push(format!("{}: {KEY_PASSWORD} generated", s.env_file.display()));
                 out.stored_in = Some(s.env_file.clone());
             }
@@ -279,14 +284,11 @@ fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Resul
 }
 
 /// The new `.env` text when it must change: the token (and a generated password) written back.
-fn env_update(env: &Option<EnvFile>, token: &str, generated: Option<&str>, dry_run: bool) -> Option<String> {
+fn env_update(env: &Option<EnvFile>, token: &str, generated: Option<&str>) -> Option<String> {
     let text = env.as_ref().map(|e| e.text.clone()).unwrap_or_default();
     let current = env.as_ref().and_then(|e| e.get(KEY_TOKEN));
     let quoted_ok = env.as_ref().and_then(|e| e.raw(KEY_TOKEN)).map(|r| r.starts_with('\'')).unwrap_or(false);
     let mut new = text.clone();
-    if dry_run && token.starts_with('(') {
-        return Some(new);
-    }
     if current != Some(token) || !quoted_ok {
         new = dotenv_edit::set(&new, KEY_TOKEN, token);
     }
@@ -374,14 +376,8 @@ struct Lock(#[allow(dead_code)] std::fs::File);
 impl Lock {
     fn acquire(s: &Settings) -> Result<Lock, String> {
         use std::os::fd::AsRawFd;
+        require_comfyui_dir(s)?;
         let login = s.comfyui_dir.join("login");
-        if !s.comfyui_dir.is_dir() {
-            return Err(format!(
-                "COMFYUI_DIR={} is not a folder: mount ComfyUI there or point COMFYUI_DIR at it \
-                 (COMFY_INIT_AUTH=off runs without ComfyUI-Login, unprotected)",
-                s.comfyui_dir.display()
-            ));
-        }
         std::fs::create_dir_all(&login).map_err(|e| fsutil::explain_write_error(&login, &e))?;
         let path = login.join(".comfy-init.lock");
         let file = std::fs::OpenOptions::new()
