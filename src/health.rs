@@ -298,7 +298,7 @@ struct Settings {
     gpu: GpuSettings,
 }
 
-pub fn timeout(get: Lookup) -> Result<Duration, String> {
+fn timeout(get: Lookup) -> Result<Duration, String> {
     match get(ENV_TIMEOUT) {
         None => Ok(DEFAULT_TIMEOUT),
         Some(v) => match config::parse_duration(ENV_TIMEOUT, &v) {
