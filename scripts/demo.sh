@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: comfy-init over the stand-in ComfyUI in a temporary workspace. Watch the GPU
 # preflight, the generated password and token, a healthcheck, a password rotation with its
-# automatic restart, and a clean stop. Runs as PID 1 of a fresh PID namespace when root.
+# automatic restart, a hostile PASSWORD refused without blocking, and a clean stop. Runs as PID 1 of a fresh PID namespace when root.
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/release/comfy-init}")
@@ -82,6 +82,18 @@ new_token_works() { [ "$(status "$NEW")" = 200 ]; }
 wait_for 15 new_token_works
 echo "new token -> $(status "$NEW"), old token -> $(status "$OLD")"
 grep -E 'token changed|started' "$LOG" | sed 's/^/  | /'
+
+bold "A hostile file: PASSWORD replaced by a FIFO (a read would block PID 1 forever)"
+PASSWORD="$COMFYUI_DIR/login/PASSWORD"
+rm -f "$PASSWORD"; mkfifo "$PASSWORD"
+fifo_refused() { grep -q "named pipe" "$LOG"; }
+wait_for 5 fifo_refused
+grep "named pipe" "$LOG" | tail -n 1 | sed 's/^/  | /'
+echo "ComfyUI keeps serving: token -> $(status "$NEW"); comfy-init token: $("$BIN" token 2>&1 | head -c 120)"
+rm -f "$PASSWORD"
+healed() { [ -f "$PASSWORD" ] && [ "$(head -n1 "$PASSWORD")" = "$NEW" ]; }
+wait_for 5 healed
+echo "FIFO removed: PASSWORD written back from the running token, no restart"
 
 bold "Stopping: SIGTERM to comfy-init (it sends SIGINT to ComfyUI, ComfyUI's clean stop)"
 START=$(date +%s.%N)

@@ -136,7 +136,11 @@ pub fn parse_signal(value: &str) -> Option<i32> {
     }
     let name = v.strip_prefix("SIG").unwrap_or(&v);
     if let Some(offset) = name.strip_prefix("RTMIN+") {
-        let n = libc::SIGRTMIN() + offset.parse::<i32>().ok()?;
+        // Digits only: `+-100` or an offset past SIGRTMAX is no signal (and must not overflow).
+        if offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = offset.parse::<i32>().ok()?.checked_add(libc::SIGRTMIN())?;
         return (n <= libc::SIGRTMAX()).then_some(n);
     }
     SIGNAL_NAMES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
@@ -214,6 +218,11 @@ mod tests {
         assert_eq!(parse_signal("SIGRTMIN+2"), Some(libc::SIGRTMIN() + 2));
         assert_eq!(parse_signal("SIGNOPE"), None);
         assert_eq!(parse_signal("0"), None);
+        for bad in ["SIGRTMIN+-100", "SIGRTMIN+2147483647", "RTMIN+", "RTMIN+99", "-2", "SIGRTMIN+ 1"] {
+            assert_eq!(parse_signal(bad), None, "{bad}");
+        }
+        assert_eq!(parse_signal("SIGRTMIN+0"), Some(libc::SIGRTMIN()));
+        assert_eq!(parse_signal(&format!("SIGRTMIN+{}", libc::SIGRTMAX() - libc::SIGRTMIN())), Some(libc::SIGRTMAX()));
         assert_eq!(signal_name(libc::SIGUSR2), "SIGUSR2");
         assert_eq!(signal_name(libc::SIGRTMIN() + 1), "SIGRTMIN+1");
     }

@@ -1,10 +1,93 @@
 //! Files we write are replaced atomically: a temp file in the same folder, fsync, rename, fsync
 //! of the folder. A crash at any moment leaves the old content or the new, never a mix.
+//! Files we read may be anything someone else put there: they are read without blocking and
+//! without limit only when they are regular files of a sane size.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Whether the last component of a path we read may be a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    Follow,
+    Refuse,
+}
+
+/// Reads a file that someone else (a user, the unprivileged ComfyUI) may have replaced with
+/// anything. Opened with `O_NONBLOCK` (a FIFO cannot hang us: opening one for reading without a
+/// writer returns at once, and we never read from it), checked with `fstat` on the open file
+/// (no race with a swap), and read up to `cap` bytes: a bigger file is refused, never loaded.
+/// Ok(None): the file does not exist. Err: names the file and what it is; the caller adds what
+/// to do about it.
+pub fn read_bounded(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8>>, String> {
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    if links == Links::Refuse {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let file = match OpenOptions::new().read(true).custom_flags(flags).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) && links == Links::Refuse => {
+            return Err(format!("{} is a symlink, which is not accepted here", path.display()))
+        }
+        // Opening a socket fails with ENXIO.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(format!("{} is a socket, not a file", path.display()))
+        }
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let meta = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a folder")
+    } else if kind.is_fifo() {
+        Some("a named pipe (FIFO)")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    };
+    if let Some(what) = what {
+        return Err(format!("{} is {what}, not a file", path.display()));
+    }
+    let too_big = |size: u64| {
+        format!("{} is {size} bytes, more than the {cap} it can sensibly hold, and is not read", path.display())
+    };
+    if meta.len() > cap {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The file may grow after fstat: read one byte past the cap to know.
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(Some(bytes))
+}
+
+/// Where a write to `path` must go to keep a symlink a symlink: its target (resolved through
+/// every link), or `path` itself when it is not a link.
+pub fn write_target(path: &Path) -> PathBuf {
+    if !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return path.to_path_buf();
+    }
+    if let Ok(target) = fs::canonicalize(path) {
+        return target;
+    }
+    // A dangling link: create the file it names.
+    match fs::read_link(path) {
+        Ok(target) => path.parent().unwrap_or(Path::new(".")).join(target),
+        Err(_) => path.to_path_buf(),
+    }
+}
 
 /// Mode and owner for a file we create. An existing file keeps its own, unless `force`
 /// (a secret such as PASSWORD is always 0600).

@@ -1,7 +1,8 @@
 //! `comfy-init healthcheck`: the Docker HEALTHCHECK target (the image has no curl).
 //!
 //! GET /system_stats on 127.0.0.1:$COMFYUI_PORT with the bearer token, then the same request
-//! without a token and with an empty `?token=` must be refused (401), then, under
+//! without a token, with an empty `?token=` and with a well-formed wrong token must be refused
+//! (401: a server that takes any token enforces nothing), then, under
 //! `COMFY_INIT_GPU=require`, NVML must still open the devices. One line on stdout starting
 //! `healthy:` or `UNHEALTHY:`; exit 0 or 1, never 2 (Docker reserves it).
 //!
@@ -44,6 +45,8 @@ pub enum Request<'a> {
     Bearer(&'a str),
     Anonymous,
     EmptyToken,
+    /// A well-formed bcrypt hash that is not ours.
+    WrongBearer(&'a str),
 }
 
 impl Request<'_> {
@@ -52,6 +55,7 @@ impl Request<'_> {
             Request::Bearer(_) => "with our token",
             Request::Anonymous => "without a token",
             Request::EmptyToken => "with an empty ?token=",
+            Request::WrongBearer(_) => "with a wrong token",
         }
     }
 }
@@ -160,7 +164,7 @@ impl Healthy {
             line += &format!(", device {d}");
         }
         line += if self.auth_checked {
-            "; auth enforced (401 without a token and with an empty ?token=)"
+            "; auth enforced (401 without a token, with an empty ?token= and with a wrong token)"
         } else {
             "; auth not checked (COMFY_INIT_AUTH=off)"
         };
@@ -237,8 +241,9 @@ pub fn evaluate(
     fetch: &mut dyn FnMut(Request) -> Reply,
     gpu: Option<&dyn Fn() -> Result<String, String>>,
 ) -> Result<Healthy, Problem> {
-    fn refusals(fetch: &mut dyn FnMut(Request) -> Reply) -> Result<(), Problem> {
-        for r in [Request::Anonymous, Request::EmptyToken] {
+    fn refusals(fetch: &mut dyn FnMut(Request) -> Reply, wrong: Option<&str>) -> Result<(), Problem> {
+        let wrong = wrong.map(Request::WrongBearer);
+        for r in [Request::Anonymous, Request::EmptyToken].into_iter().chain(wrong) {
             judge_refusal(&fetch(r), r)?;
         }
         Ok(())
@@ -248,13 +253,13 @@ pub fn evaluate(
         Auth::Token(token) => {
             let r = Request::Bearer(token);
             let mut h = judge_stats(&fetch(r), r)?;
-            refusals(fetch)?;
+            refusals(fetch, Some(&wrong_token(token)))?;
             h.auth_checked = true;
             h
         }
         // Without a token the open door is still worth naming: it is the worse news.
         Auth::Unreadable(why) => {
-            return Err(match refusals(fetch) {
+            return Err(match refusals(fetch, None) {
                 Ok(()) => Problem::NoToken(why.clone()),
                 Err(Problem::AuthNotEnforced { request, .. }) => {
                     Problem::AuthNotEnforced { request, token_problem: Some(why.clone()) }
@@ -267,6 +272,17 @@ pub fn evaluate(
         healthy.gpu = Some(check().map_err(|e| Problem::GpuLost(one_line(&e)))?);
     }
     Ok(healthy)
+}
+
+/// Our token with its last character changed: well-formed, the same length, and wrong. A server
+/// that accepts it compares nothing (or only a prefix).
+pub fn wrong_token(ours: &str) -> String {
+    let mut wrong = ours.as_bytes().to_vec();
+    match wrong.last_mut() {
+        Some(last) => *last = if *last == b'.' { b'/' } else { b'.' },
+        None => return "$2b$12$".to_string() + &".".repeat(53),
+    }
+    String::from_utf8_lossy(&wrong).into_owned()
 }
 
 /// Multi-line text made fit for the one line.
@@ -309,9 +325,14 @@ fn timeout(get: Lookup) -> Result<Duration, String> {
     }
 }
 
+/// Where to ask and the deadline: read from the environment only, so that the deadline can be
+/// armed before anything touches a file.
+fn target(get: Lookup) -> Result<Target, String> {
+    Ok(Target { port: config::comfyui_port(get).map_err(|e| e.to_string())?, timeout: timeout(get)? })
+}
+
 /// The same configuration `run` reads, so the probe needs no arguments in the container.
-fn settings(get: Lookup) -> Result<Settings, String> {
-    let target = Target { port: config::comfyui_port(get).map_err(|e| e.to_string())?, timeout: timeout(get)? };
+fn settings(get: Lookup, target: Target) -> Result<Settings, String> {
     let gpu = GpuSettings::from_lookup(get)?;
     let auth = if credentials::auth_enabled(get).map_err(|e| e.to_string())? {
         let creds = credentials::Settings::from_lookup(get).map_err(|e| e.to_string())?;
@@ -377,7 +398,7 @@ fn fetch(agent: &ureq::Agent, port: u16, deadline: Instant, request: Request) ->
     }
     let query = if request == Request::EmptyToken { "?token=" } else { "" };
     let mut req = agent.get(&format!("http://127.0.0.1:{port}/system_stats{query}")).timeout(left);
-    if let Request::Bearer(token) = request {
+    if let Request::Bearer(token) | Request::WrongBearer(token) = request {
         req = req.set("Authorization", &format!("Bearer {token}"));
     }
     let response = match req.call() {
@@ -417,16 +438,27 @@ fn transport_reply(t: &ureq::Transport) -> Reply {
 /// `comfy-init healthcheck`: prints one line, returns 0 (healthy) or 1.
 pub fn command() -> u8 {
     let started = Instant::now();
-    let s = match settings(&process_env) {
-        Ok(s) => s,
-        Err(e) => {
-            let t = Target { port: 0, timeout: DEFAULT_TIMEOUT };
-            print_once(&Problem::Config(one_line(&e)).line(t));
-            return 1;
-        }
+    // Exit 0 or 1, whatever happens: a bug must read "unhealthy", never Docker's reserved 2 or an
+    // abort's 134. The message is not printed: it could hold what a file contained.
+    std::panic::set_hook(Box::new(|_| {
+        print_once("UNHEALTHY: internal error in comfy-init healthcheck (a bug: please report it)");
+        std::process::exit(1);
+    }));
+    let config_problem = |e: String, t: Target| {
+        print_once(&Problem::Config(one_line(&e)).line(t));
+        1
     };
-    let deadline = started + s.target.timeout;
-    arm_watchdog(deadline, s.target);
+    let target = match target(&process_env) {
+        Ok(t) => t,
+        Err(e) => return config_problem(e, Target { port: 0, timeout: DEFAULT_TIMEOUT }),
+    };
+    // Armed before any file is read: PASSWORD may be anything the unprivileged child put there.
+    let deadline = started + target.timeout;
+    arm_watchdog(deadline, target);
+    let s = match settings(&process_env, target) {
+        Ok(s) => s,
+        Err(e) => return config_problem(e, target),
+    };
 
     let agent = ureq::AgentBuilder::new()
         .redirects(0) // a 302 to /login is an answer, not somewhere to go
@@ -510,7 +542,7 @@ mod tests {
         assert_eq!(h.version, "0.3.40");
         assert_eq!(h.device.as_deref(), Some("cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync"));
         assert!(h.auth_checked);
-        assert_eq!(asked, ["with our token", "without a token", "with an empty ?token="]);
+        assert_eq!(asked, ["with our token", "without a token", "with an empty ?token=", "with a wrong token"]);
         let line = h.line(T);
         assert!(line.starts_with("healthy: ComfyUI 0.3.40 answers on 127.0.0.1:8188"));
         assert!(line.contains("auth enforced"), "{line}");
@@ -538,6 +570,22 @@ mod tests {
         let p = result.unwrap_err();
         assert_eq!(p, not_enforced("with an empty ?token=", None));
         assert!(p.line(T).starts_with("UNHEALTHY: authentication is not enforced"));
+    }
+
+    #[test]
+    fn a_server_that_takes_any_token_is_not_enforcing_auth() {
+        let any_bearer = |r: Request| match r {
+            Request::Bearer(_) | Request::WrongBearer(_) => ok(STATS),
+            _ => status(401),
+        };
+        let (result, _) = run(&token(), any_bearer, None);
+        assert_eq!(result, Err(not_enforced("with a wrong token", None)));
+        let ours = "$2b$12$abcdefghijklmnopqrstuuJq8f1V1cQ0M7b0f2i3O0yC6m5Yx5v1e";
+        let wrong = wrong_token(ours);
+        assert_eq!(wrong.len(), 60);
+        assert_ne!(wrong, ours);
+        assert_eq!(crate::credentials::token::check_shape(&wrong), Ok(()));
+        assert_ne!(wrong_token(&wrong), wrong);
     }
 
     #[test]

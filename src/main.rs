@@ -4,6 +4,8 @@ mod cli;
 mod config;
 mod credentials;
 mod fsutil;
+#[cfg(test)]
+mod fuzz;
 mod gpu;
 mod health;
 mod logging;
@@ -74,7 +76,8 @@ fn credential_settings() -> Result<credentials::Settings, String> {
 /// `comfy-init sync [--dry-run]`: reconcile once, print what changed (never a secret).
 fn sync(dry_run: bool) -> u8 {
     logging::init();
-    let result = credential_settings().and_then(|s| credentials::reconcile(&s, None, dry_run));
+    let mode = if dry_run { credentials::Mode::DryRun } else { credentials::Mode::Wait };
+    let result = credential_settings().and_then(|s| credentials::reconcile(&s, None, mode).map_err(|e| e.to_string()));
     match result {
         Ok(out) => {
             let verb = if dry_run { "would change" } else { "changed" };
@@ -113,7 +116,7 @@ fn token() -> u8 {
 /// `comfy-init rotate`: new random password; a running supervisor restarts ComfyUI.
 fn rotate() -> u8 {
     logging::init();
-    match credential_settings().and_then(|s| credentials::rotate(&s)) {
+    match credential_settings().and_then(|s| credentials::rotate(&s).map_err(|e| e.to_string())) {
         Ok(out) => {
             for change in &out.changes {
                 println!("changed: {change}");
@@ -131,7 +134,7 @@ fn rotate() -> u8 {
 /// Reconciles before the first start, then watches for changes while ComfyUI runs.
 fn prepare_credentials() -> Result<Guard, String> {
     let settings = credential_settings()?;
-    let out = credentials::reconcile(&settings, None, false)?;
+    let out = credentials::reconcile(&settings, None, credentials::Mode::Wait).map_err(|e| e.to_string())?;
     credentials::log_outcome(&out);
     Guard::new(settings, out.token).map_err(|e| format!("cannot watch the credential files: {e}"))
 }

@@ -19,10 +19,19 @@ pub struct Target {
 
 pub struct Watcher {
     inotify: Inotify,
+    /// One per folder: two files in one folder (a `.env` inside `login/`) share a target.
     targets: Vec<Target>,
-    /// What each live watch stands for: the target's folder itself, or an ancestor standing in
-    /// for a folder that does not exist (yet).
-    watches: HashMap<WatchDescriptor, (usize, bool)>,
+    /// What each live watch stands for: target folders themselves, or ancestors standing in for
+    /// folders that do not exist (yet). inotify gives one descriptor per inode, so one watch can
+    /// stand for several targets (a missing `login/` whose stand-in is the `.env`'s folder).
+    watches: HashMap<WatchDescriptor, Vec<Role>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Role {
+    target: usize,
+    /// The target's own folder (true) or a stand-in ancestor (false).
+    is_target: bool,
 }
 
 const DIR_EVENTS: AddWatchFlags = AddWatchFlags::from_bits_truncate(
@@ -41,7 +50,7 @@ const DIR_EVENTS: AddWatchFlags = AddWatchFlags::from_bits_truncate(
 impl Watcher {
     pub fn new(targets: Vec<Target>) -> nix::Result<Watcher> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-        let mut w = Watcher { inotify, targets, watches: HashMap::new() };
+        let mut w = Watcher { inotify, targets: merge(targets), watches: HashMap::new() };
         w.ensure_watches();
         Ok(w)
     }
@@ -59,7 +68,7 @@ impl Watcher {
                 break;
             }
             for event in events {
-                let Some(&(index, is_target)) = self.watches.get(&event.wd) else { continue };
+                let Some(roles) = self.watches.get(&event.wd) else { continue };
                 if event
                     .mask
                     .intersects(AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
@@ -71,13 +80,15 @@ impl Watcher {
                     relevant = true;
                     continue;
                 }
-                if !is_target {
-                    rewatch = true; // something appeared on the way to a missing folder
-                    continue;
-                }
-                let names = &self.targets[index].names;
-                if names.is_empty() || event.name.as_ref().map(|n| names.contains(n)).unwrap_or(true) {
-                    relevant = true;
+                for role in roles {
+                    if !role.is_target {
+                        rewatch = true; // something appeared on the way to a missing folder
+                        continue;
+                    }
+                    let names = &self.targets[role.target].names;
+                    if names.is_empty() || event.name.as_ref().map(|n| names.contains(n)).unwrap_or(true) {
+                        relevant = true;
+                    }
                 }
             }
         }
@@ -92,30 +103,35 @@ impl Watcher {
     fn ensure_watches(&mut self) -> bool {
         let mut appeared = false;
         for (index, target) in self.targets.iter().enumerate() {
-            let live = self.watches.values().any(|&(i, is_target)| i == index && is_target);
+            let live = self.watches.values().flatten().any(|r| *r == Role { target: index, is_target: true });
             if live {
                 continue;
             }
-            // Drop a stand-in watch for this target before trying the real folder again.
-            let stale: Vec<WatchDescriptor> =
-                self.watches.iter().filter(|(_, &(i, _))| i == index).map(|(wd, _)| *wd).collect();
-            for wd in stale {
-                self.watches.remove(&wd);
+            // Drop this target's stand-in before trying the real folder again; the watch itself
+            // goes only when nothing else stands on it.
+            let stand_in = Role { target: index, is_target: false };
+            for roles in self.watches.values_mut() {
+                roles.retain(|r| *r != stand_in);
             }
-            match self.inotify.add_watch(&target.dir, DIR_EVENTS) {
-                Ok(wd) => {
-                    self.watches.insert(wd, (index, true));
+            let unused: Vec<WatchDescriptor> =
+                self.watches.iter().filter(|(_, roles)| roles.is_empty()).map(|(wd, _)| *wd).collect();
+            for wd in unused {
+                self.watches.remove(&wd);
+                let _ = self.inotify.rm_watch(wd);
+            }
+            let (dir, is_target) = match self.inotify.add_watch(&target.dir, DIR_EVENTS) {
+                Ok(wd) => (Some(wd), true),
+                Err(_) => {
+                    log::debug!("{} does not exist: waiting for it", target.dir.display());
+                    let ancestor = nearest_existing_ancestor(&target.dir);
+                    (ancestor.and_then(|a| self.inotify.add_watch(&a, DIR_EVENTS).ok()), false)
+                }
+            };
+            if let Some(wd) = dir {
+                self.watches.entry(wd).or_default().push(Role { target: index, is_target });
+                if is_target {
                     appeared = true;
                     log::debug!("watching {}", target.dir.display());
-                }
-                Err(_) => {
-                    if let Some(ancestor) = nearest_existing_ancestor(&target.dir) {
-                        if let Ok(wd) = self.inotify.add_watch(&ancestor, DIR_EVENTS) {
-                            // Several targets may share an ancestor: the first one keeps it.
-                            self.watches.entry(wd).or_insert((index, false));
-                        }
-                    }
-                    log::debug!("{} does not exist: waiting for it", target.dir.display());
                 }
             }
         }
@@ -123,6 +139,76 @@ impl Watcher {
     }
 }
 
+/// One target per folder, with the names of all the files that matter in it (none: all).
+fn merge(targets: Vec<Target>) -> Vec<Target> {
+    let mut merged: Vec<Target> = Vec::new();
+    for t in targets {
+        match merged.iter_mut().find(|m| m.dir == t.dir) {
+            Some(m) if m.names.is_empty() || t.names.is_empty() => m.names.clear(),
+            Some(m) => {
+                for name in t.names {
+                    if !m.names.contains(&name) {
+                        m.names.push(name);
+                    }
+                }
+            }
+            None => merged.push(t),
+        }
+    }
+    merged
+}
+
 fn nearest_existing_ancestor(dir: &Path) -> Option<PathBuf> {
     dir.ancestors().skip(1).find(|a| a.is_dir()).map(Path::to_path_buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(dir: &str, names: &[&str]) -> Target {
+        Target { dir: dir.into(), names: names.iter().map(OsString::from).collect() }
+    }
+
+    #[test]
+    fn files_in_one_folder_share_one_target() {
+        let merged = merge(vec![target("/a", &["PASSWORD"]), target("/b", &[".env"]), target("/a", &[".env"])]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].names, vec![OsString::from("PASSWORD"), OsString::from(".env")]);
+        let merged = merge(vec![target("/a", &["PASSWORD"]), target("/a", &[])]);
+        assert!(merged[0].names.is_empty(), "a whole-folder target takes every name");
+    }
+
+    #[test]
+    fn two_files_in_one_folder_are_both_seen() {
+        let dir = std::env::temp_dir().join(format!("watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        let mut w = Watcher::new(vec![target(d, &["PASSWORD"]), target(d, &[".env"])]).unwrap();
+        for name in ["PASSWORD", ".env"] {
+            std::fs::write(dir.join(name), "x").unwrap();
+            assert!(w.drain(), "{name} not seen");
+        }
+        std::fs::write(dir.join("other"), "x").unwrap();
+        assert!(!w.drain());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_folder_is_watched_through_an_ancestor_another_target_also_watches() {
+        let dir = std::env::temp_dir().join(format!("watch-anc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let login = dir.join("login");
+        let mut w = Watcher::new(vec![
+            target(dir.to_str().unwrap(), &[".env"]),
+            target(login.to_str().unwrap(), &["PASSWORD"]),
+        ])
+        .unwrap();
+        std::fs::create_dir(&login).unwrap();
+        w.drain();
+        std::fs::write(login.join("PASSWORD"), "x").unwrap();
+        assert!(w.drain(), "PASSWORD in a folder created later not seen");
+        assert_eq!(w.watches.len(), 2, "the stand-in role is gone, the shared watch kept: {:?}", w.watches);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -12,27 +12,19 @@ pub struct EnvFile {
 }
 
 impl EnvFile {
-    /// Ok(None) when the file does not exist. Err names the file and, for a syntax error, the line.
-    pub fn read(path: &Path) -> Result<Option<EnvFile>, String> {
-        let text = match std::fs::read(path) {
-            Ok(bytes) => String::from_utf8(bytes)
-                .map_err(|_| format!("{} is not UTF-8 text: save it as UTF-8", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-                return Err(format!(
-                    "{} is a folder, not a file: point COMFY_INIT_ENV_FILE at the .env file",
-                    path.display()
-                ))
-            }
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
+    /// The file's bytes (read by the caller, see `fsutil::read_bounded`) as dotenvy reads them.
+    /// Err names the file and, for a syntax error, the line.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<EnvFile, String> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| format!("{} is not UTF-8 text: save it as UTF-8", path.display()))?
+            .to_string();
         let values = parse(&text).map_err(|(line, reason)| {
             format!(
                 "{} line {line}: {reason}; dotenvy and docker compose cannot read it: fix or quote that line",
                 path.display()
             )
         })?;
-        Ok(Some(EnvFile { text, values }))
+        Ok(EnvFile { text, values })
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
@@ -69,6 +61,32 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
         }
     }
     Ok(values)
+}
+
+/// [`set`], proven: the new text must parse, give `key` exactly `value` and every other key its
+/// old value. A `.env` where the key's line is not a whole assignment (a quoted value spread over
+/// several lines, a line that only looks like one inside another value) is refused rather than
+/// damaged.
+pub fn set_checked(path: &Path, text: &str, key: &str, value: &str) -> Result<String, String> {
+    let new = set(text, key, value);
+    let before = parse(text).ok();
+    let after = parse(&new).ok();
+    let sound = match (before, after) {
+        (Some(mut before), Some(after)) => {
+            before.insert(key.to_string(), value.to_string());
+            before == after
+        }
+        _ => false,
+    };
+    if sound {
+        Ok(new)
+    } else {
+        Err(format!(
+            "{}: {key} cannot be rewritten without changing other values (is its value quoted over \
+             several lines, or does another value refer to it?): put {key}='...' on a line of its own",
+            path.display()
+        ))
+    }
 }
 
 /// `text` with `key` set to `value`: its last assignment is rewritten in place (keeping an

@@ -10,7 +10,7 @@ pub mod token;
 use std::path::{Path, PathBuf};
 
 use crate::config::{ConfigError, Lookup};
-use crate::fsutil::{self, NewFileAttrs};
+use crate::fsutil::{self, Links, NewFileAttrs};
 use dotenv_edit::EnvFile;
 use plan::{Choice, FileState, Inputs};
 
@@ -40,14 +40,17 @@ pub fn auth_enabled(get: Lookup) -> Result<bool, ConfigError> {
     }
 }
 
-/// PUID/PGID as a (uid, gid) pair; PGID defaults to PUID.
+/// PUID/PGID as a (uid, gid) pair; PGID defaults to PUID. 4294967295 is `(uid_t)-1`, which
+/// chown and setuid read as "no change": not an id.
 pub fn owner(get: Lookup) -> Result<Option<(u32, u32)>, ConfigError> {
     let num = |name: &str| -> Result<Option<u32>, ConfigError> {
         get(name)
             .map(|v| {
-                v.trim()
-                    .parse::<u32>()
-                    .map_err(|_| ConfigError(format!("{name}='{v}' is not a numeric id: use e.g. {name}=1000")))
+                v.trim().parse::<u32>().ok().filter(|id| *id != u32::MAX).ok_or_else(|| {
+                    ConfigError(format!(
+                        "{name}='{v}' is not a usable numeric id: use 0 to 4294967294, e.g. {name}=1000"
+                    ))
+                })
             })
             .transpose()
     };
@@ -89,11 +92,89 @@ impl Settings {
             names: path.file_name().map(|n| vec![n.to_os_string()]).unwrap_or_default(),
         };
         let mut targets = vec![named(&self.password_path()), named(&self.env_file)];
+        // A .env that is a symlink is edited at its target: watch there too.
+        let env_target = fsutil::write_target(&self.env_file);
+        if env_target != self.env_file {
+            targets.push(named(&env_target));
+        }
         if let Some(secret) = &self.password_file {
             targets.push(Target { dir: secret.parent().unwrap_or(Path::new(".")).to_path_buf(), names: vec![] });
         }
         targets
     }
+}
+
+/// A `.env` or a secret file holds a few lines; a megabyte is already absurd.
+pub const ENV_CAP: u64 = 1 << 20;
+
+/// Why a reconciliation did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Refused, with the source and the rule: nothing written.
+    Refused(String),
+    /// Another comfy-init holds the lock and we were asked not to wait (PID 1's loop).
+    Busy,
+    /// A file changed between our read and our write: we wrote no further, try again.
+    Changed,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(why) => f.write_str(why),
+            Failure::Busy => f.write_str("another comfy-init is writing the credentials"),
+            Failure::Changed => f.write_str("the credential files changed while comfy-init was writing them"),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Failure {
+        Failure::Refused(why)
+    }
+}
+
+/// How a reconciliation may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Decide and describe; write nothing, lock nothing.
+    DryRun,
+    /// One-shot commands and the start: wait for the lock, start over on concurrent edits.
+    Wait,
+    /// PID 1's loop: never sleep. A held lock or a concurrent edit is reported for a retry.
+    NoWait,
+}
+
+/// The bytes a reconciliation decides from: compared again just before each write, so that a
+/// save made while we were hashing is never overwritten with what we read before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    env: Option<Vec<u8>>,
+    password: Option<Vec<u8>>,
+    secret: Option<Vec<u8>>,
+}
+
+impl Snapshot {
+    fn read(s: &Settings) -> Result<Snapshot, String> {
+        let env = read_env(&s.env_file)?;
+        let password = password_file::read_raw(&s.password_path())?;
+        let secret = match &s.password_file {
+            None => None,
+            Some(path) => Some(
+                fsutil::read_bounded(path, ENV_CAP, Links::Follow)
+                    .and_then(|bytes| bytes.ok_or_else(|| format!("{} does not exist", path.display())))
+                    .map_err(|e| format!("COMFYUI_PASSWORD_FILE: {e}: mount the secret there or unset the variable"))?,
+            ),
+        };
+        Ok(Snapshot { env, password, secret })
+    }
+}
+
+/// The `.env` file's bytes; Ok(None) when there is none.
+fn read_env(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    fsutil::read_bounded(path, ENV_CAP, Links::Follow).map_err(|e| {
+        format!("{e}: COMFY_INIT_ENV_FILE must name a text file (put one there, or point the variable at yours)")
+    })
 }
 
 /// The configured values after precedence: secret file, then `.env`, then the environment.
@@ -104,19 +185,29 @@ struct Sources {
     env: Option<EnvFile>,
 }
 
-fn gather(s: &Settings, warnings: &mut Vec<String>) -> Result<Sources, String> {
-    let env = EnvFile::read(&s.env_file)?;
-    let env_value = |key: &str| env.as_ref().and_then(|e| e.get(key)).map(String::from);
-    let secret = match &s.password_file {
+fn gather(s: &Settings, snap: &Snapshot, warnings: &mut Vec<String>) -> Result<Sources, String> {
+    let env = match &snap.env {
         None => None,
-        Some(path) => Some(read_secret(path)?),
+        Some(bytes) => Some(EnvFile::parse(&s.env_file, bytes)?),
     };
     let env_file_name = s.env_file.display().to_string();
+    let mut env_value = |key: &str| -> Option<String> {
+        let (value, warning) = env_value(env.as_ref()?, key, &env_file_name);
+        warnings.extend(warning);
+        value
+    };
+    let secret = match (&snap.secret, &s.password_file) {
+        (Some(bytes), Some(path)) => Some(read_secret(path, bytes)?),
+        _ => None,
+    };
+    let from_env = env_value(KEY_PASSWORD);
+    let username = env_value(KEY_USERNAME);
+    let pinned = env_value(KEY_TOKEN);
     let mut candidates: Vec<(String, String)> = Vec::new();
     if let (Some(v), Some(p)) = (secret, &s.password_file) {
         candidates.push((v, format!("COMFYUI_PASSWORD_FILE ({})", p.display())));
     }
-    if let Some(v) = env_value(KEY_PASSWORD) {
+    if let Some(v) = from_env {
         candidates.push((v, format!("{KEY_PASSWORD} in {env_file_name}")));
     }
     if let Some(v) = &s.env_password {
@@ -131,41 +222,53 @@ fn gather(s: &Settings, warnings: &mut Vec<String>) -> Result<Sources, String> {
         }
         token::validate_password(chosen, from)?;
     }
-    let username = env_value(KEY_USERNAME).or_else(|| s.env_username.clone()).unwrap_or_else(|| "admin".into());
+    let username = username.or_else(|| s.env_username.clone()).unwrap_or_else(|| "admin".into());
     if username.is_empty() || username.trim() != username || username.contains(['\n', '\r', '\0']) {
         return Err(format!(
-            "{KEY_USERNAME}='{username}' is not a usable username: no surrounding spaces or line breaks"
+            "{KEY_USERNAME} is not a usable username: set one without surrounding spaces or line breaks"
         ));
     }
-    let mut pinned = env_value(KEY_TOKEN).or_else(|| s.env_token.clone());
-    if let (Some(raw), Some(_)) = (env.as_ref().and_then(|e| e.raw(KEY_TOKEN)), &pinned) {
-        if raw.starts_with('$') {
-            warnings.push(format!(
-                "{KEY_TOKEN} in {env_file_name} is not quoted: '$' expansion mangles a bcrypt hash; \
-                 comfy-init writes it single-quoted"
-            ));
-            pinned = Some(raw.to_string()); // judge what was meant, not what expansion left
-        }
-    }
+    let pinned = pinned.or_else(|| s.env_token.clone());
     Ok(Sources { password: password.map(|(v, _)| v), username, pinned, env })
 }
 
+/// A value from `.env`, and a warning when it is an unquoted one holding `$`: dotenvy expands
+/// `$NAME` there, docker compose v1 does not. What was written is what was meant (and what the
+/// user types at the login page, or what a bcrypt hash is), so it is taken as written.
+fn env_value(env: &EnvFile, key: &str, file_name: &str) -> (Option<String>, Option<String>) {
+    let Some(value) = env.get(key) else { return (None, None) };
+    match env.raw(key) {
+        Some(raw) if raw.contains('$') && raw != value && is_plain_word(raw) => {
+            let warning = format!(
+                "{key} in {file_name} is not quoted and holds '$', which dotenvy expands and docker \
+                 compose may not: comfy-init takes it as written; write it in single quotes \
+                 ({key}='...') so that every reader agrees"
+            );
+            (Some(raw.to_string()), Some(warning))
+        }
+        _ => (Some(value.to_string()), None),
+    }
+}
+
+/// An unquoted value that is one word: safe to take literally.
+fn is_plain_word(raw: &str) -> bool {
+    !raw.is_empty() && !raw.contains(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '\\' | '#'))
+}
+
 /// A `_FILE` secret: one trailing newline is not part of the password (`echo pw > file`).
-fn read_secret(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
-            "COMFYUI_PASSWORD_FILE={} cannot be read ({e}): mount the secret there or unset the variable",
-            path.display()
-        )
+fn read_secret(path: &Path, bytes: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        format!("COMFYUI_PASSWORD_FILE={} is not UTF-8 text: write the password as UTF-8", path.display())
     })?;
-    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+    let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(text);
     Ok(text.to_string())
 }
 
 /// Cheap (no bcrypt, no write): whether the configured password is known, from bcrypt answers
 /// already computed, not to match `running`. False when unknown or invalid: `reconcile` decides.
 pub fn known_stale(s: &Settings, running: &str) -> bool {
-    match gather(s, &mut Vec::new()) {
+    let Ok(snap) = Snapshot::read(s) else { return false };
+    match gather(s, &snap, &mut Vec::new()) {
         Ok(Sources { password: Some(p), .. }) => token::known_mismatch(&p, running),
         _ => false,
     }
@@ -195,21 +298,109 @@ pub struct Outcome {
     pub stored_in: Option<PathBuf>,
 }
 
-/// Reconciles once. `running`: the token of the running ComfyUI (supervisor). `dry_run`: decide
-/// and describe (a new hash is still computed, to know what would change), write nothing.
-/// Err: a refusal with the source and the rule; nothing written.
-pub fn reconcile(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<Outcome, String> {
-    // A dry run writes nothing, not even the lock file.
-    let _lock = if dry_run { None } else { Some(Lock::acquire(s)?) };
-    reconcile_locked(s, running, dry_run)
+/// What one pass decided, from one snapshot: the writes still to be done.
+struct Decision {
+    out: Outcome,
+    warnings: Vec<String>,
+    /// The configured password (to recognise one we generated in an earlier pass).
+    password: Option<String>,
+    /// The new `.env` text, where it must change and can be written.
+    env_text: Option<String>,
+    write_password: bool,
+    drop_sessions: bool,
 }
 
-fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Result<Outcome, String> {
+/// A concurrent edit makes a pass start over: one-shot commands keep starting over while the
+/// files keep changing (each pass may cost a bcrypt hash, longer than the gap between two quick
+/// saves), but not forever.
+const MAX_BUSY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reconciles. `running`: the token of the running ComfyUI (supervisor). Optimistic: decide (and
+/// hash) from a snapshot without the lock; take the lock only when something must be written; just
+/// before each write, read the files again and start over when one changed. A dry run computes
+/// the real hash (to know what would change) and writes nothing, not even the lock.
+pub fn reconcile(s: &Settings, running: Option<&str>, mode: Mode) -> Result<Outcome, Failure> {
+    reconcile_with(s, running, mode, None)
+}
+
+/// `new_password`: rotate, i.e. store this password in `.env` whatever it holds now.
+fn reconcile_with(
+    s: &Settings,
+    running: Option<&str>,
+    mode: Mode,
+    new_password: Option<&str>,
+) -> Result<Outcome, Failure> {
     require_comfyui_dir(s)?;
+    // Taken at the first write and kept: a pass that starts over runs under it, so another
+    // comfy-init cannot make it start over again.
+    let mut lock: Option<Lock> = None;
+    // A password generated and stored by a pass that then had to start over is still ours.
+    let mut generated_earlier: Option<String> = None;
+    let started = std::time::Instant::now();
+    while started.elapsed() < MAX_BUSY {
+        let snap = Snapshot::read(s)?;
+        let mut d = decide(s, &snap, running, new_password)?;
+        if d.out.generated.is_none() && d.password.is_some() && d.password == generated_earlier {
+            d.out.generated = generated_earlier.clone();
+            d.out.stored_in = Some(s.env_file.clone());
+        }
+        let writes = d.env_text.is_some() || d.write_password || d.drop_sessions;
+        if mode == Mode::DryRun || !writes {
+            return Ok(finish(d));
+        }
+        if lock.is_none() {
+            lock = Some(Lock::acquire(s, mode == Mode::Wait)?);
+        }
+        match apply(s, &snap, &d) {
+            Ok(()) => return Ok(finish(d)),
+            Err(Failure::Changed) if mode == Mode::Wait => {
+                log::debug!("a credential file changed while comfy-init was writing: starting over");
+                generated_earlier = d.out.generated.clone().or(generated_earlier);
+                std::thread::sleep(SETTLE / 4);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Failure::Refused(format!(
+        "{} or {} kept changing while comfy-init was writing them, for {MAX_BUSY:?}: \
+         stop whatever rewrites them and try again",
+        s.env_file.display(),
+        s.password_path().display()
+    )))
+}
+
+fn finish(d: Decision) -> Outcome {
+    for w in &d.warnings {
+        log::warn!("{w}");
+    }
+    d.out
+}
+
+/// One pass, pure but for bcrypt: what the files must become, given what they are now.
+/// `new_password`: a password just generated by `rotate`, to store instead of the configured one.
+fn decide(
+    s: &Settings,
+    snap: &Snapshot,
+    running: Option<&str>,
+    new_password: Option<&str>,
+) -> Result<Decision, String> {
     let mut warnings = Vec::new();
-    let sources = gather(s, &mut warnings)?;
-    let file_path = s.password_path();
-    let file = password_file::read(&file_path)?;
+    let mut sources = gather(s, snap, &mut warnings)?;
+    if let Some(p) = new_password {
+        sources.password = Some(p.to_string());
+    }
+    let file = snap.password.as_deref().map(password_file::parse).unwrap_or(FileState::Missing);
+    if let (FileState::Hash { hash, .. }, Some(_)) = (&file, &sources.password) {
+        if token::too_costly(hash) {
+            warnings.push(format!(
+                "login/PASSWORD holds a hash of cost {} (above {}): too slow to check at every \
+                 start and every web login; replacing it with a cost-{} hash",
+                token::cost(hash).unwrap_or(0),
+                token::MAX_VERIFY_COST,
+                token::COST
+            ));
+        }
+    }
     let inputs = Inputs {
         file: &file,
         password: sources.password.as_deref(),
@@ -217,41 +408,38 @@ fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Resul
         pinned: sources.pinned.as_deref(),
         running,
     };
-    let plan = plan::plan(&inputs, &token::verifies, &token::check_shape);
+    // A password just generated matches no hash but ours: no bcrypt needed to know it.
+    let verifies: &dyn Fn(&str, &str) -> bool =
+        if new_password.is_some() { &token::known_match } else { &token::verifies };
+    let plan = plan::plan(&inputs, verifies, &token::check_shape);
     warnings.extend(plan.warnings.iter().cloned());
-    for w in &warnings {
-        log::warn!("{w}");
-    }
 
     let mut out = Outcome { username: sources.username.clone(), ..Outcome::default() };
-    let (token, why) = match plan.choice {
-        Choice::Keep => match &file {
-            FileState::Hash { hash, .. } => (hash.clone(), "kept"),
-            _ => unreachable!("plan keeps only a file that holds a hash"),
-        },
-        Choice::Pinned => (sources.pinned.clone().unwrap_or_default(), "from COMFYUI_BEARER_TOKEN"),
-        Choice::Running => (running.unwrap_or_default().to_string(), "restored from the running ComfyUI"),
-        Choice::HashPassword => {
-            (token::hash(sources.password.as_deref().unwrap_or_default())?, "new hash of the configured password")
+    let (token, why) = match (plan.choice, &file, &sources.pinned, running, &sources.password) {
+        (Choice::Keep, FileState::Hash { hash, .. }, ..) => (hash.clone(), "kept"),
+        (Choice::Pinned, _, Some(pinned), ..) => (pinned.clone(), "from COMFYUI_BEARER_TOKEN"),
+        (Choice::Running, _, _, Some(running), _) => (running.to_string(), "restored from the running ComfyUI"),
+        (Choice::HashPassword, .., Some(password)) => {
+            (token::hash_once(password)?, "new hash of the configured password")
         }
-        Choice::Generate => {
+        (Choice::Generate, ..) => {
             let password = token::generate_password();
             let hash = token::hash(&password)?;
             out.generated = Some(password);
             (hash, "new password generated")
         }
+        (choice, ..) => return Err(format!("internal error: the credential plan chose {choice:?} without its input")),
     };
 
     // The .env first: once it holds the (new) password and token, a crash before PASSWORD is
     // written still ends in the same token on the next start (the pinned token verifies).
-    if let Some(text) = env_update(&sources.env, &token, out.generated.as_deref()) {
-        let env_dir = s.env_file.parent().unwrap_or(Path::new("."));
-        if fsutil::dir_writable(env_dir) {
-            if !dry_run {
-                let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
-                fsutil::write_atomic(&s.env_file, text.as_bytes(), attrs)?;
-                crate::test_hook::pause("between .env and PASSWORD");
-            }
+    if let Some(p) = new_password {
+        out.generated = Some(p.to_string());
+    }
+    let mut env_text = env_update(&s.env_file, &sources.env, &token, out.generated.as_deref())?;
+    if env_text.is_some() {
+        let target = fsutil::write_target(&s.env_file);
+        if fsutil::dir_writable(target.parent().unwrap_or(Path::new("."))) {
             out.changes.push(format!("{}: {KEY_TOKEN} updated", s.env_file.display()));
             if out.generated.is_some() {
                 out.changes.push(format!("{}: {KEY_PASSWORD} generated", s.env_file.display()));
@@ -262,40 +450,94 @@ fn reconcile_locked(s: &Settings, running: Option<&str>, dry_run: bool) -> Resul
                 "{} is not writable: {KEY_TOKEN} not written back (get the token with 'comfy-init token')",
                 s.env_file.display()
             );
+            env_text = None;
         }
     }
 
     let file_differs = !matches!(&file, FileState::Hash { hash, username, exact: true } if *hash == token && *username == sources.username);
-    if plan.write_file && file_differs {
-        if !dry_run {
-            password_file::write(&file_path, &token, &sources.username, s.owner)?;
-        }
-        out.changes.push(format!("{}: written ({why})", file_path.display()));
+    let write_password = plan.write_file && file_differs;
+    if write_password {
+        out.changes.push(format!("{}: written ({why})", s.password_path().display()));
     }
-    if plan.drop_sessions && s.session_key_path().exists() {
-        if !dry_run {
-            std::fs::remove_file(s.session_key_path())
-                .map_err(|e| fsutil::explain_write_error(&s.session_key_path(), &e))?;
-        }
+    let drop_sessions = plan.drop_sessions && s.session_key_path().exists();
+    if drop_sessions {
         out.changes.push(format!("{}: deleted (old browser sessions end)", s.session_key_path().display()));
     }
     out.token = token;
-    Ok(out)
+    Ok(Decision { out, warnings, password: sources.password, env_text, write_password, drop_sessions })
+}
+
+/// A `.env` modified this recently may be in the middle of a save: an editor that saves in
+/// place truncates the file, then writes it, and a reader between the two sees it empty. Writing
+/// then would orphan the inode the editor is about to fill, and lose its save.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn settled(path: &Path) -> Result<(), Failure> {
+    let Ok(modified) = std::fs::metadata(path).and_then(|m| m.modified()) else { return Ok(()) };
+    match std::time::SystemTime::now().duration_since(modified) {
+        Ok(age) if age < SETTLE => Err(Failure::Changed),
+        _ => Ok(()), // settled, or stamped in the future (a clock skew must not stall us)
+    }
+}
+
+/// Carries a decision out, under the lock. Before each rename the files are read again: if one
+/// is not what the decision was made from (a user's save, an editor's rename), nothing more is
+/// written and the caller starts over from the new content; a `.env` saved in the last
+/// [`SETTLE`] is left to settle first. What remains is the window between that read and the
+/// rename, a few microseconds: a save landing exactly there is overwritten (no lock can stop an
+/// editor that does not take it).
+fn apply(s: &Settings, snap: &Snapshot, d: &Decision) -> Result<(), Failure> {
+    let mut expected = snap.clone();
+    let unchanged = |expected: &Snapshot| -> Result<(), Failure> {
+        if Snapshot::read(s)? == *expected {
+            Ok(())
+        } else {
+            Err(Failure::Changed)
+        }
+    };
+    if let Some(text) = &d.env_text {
+        // Through a symlink to its target: the link stays, the target gets the token.
+        let target = fsutil::write_target(&s.env_file);
+        settled(&target)?;
+        unchanged(&expected)?;
+        let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
+        fsutil::write_atomic(&target, text.as_bytes(), attrs)?;
+        expected.env = Some(text.as_bytes().to_vec());
+        crate::test_hook::pause("between .env and PASSWORD");
+    }
+    if d.write_password {
+        unchanged(&expected)?;
+        password_file::write(&s.password_path(), &d.out.token, &d.out.username, s.owner)?;
+    }
+    if d.drop_sessions {
+        let key = s.session_key_path();
+        match std::fs::remove_file(&key) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fsutil::explain_write_error(&key, &e).into()),
+        }
+    }
+    Ok(())
 }
 
 /// The new `.env` text when it must change: the token (and a generated password) written back.
-fn env_update(env: &Option<EnvFile>, token: &str, generated: Option<&str>) -> Option<String> {
+fn env_update(
+    path: &Path,
+    env: &Option<EnvFile>,
+    token: &str,
+    generated: Option<&str>,
+) -> Result<Option<String>, String> {
     let text = env.as_ref().map(|e| e.text.clone()).unwrap_or_default();
     let current = env.as_ref().and_then(|e| e.get(KEY_TOKEN));
     let quoted_ok = env.as_ref().and_then(|e| e.raw(KEY_TOKEN)).map(|r| r.starts_with('\'')).unwrap_or(false);
     let mut new = text.clone();
     if current != Some(token) || !quoted_ok {
-        new = dotenv_edit::set(&new, KEY_TOKEN, token);
+        new = dotenv_edit::set_checked(path, &new, KEY_TOKEN, token)?;
     }
     if let Some(password) = generated {
-        new = dotenv_edit::set(&new, KEY_PASSWORD, password);
+        new = dotenv_edit::set_checked(path, &new, KEY_PASSWORD, password)?;
     }
-    (new != text).then_some(new)
+    Ok((new != text).then_some(new))
 }
 
 /// For the supervisor's log: what changed, and the announcement of a generated password.
@@ -328,73 +570,125 @@ pub fn announce(out: &Outcome) {
 
 /// The token ComfyUI uses: the hash in PASSWORD. Err when there is none yet.
 pub fn current_token(s: &Settings) -> Result<String, String> {
-    match password_file::read(&s.password_path())? {
+    let path = s.password_path();
+    match password_file::read(&path)? {
         FileState::Hash { hash, .. } => Ok(hash),
-        FileState::Missing => Err(format!(
-            "{} does not exist yet: run 'comfy-init sync' or start the container",
-            s.password_path().display()
-        )),
-        FileState::Empty => {
-            Err(format!("{} is empty: run 'comfy-init sync' to repair it", s.password_path().display()))
+        FileState::Missing => {
+            Err(format!("{} does not exist yet: run 'comfy-init sync' or start the container", path.display()))
         }
+        FileState::Empty => Err(format!("{} is empty: run 'comfy-init sync' to repair it", path.display())),
         FileState::Malformed(why) => {
-            Err(format!("{} is malformed ({why}): run 'comfy-init sync' to repair it", s.password_path().display()))
+            Err(format!("{} is malformed ({why}): run 'comfy-init sync' to repair it", path.display()))
         }
     }
 }
 
-/// `comfy-init rotate`: a new random password into `.env`, then a normal reconciliation.
-pub fn rotate(s: &Settings) -> Result<Outcome, String> {
-    let _lock = Lock::acquire(s)?;
+/// `comfy-init rotate`: a new random password into `.env` and PASSWORD, by a normal
+/// reconciliation that stores it: every other byte of `.env` kept, and a concurrent edit never
+/// lost (the pass starts over from it).
+pub fn rotate(s: &Settings) -> Result<Outcome, Failure> {
     if let Some(p) = &s.password_file {
-        return Err(format!(
+        return Err(Failure::Refused(format!(
             "the password comes from COMFYUI_PASSWORD_FILE ({}): change that secret instead",
             p.display()
-        ));
+        )));
     }
-    let env = EnvFile::read(&s.env_file)?;
-    let env_dir = s.env_file.parent().unwrap_or(Path::new("."));
-    if !fsutil::dir_writable(env_dir) {
-        return Err(format!("{} is not writable: rotate needs to store the new password there", s.env_file.display()));
+    require_comfyui_dir(s)?;
+    let target = fsutil::write_target(&s.env_file);
+    if !fsutil::dir_writable(target.parent().unwrap_or(Path::new("."))) {
+        return Err(Failure::Refused(format!(
+            "{} is not writable: rotate needs to store the new password there",
+            s.env_file.display()
+        )));
     }
     let password = token::generate_password();
-    let text = env.map(|e| e.text).unwrap_or_default();
-    let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
-    fsutil::write_atomic(&s.env_file, dotenv_edit::set(&text, KEY_PASSWORD, &password).as_bytes(), attrs)?;
-    let mut out = reconcile_locked(s, None, false)?;
-    out.generated = Some(password);
-    out.stored_in = Some(s.env_file.clone());
-    Ok(out)
+    reconcile_with(s, None, Mode::Wait, Some(&password))
 }
 
-/// Serialises reconciliations across processes: without it, `comfy-init rotate` and the running
-/// supervisor (woken by rotate's own .env write) would both hash and write, and one token would
-/// silently replace the other. An flock on `login/.comfy-init.lock`, released on drop (and by
-/// the kernel if we die). Waits at most 10 s: a stuck holder must not freeze PID 1's loop.
+/// Serialises writers across processes: without it, `comfy-init rotate` and the running
+/// supervisor (woken by rotate's own .env write) would both write, and one token would silently
+/// replace the other. An flock on the login folder itself: it needs no file of its own, so a
+/// read-only login/ (a Kubernetes Secret) can still be locked; released on drop, and by the
+/// kernel if we die. Taken only when something must be written.
 struct Lock(#[allow(dead_code)] std::fs::File);
 
 impl Lock {
-    fn acquire(s: &Settings) -> Result<Lock, String> {
-        use std::os::fd::AsRawFd;
-        require_comfyui_dir(s)?;
-        let login = s.comfyui_dir.join("login");
-        std::fs::create_dir_all(&login).map_err(|e| fsutil::explain_write_error(&login, &e))?;
-        let path = login.join(".comfy-init.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| fsutil::explain_write_error(&path, &e))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        // SAFETY: flock on a descriptor we own.
-        while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            if std::time::Instant::now() >= deadline {
-                log::warn!("{} is held by another comfy-init for 10 s: going on without it", path.display());
-                break;
+    /// `wait`: block until the lock is free, saying so once (one-shot commands, the start).
+    /// Otherwise Err(Busy) at once: PID 1's loop never sleeps on it.
+    fn acquire(s: &Settings, wait: bool) -> Result<Lock, Failure> {
+        let login = s.password_path().parent().unwrap_or(Path::new(".")).to_path_buf();
+        password_file::create_login_dir(&login, s.owner)?;
+        let mut said = false;
+        loop {
+            let (file, path) = open_lock_target(&login)?;
+            if try_flock(&file, &path)? {
+                if same_file(&file, &path) {
+                    return Ok(Lock(file));
+                }
+                continue; // login/ was replaced while we locked the old one
             }
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            if !wait {
+                return Err(Failure::Busy);
+            }
+            if !said {
+                log::info!("waiting for another comfy-init that is writing the credentials ({})", login.display());
+                said = true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        Ok(Lock(file))
+    }
+}
+
+/// The login folder, or (where the filesystem cannot flock a folder opened read-only: NFS emulates
+/// flock with write locks) a lock file in it.
+fn open_lock_target(login: &Path) -> Result<(std::fs::File, PathBuf), String> {
+    let folder = std::fs::File::open(login).map_err(|e| format!("cannot open {}: {e}", login.display()))?;
+    if flock_supported(&folder) {
+        return Ok((folder, login.to_path_buf()));
+    }
+    let path = login.join(".comfy-init.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fsutil::explain_write_error(&path, &e))?;
+    Ok((file, path))
+}
+
+/// Whether an flock on this descriptor can work at all (probed with a shared lock, released).
+fn flock_supported(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    if rc == 0 {
+        // SAFETY: as above. Dropping our shared lock; the exclusive one is asked for next.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return true;
+    }
+    err == Some(libc::EWOULDBLOCK)
+}
+
+/// Ok(true): locked; Ok(false): held by someone else.
+fn try_flock(file: &std::fs::File, what: &Path) -> Result<bool, String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        _ => Err(format!("cannot lock {}: {e}", what.display())),
+    }
+}
+
+/// The locked descriptor is still what `path` names (not a folder or file since replaced).
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }

@@ -4,73 +4,92 @@ use std::path::{Path, PathBuf};
 
 use super::plan::FileState;
 use super::token::check_shape;
-use crate::fsutil::{self, NewFileAttrs};
+use crate::fsutil::{self, Links, NewFileAttrs};
 
 pub fn path(comfyui_dir: &Path) -> PathBuf {
     comfyui_dir.join("login").join("PASSWORD")
 }
 
-/// What PASSWORD holds. Err when it is something we must not touch: a folder, or a symlink
-/// leading outside the login folder.
+/// PASSWORD holds a hash and a username: a few hundred bytes. More is not ours to read.
+pub const CAP: u64 = 4096;
+
+/// What PASSWORD holds. Err when it is something we must not touch or read: a folder, a FIFO,
+/// a device, a huge file, or a symlink leading outside the login folder.
 pub fn read(file: &Path) -> Result<FileState, String> {
-    let meta = match std::fs::symlink_metadata(file) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(FileState::Missing),
-        Err(e) => return Err(format!("cannot read {}: {e}", file.display())),
-    };
-    if meta.file_type().is_symlink() {
-        let login = file.parent().and_then(|d| d.canonicalize().ok());
-        let target = file.canonicalize().ok();
-        match (login, target) {
-            (Some(login), Some(target)) if target.parent() == Some(login.as_path()) => {}
-            (_, target) => {
-                return Err(format!(
-                    "{} is a symlink to {} outside the login folder: replace it with a regular file \
-                     (or remove it to have it created)",
-                    file.display(),
-                    target.map(|t| t.display().to_string()).unwrap_or_else(|| "a missing file".into())
-                ))
-            }
-        }
-    }
-    if std::fs::metadata(file).map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(format!("{} is a folder: remove it, comfy-init will create the file", file.display()));
-    }
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    Ok(parse(&String::from_utf8_lossy(&bytes)))
+    Ok(match read_raw(file)? {
+        None => FileState::Missing,
+        Some(bytes) => parse(&bytes),
+    })
 }
 
-/// The file's content as ComfyUI-Login would take it, judged strictly.
-pub fn parse(text: &str) -> FileState {
-    if text.trim().is_empty() {
+/// PASSWORD's bytes, read safely (see [`fsutil::read_bounded`]). A symlink is accepted when it
+/// stays inside the login folder (a Kubernetes Secret mounted there is `PASSWORD ->
+/// ..data/PASSWORD`); its resolved target is then opened without following links again.
+pub fn read_raw(file: &Path) -> Result<Option<Vec<u8>>, String> {
+    read_raw_unexplained(file).map_err(|e| format!("{e}: remove it, comfy-init will create the file"))
+}
+
+fn read_raw_unexplained(file: &Path) -> Result<Option<Vec<u8>>, String> {
+    let is_link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return fsutil::read_bounded(file, CAP, Links::Refuse);
+    }
+    let login = file.parent().and_then(|d| d.canonicalize().ok());
+    let target = file.canonicalize().ok();
+    match (login, target) {
+        (Some(login), Some(target)) if target.starts_with(&login) => {
+            fsutil::read_bounded(&target, CAP, Links::Refuse).map_err(|e| format!("{} -> {e}", file.display()))
+        }
+        (_, target) => Err(format!(
+            "{} is a symlink to {} outside the login folder",
+            file.display(),
+            target.map(|t| t.display().to_string()).unwrap_or_else(|| "a missing file".into())
+        )),
+    }
+}
+
+/// The file's content as ComfyUI-Login would take it, judged strictly. Any bytes are accepted:
+/// a file is never trusted to be UTF-8. A file holding only a hash (older ComfyUI-Login) is a
+/// `Hash` with an empty username: its login is kept and the username line added.
+pub fn parse(bytes: &[u8]) -> FileState {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
         return FileState::Empty;
     }
-    let mut lines = text.split('\n');
-    let hash_line = lines.next().unwrap_or("");
-    let hash = hash_line.trim();
+    let (hash_line, rest) = match bytes.iter().position(|&b| b == b'\n') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (bytes, &b""[..]),
+    };
+    let Ok(hash) = std::str::from_utf8(hash_line.trim_ascii()) else {
+        return FileState::Malformed("the hash line is not text (not UTF-8)".into());
+    };
     if let Err(why) = check_shape(hash) {
         return FileState::Malformed(format!("the hash is {why}"));
     }
-    let username = lines.next().map(str::trim).unwrap_or("");
-    if username.is_empty() {
-        return FileState::Malformed("no username line".into());
-    }
-    let exact = text == format!("{hash}\n{username}");
+    let username_line = rest.split(|&b| b == b'\n').next().unwrap_or(b"");
+    let Ok(username) = std::str::from_utf8(username_line.trim_ascii()) else {
+        return FileState::Malformed("the username line is not text (not UTF-8)".into());
+    };
+    let exact = !username.is_empty() && bytes == format!("{hash}\n{username}").as_bytes();
     FileState::Hash { hash: hash.into(), username: username.into(), exact }
 }
 
 /// Writes `hash\nusername` atomically, mode 0600, owned by `owner` when given.
 pub fn write(file: &Path, hash: &str, username: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
-    let login = file.parent().unwrap_or(Path::new("."));
-    if !login.exists() {
-        std::fs::create_dir_all(login).map_err(|e| fsutil::explain_write_error(login, &e))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(login, Some(uid), Some(gid))
-                .map_err(|e| fsutil::explain_write_error(login, &e))?;
-        }
-    }
+    create_login_dir(file.parent().unwrap_or(Path::new(".")), owner)?;
     let attrs = NewFileAttrs { mode: 0o600, owner, force: true };
     fsutil::write_atomic(file, format!("{hash}\n{username}").as_bytes(), attrs)
+}
+
+/// The login folder, created (owned by `owner`: ComfyUI-Login writes there too) when missing.
+pub fn create_login_dir(login: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    if login.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(login).map_err(|e| fsutil::explain_write_error(login, &e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(login, Some(uid), Some(gid)).map_err(|e| fsutil::explain_write_error(login, &e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -81,6 +100,7 @@ mod tests {
 
     #[test]
     fn parses_like_comfyui_login_but_strictly() {
+        let parse = |s: &str| parse(s.as_bytes());
         assert_eq!(parse(""), FileState::Empty);
         assert_eq!(parse("\n"), FileState::Empty);
         assert_eq!(
@@ -91,7 +111,19 @@ mod tests {
             parse(&format!("{H}\r\nadmin\r\n")),
             FileState::Hash { hash: H.into(), username: "admin".into(), exact: false }
         );
-        assert!(matches!(parse(H), FileState::Malformed(w) if w.contains("username")));
+        // Older files hold the hash alone: still a login, with no username.
+        assert_eq!(parse(H), FileState::Hash { hash: H.into(), username: "".into(), exact: false });
+        assert_eq!(parse(&format!("{H}\n")), FileState::Hash { hash: H.into(), username: "".into(), exact: false });
         assert!(matches!(parse("$2b$12$short\nadmin"), FileState::Malformed(w) if w.contains("characters")));
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_are_malformed_not_a_panic() {
+        assert!(matches!(super::parse(b"\xff\xfe$2b$\nadmin"), FileState::Malformed(w) if w.contains("UTF-8")));
+        let utf8 = format!("$2b\u{e9}{}\nadmin", "A".repeat(55));
+        assert!(matches!(super::parse(utf8.as_bytes()), FileState::Malformed(_)));
+        let mut bad_user = format!("{H}\n").into_bytes();
+        bad_user.push(0xff);
+        assert!(matches!(super::parse(&bad_user), FileState::Malformed(w) if w.contains("username")));
     }
 }

@@ -8,31 +8,54 @@ use rand::Rng;
 /// bcrypt cost for new hashes: what ComfyUI-Login's own `bcrypt.gensalt()` uses.
 pub const COST: u32 = 12;
 
-const BCRYPT_ALPHABET: &str = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const BCRYPT_ALPHABET: &[u8] = b"./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
-/// Why a string is not a bcrypt hash ComfyUI-Login can use, or Ok.
+/// bcrypt's own limits on the cost.
+const MIN_COST: u32 = 4;
+const MAX_COST: u32 = 31;
+/// The highest cost we verify: each step doubles the time (cost 12: a quarter of a second), and
+/// the check runs inside PID 1's loop. A cost-31 hash would take days: such a hash is kept when
+/// no password is configured, and replaced (with a warning) when one is.
+pub const MAX_VERIFY_COST: u32 = 14;
+
+/// Why a value is not a bcrypt hash ComfyUI-Login can use, or Ok. Works on bytes: the value may
+/// come from any file or variable, and a message never quotes it (it may be a secret).
 pub fn check_shape(hash: &str) -> Result<(), String> {
-    if hash.len() != 60 {
-        let hint = if hash.len() < 60 && !hash.starts_with("$2") {
+    let b = hash.as_bytes();
+    if b.len() != 60 {
+        let hint = if b.len() < 60 && !b.starts_with(b"$2") {
             " (a '$' expansion in an unquoted .env value eats the start)"
         } else {
             ""
         };
-        return Err(format!("{} characters long, a bcrypt hash has 60{hint}", hash.chars().count()));
+        let unit = if hash.is_ascii() { "characters" } else { "bytes, not all ASCII," };
+        return Err(format!("{} {unit} long, a bcrypt hash has 60{hint}", b.len()));
     }
-    let (prefix, rest) = hash.split_at(4);
-    if !matches!(prefix, "$2b$" | "$2a$" | "$2y$") {
-        return Err(format!("prefix '{prefix}' is not a bcrypt prefix ($2b$)"));
+    if !matches!(&b[..4], b"$2b$" | b"$2a$" | b"$2y$") {
+        return Err("not starting with a bcrypt prefix ($2b$, $2a$ or $2y$)".into());
     }
-    let cost = rest.get(..2).and_then(|c| c.parse::<u32>().ok());
-    match cost {
-        Some(c) if (10..=31).contains(&c) && rest.as_bytes()[2] == b'$' => {}
-        _ => return Err(format!("cost '{}' is not a bcrypt cost from 10 to 31", rest.get(..2).unwrap_or(""))),
+    if cost(hash).is_none() || b[6] != b'$' {
+        return Err(format!("without a bcrypt cost from {MIN_COST:02} to {MAX_COST} after the prefix"));
     }
-    if !rest[3..].chars().all(|c| BCRYPT_ALPHABET.contains(c)) {
+    if !b[7..].iter().all(|c| BCRYPT_ALPHABET.contains(c)) {
         return Err("has characters outside bcrypt's alphabet".into());
     }
     Ok(())
+}
+
+/// The cost of a `$2?$NN$...` value, when it has a valid one.
+pub fn cost(hash: &str) -> Option<u32> {
+    let digits = hash.as_bytes().get(4..6)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let cost = u32::from(digits[0] - b'0') * 10 + u32::from(digits[1] - b'0');
+    (MIN_COST..=MAX_COST).contains(&cost).then_some(cost)
+}
+
+/// A well-formed hash too costly to verify in PID 1 (see [`MAX_VERIFY_COST`]).
+pub fn too_costly(hash: &str) -> bool {
+    check_shape(hash).is_ok() && cost(hash).is_some_and(|c| c > MAX_VERIFY_COST)
 }
 
 /// Does `password` match this well-formed hash? bcrypt takes a quarter of a second at cost 12,
@@ -40,13 +63,15 @@ pub fn check_shape(hash: &str) -> Result<(), String> {
 /// token, the pinned token are often one hash), then again after our own writes: the last few
 /// answers, failures included, are remembered.
 pub fn verifies(password: &str, hash: &str) -> bool {
-    if check_shape(hash).is_err() {
+    if check_shape(hash).is_err() || too_costly(hash) || !fits_bcrypt(password) {
         return false;
     }
     if let Some(known) = remembered(password, hash) {
         return known;
     }
-    let ok = bcrypt::non_truncating_verify(password, hash).unwrap_or(false);
+    // The truncating verify: the password fits bcrypt's 72 bytes (checked above), and the crate's
+    // `non_truncating_*` counts the C string's NUL and refuses exactly 72.
+    let ok = bcrypt::verify(password, hash).unwrap_or(false);
     remember(password, hash, ok);
     ok
 }
@@ -54,6 +79,12 @@ pub fn verifies(password: &str, hash: &str) -> bool {
 /// True only when the answer is already known to be "no" (no bcrypt run).
 pub fn known_mismatch(password: &str, hash: &str) -> bool {
     remembered(password, hash) == Some(false)
+}
+
+/// True only when the answer is already known to be "yes" (no bcrypt run): for a password just
+/// generated, no hash but one made here can match, so no other needs checking.
+pub fn known_match(password: &str, hash: &str) -> bool {
+    remembered(password, hash) == Some(true)
 }
 
 /// (password, hash, verifies), most recent last.
@@ -84,9 +115,32 @@ fn remember(password: &str, hash: &str, ok: bool) {
     answers.push((password.to_string(), hash.to_string(), ok));
 }
 
+/// What bcrypt can take whole: at most 72 bytes, no NUL (Python's bcrypt, which ComfyUI-Login
+/// uses, has the same rule).
+fn fits_bcrypt(password: &str) -> bool {
+    password.len() <= MAX_PASSWORD_BYTES && !password.contains('\0')
+}
+
+pub const MAX_PASSWORD_BYTES: usize = 72;
+
+/// A `$2b$12$` hash of `password`: one made earlier in this process if there is one (a pass
+/// that starts over after a concurrent edit needs no second quarter-second), else a fresh one.
+pub fn hash_once(password: &str) -> Result<String, String> {
+    let answers = ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
+    let earlier = answers.iter().rev().find(|(p, h, ok)| *ok && p == password && cost(h) == Some(COST));
+    if let Some((_, h, _)) = earlier {
+        return Ok(h.clone());
+    }
+    drop(answers);
+    hash(password)
+}
+
 /// A fresh `$2b$12$` hash. The password was validated (at most 72 bytes, no NUL) beforehand.
 pub fn hash(password: &str) -> Result<String, String> {
-    let hash = bcrypt::non_truncating_hash(password, COST).map_err(|e| format!("cannot hash the password: {e}"))?;
+    if !fits_bcrypt(password) {
+        return Err("cannot hash the password: it is longer than 72 bytes or holds a NUL byte".into());
+    }
+    let hash = bcrypt::hash(password, COST).map_err(|e| format!("cannot hash the password: {e}"))?;
     remember(password, &hash, true);
     Ok(hash)
 }
@@ -103,7 +157,7 @@ pub fn generate_password() -> String {
 pub fn validate_password(password: &str, source: &str) -> Result<(), String> {
     let rule = if password.is_empty() {
         Some("is empty: set a password, or remove it to have one generated")
-    } else if password.len() > 72 {
+    } else if password.len() > MAX_PASSWORD_BYTES {
         Some("is longer than 72 bytes, bcrypt's limit: use a shorter password")
     } else if password.contains('\0') {
         Some("contains a NUL byte, which bcrypt refuses")
@@ -136,8 +190,40 @@ mod tests {
         assert!(check_shape("/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5ka").unwrap_err().contains("'$' expansion"));
         let wrong_prefix = format!("$3x${}", &good[4..]);
         assert!(check_shape(&wrong_prefix).unwrap_err().contains("prefix"));
-        let low_cost = format!("$2b$04{}", &good[6..]);
-        assert!(check_shape(&low_cost).unwrap_err().contains("cost"));
+        // Every cost bcrypt allows is a valid shape; outside 04-31 is not.
+        assert_eq!(check_shape(&format!("$2b$04{}", &good[6..])), Ok(()));
+        assert_eq!(check_shape(&format!("$2y$31{}", &good[6..])), Ok(()));
+        for bad in ["03", "32", "99", "1a", "+1"] {
+            assert!(check_shape(&format!("$2b${bad}{}", &good[6..])).unwrap_err().contains("cost"), "{bad}");
+        }
+        // A multi-byte character where the prefix ends: a refusal, not a panic.
+        let utf8 = format!("$2b\u{e9}{}", "A".repeat(55));
+        assert_eq!(utf8.len(), 60);
+        assert!(check_shape(&utf8).unwrap_err().contains("prefix"));
+        assert!(check_shape(&format!("$2b$1\u{e9}{}", "A".repeat(53))).is_err());
+    }
+
+    #[test]
+    fn a_72_byte_password_is_hashed_and_verified_as_bcrypt_does() {
+        let p = "x".repeat(72);
+        assert!(validate_password(&p, "X").is_ok());
+        let h = hash(&p).unwrap();
+        assert!(verifies(&p, &h));
+        assert!(!verifies(&"x".repeat(71), &h));
+        // 73 bytes never reach bcrypt (it would silently drop the last one).
+        assert!(hash(&"x".repeat(73)).is_err());
+        assert!(!verifies(&"x".repeat(73), &h));
+    }
+
+    #[test]
+    fn a_hash_too_costly_to_check_in_pid1_is_never_verified() {
+        let good = hash("pw").unwrap();
+        let costly = format!("$2b$31{}", &good[6..]);
+        assert!(too_costly(&costly));
+        let started = std::time::Instant::now();
+        assert!(!verifies("pw", &costly));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert!(!too_costly(&good));
     }
 
     #[test]

@@ -6,13 +6,16 @@
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use crate::credentials::{self, Settings};
+use crate::credentials::{self, Failure, Mode, Settings};
 use crate::watch::Watcher;
 
 /// One save is one reaction: wait this long after the last event...
 const QUIET: Duration = Duration::from_millis(75);
 /// ...but never longer than this after the first.
 const MAX_WAIT: Duration = Duration::from_millis(500);
+/// Another comfy-init holds the lock (a `rotate`, a `sync`): look again this soon, never waiting
+/// for it inside the loop.
+const RETRY: Duration = Duration::from_millis(100);
 
 pub struct Guard {
     settings: Settings,
@@ -21,12 +24,14 @@ pub struct Guard {
     token: String,
     /// (first event, last event) of a burst not yet acted on.
     burst: Option<(Instant, Instant)>,
+    /// A reconciliation that could not complete, to try again at this time.
+    retry_at: Option<Instant>,
 }
 
 impl Guard {
     pub fn new(settings: Settings, token: String) -> nix::Result<Guard> {
         let watcher = Watcher::new(settings.watch_targets())?;
-        Ok(Guard { settings, watcher, token, burst: None })
+        Ok(Guard { settings, watcher, token, burst: None, retry_at: None })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -41,7 +46,8 @@ impl Guard {
     }
 
     pub fn deadline(&self) -> Option<Instant> {
-        self.burst.map(|(first, last)| (last + QUIET).min(first + MAX_WAIT))
+        let settled = self.burst.map(|(first, last)| (last + QUIET).min(first + MAX_WAIT));
+        settled.into_iter().chain(self.retry_at).min()
     }
 
     /// The burst of events has settled: time to act.
@@ -58,7 +64,8 @@ impl Guard {
     /// Reconciles. True when the child must restart to pick up a new token.
     pub fn reconcile(&mut self) -> bool {
         self.burst = None;
-        match credentials::reconcile(&self.settings, Some(&self.token), false) {
+        self.retry_at = None;
+        match credentials::reconcile(&self.settings, Some(&self.token), Mode::NoWait) {
             Ok(out) => {
                 credentials::log_outcome(&out);
                 if out.token == self.token {
@@ -67,8 +74,13 @@ impl Guard {
                 self.token = out.token;
                 true
             }
-            Err(e) => {
+            Err(Failure::Refused(e)) => {
                 log::error!("{e}; ComfyUI keeps running with its current token");
+                false
+            }
+            Err(e @ (Failure::Busy | Failure::Changed)) => {
+                log::debug!("{e}: trying again in {RETRY:?}");
+                self.retry_at = Some(Instant::now() + RETRY);
                 false
             }
         }

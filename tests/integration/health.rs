@@ -236,6 +236,28 @@ fn empty_password_file_opens_the_empty_token_bypass() {
 }
 
 #[test]
+fn a_server_that_takes_any_bearer_token_is_not_enforcing_auth() {
+    // 401 without a token and with an empty one, 200 to ANY Bearer value: it checks nothing.
+    let port = tiny_server(|mut s| {
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let request = String::from_utf8_lossy(&buf[..n]);
+        let answer = if request.contains("Authorization: Bearer ") {
+            let body = r#"{"system": {"comfyui_version": "0.3.40"}, "devices": []}"#;
+            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+        } else {
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string()
+        };
+        let _ = s.write_all(answer.as_bytes());
+    });
+    let dir = TempDir::new("health");
+    std::fs::create_dir_all(dir.join("ComfyUI/login")).unwrap();
+    write(&dir.join("ComfyUI/login/PASSWORD"), &logged_in());
+    let check = healthcheck(dir.path(), port, &[]);
+    assert_unhealthy(&check, "authentication is not enforced: /system_stats answered 200 with a wrong token");
+}
+
+#[test]
 fn server_error() {
     let comfy = Comfy::start(Some(&logged_in()), &[("FAKE_COMFYUI_STATUS", "500")]);
     assert_unhealthy(&comfy.healthcheck(&[]), "ComfyUI answered 500");

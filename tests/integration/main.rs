@@ -2,6 +2,7 @@
 
 mod credentials;
 mod gpu;
+mod hardening;
 mod health;
 mod pid1;
 mod supervise;

@@ -150,12 +150,6 @@ fn not_pid1_the_grandchild_is_gone_when_we_exit() {
 /// 100 processes whose parent exits at once: they become our orphans.
 const ORPHANS: &str = "sh -c 'for i in $(seq 100); do sleep 0.3 & done; exit 0'; echo spawned; sleep 100";
 
-fn zombies_and_orphans(init_pid: i32) -> (usize, usize) {
-    let kids = children_of(init_pid);
-    let zombies = kids.iter().filter(|p| p.state == 'Z').count();
-    (zombies, kids.len())
-}
-
 #[test]
 fn hundred_orphans_are_reaped_while_the_child_runs() {
     if !can_be_pid1("hundred_orphans_are_reaped_while_the_child_runs") {

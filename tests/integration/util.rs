@@ -258,6 +258,23 @@ pub fn children_of(ppid: i32) -> Vec<Proc> {
         .collect()
 }
 
+/// (zombies among `init_pid`'s children, all its children).
+pub fn zombies_and_orphans(init_pid: i32) -> (usize, usize) {
+    let kids = children_of(init_pid);
+    let zombies = kids.iter().filter(|p| p.state == 'Z').count();
+    (zombies, kids.len())
+}
+
+/// Makes five orphans inside the PID namespace whose init is `init_pid` (host pid): a shell
+/// entered into it starts short sleeps and exits, so they are reparented to that init.
+pub fn make_orphans_under(init_pid: i32) {
+    let status = Command::new("nsenter")
+        .args(["--target", &init_pid.to_string(), "--pid", "--", "sh", "-c", "for i in 1 2 3 4 5; do sleep 0.2 & done"])
+        .status()
+        .expect("nsenter (util-linux)");
+    assert!(status.success(), "nsenter failed");
+}
+
 pub fn pid_exists(pid: i32) -> bool {
     proc_stat(pid).map(|p| p.state != 'Z' && p.state != 'X').unwrap_or(false)
 }
@@ -331,11 +348,36 @@ impl Workspace {
 
     /// `comfy-init ARGS` (sync, token, rotate...) run to completion: (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_within(args, Duration::from_secs(60))
+    }
+
+    /// Like `cli`, but a command still running after `limit` is killed and the test fails: it
+    /// hung. A death by signal N reads 128+N (an abort is 134).
+    pub fn cli_within(&self, args: &[&str], limit: Duration) -> (i32, String, String) {
+        use std::os::unix::process::ExitStatusExt;
         let mut cmd = Command::new(bin());
         scrub_env(&mut cmd);
-        let out = cmd.args(args).envs(self.env()).stdin(Stdio::null()).output().unwrap();
+        let child = cmd
+            .args(args)
+            .envs(self.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output()));
+        let out = match rx.recv_timeout(limit) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                // SAFETY: plain syscall on our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("comfy-init {args:?} hung for {limit:?}");
+            }
+        };
         (
-            out.status.code().unwrap_or(-1),
+            out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
