@@ -217,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn subcommand_flags() {
+    fn each_subcommand_takes_only_its_own_flags() {
         assert_eq!(parse_strs(&["gpu", "--json"]), Ok(Command::Gpu { json: true }));
         assert_eq!(parse_strs(&["sync", "--dry-run"]), Ok(Command::Sync { dry_run: true }));
         assert_eq!(parse_strs(&["healthcheck"]), Ok(Command::Healthcheck));

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::supervisor::policy::RestartMode;
+use crate::credentials;
+use crate::gpu::{GpuPolicy, GpuSettings};
+use crate::supervisor::{self, policy::RestartMode, signals::parse_signal};
 
 /// A configuration error: the message is complete and meant for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,76 +25,106 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// What the supervisor needs.
+/// Everything comfy-init takes from the environment, read and validated once, in one place.
+/// The other modules take their part of it and read no variable themselves.
 #[derive(Debug, Clone)]
-pub struct RunSettings {
-    pub stop_signal: i32,
-    pub stop_timeout: Duration,
-    pub restart: RestartMode,
-    pub comfyui_dir: PathBuf,
-    pub comfyui_port: u16,
-    pub comfyui_args: Vec<String>,
+pub struct Settings {
+    pub comfyui: ComfyUi,
+    pub supervisor: supervisor::Settings,
+    /// `COMFY_INIT_AUTH`: manage ComfyUI-Login's credentials (default) or be a plain init.
+    pub auth: bool,
+    pub credentials: credentials::Settings,
+    pub gpu: GpuSettings,
+    /// `COMFY_INIT_HEALTH_TIMEOUT`: the hard deadline of the whole healthcheck.
+    pub health_timeout: Duration,
+    /// `PUID`/`PGID`: ComfyUI runs as this user, and owns what we create.
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Where ComfyUI is and how it is started when no command is given.
+#[derive(Debug, Clone)]
+pub struct ComfyUi {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub args: Vec<String>,
     pub python: String,
 }
 
-impl RunSettings {
-    pub fn from_lookup(get: Lookup) -> Result<RunSettings, ConfigError> {
-        let stop_signal = match get("COMFY_INIT_STOP_SIGNAL") {
-            None => libc::SIGINT,
-            Some(v) => parse_signal(&v).ok_or_else(|| {
-                ConfigError(format!(
-                    "COMFY_INIT_STOP_SIGNAL='{v}' is not a signal: use a name like SIGINT or SIGTERM, or a number"
-                ))
-            })?,
-        };
-        let stop_timeout = match get("COMFY_INIT_STOP_TIMEOUT") {
-            None => Duration::from_secs(8),
-            Some(v) => parse_duration("COMFY_INIT_STOP_TIMEOUT", &v)?,
-        };
-        let restart = match get("COMFY_INIT_RESTART").as_deref() {
-            None | Some("on-failure") => RestartMode::OnFailure,
-            Some("always") => RestartMode::Always,
-            Some("never") => RestartMode::Never,
-            Some(v) => {
-                return Err(ConfigError(format!(
-                    "COMFY_INIT_RESTART='{v}' is not a restart policy: use on-failure, always or never"
-                )))
-            }
-        };
-        Ok(RunSettings {
-            stop_signal,
-            stop_timeout,
-            restart,
-            comfyui_dir: comfyui_dir(get),
-            comfyui_port: comfyui_port(get)?,
-            comfyui_args: get("COMFYUI_ARGS")
-                .or_else(|| get("CLI_ARGS"))
-                .map(|v| v.split_whitespace().map(String::from).collect())
-                .unwrap_or_default(),
-            python: get("COMFYUI_PYTHON").unwrap_or_else(|| "python3".into()),
+impl Settings {
+    pub fn from_lookup(get: Lookup) -> Result<Settings, ConfigError> {
+        let owner = owner(get)?;
+        Ok(Settings {
+            comfyui: ComfyUi {
+                dir: comfyui_dir(get),
+                port: comfyui_port(get)?,
+                args: get("COMFYUI_ARGS")
+                    .or_else(|| get("CLI_ARGS"))
+                    .map(|v| v.split_whitespace().map(String::from).collect())
+                    .unwrap_or_default(),
+                python: get("COMFYUI_PYTHON").unwrap_or_else(|| "python3".into()),
+            },
+            supervisor: supervisor_settings(get)?,
+            auth: auth_enabled(get)?,
+            credentials: credential_settings(get, owner),
+            gpu: gpu_settings(get)?,
+            health_timeout: health_timeout(get)?,
+            owner,
         })
     }
 
+    /// From the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_lookup(&process_env)
+    }
+}
+
+impl ComfyUi {
     /// The command run when none is given: ComfyUI's main.py, listening on all interfaces.
     pub fn default_command(&self) -> Vec<std::ffi::OsString> {
         let mut cmd: Vec<std::ffi::OsString> = vec![
             self.python.clone().into(),
-            self.comfyui_dir.join("main.py").into(),
+            self.dir.join("main.py").into(),
             "--listen".into(),
             "0.0.0.0".into(),
             "--port".into(),
-            self.comfyui_port.to_string().into(),
+            self.port.to_string().into(),
         ];
-        cmd.extend(self.comfyui_args.iter().map(Into::into));
+        cmd.extend(self.args.iter().map(Into::into));
         cmd
     }
 }
 
-pub fn comfyui_dir(get: Lookup) -> PathBuf {
+fn supervisor_settings(get: Lookup) -> Result<supervisor::Settings, ConfigError> {
+    let stop_signal = match get("COMFY_INIT_STOP_SIGNAL") {
+        None => libc::SIGINT,
+        Some(v) => parse_signal(&v).ok_or_else(|| {
+            ConfigError(format!(
+                "COMFY_INIT_STOP_SIGNAL='{v}' is not a signal: use a name like SIGINT or SIGTERM, or a number"
+            ))
+        })?,
+    };
+    let stop_timeout = match get("COMFY_INIT_STOP_TIMEOUT") {
+        None => Duration::from_secs(8),
+        Some(v) => parse_duration("COMFY_INIT_STOP_TIMEOUT", &v)?,
+    };
+    let restart = match get("COMFY_INIT_RESTART").as_deref() {
+        None | Some("on-failure") => RestartMode::OnFailure,
+        Some("always") => RestartMode::Always,
+        Some("never") => RestartMode::Never,
+        Some(v) => {
+            return Err(ConfigError(format!(
+                "COMFY_INIT_RESTART='{v}' is not a restart policy: use on-failure, always or never"
+            )))
+        }
+    };
+    Ok(supervisor::Settings { stop_signal, stop_timeout, restart })
+}
+
+fn comfyui_dir(get: Lookup) -> PathBuf {
     get("COMFYUI_DIR").map(PathBuf::from).unwrap_or_else(|| "/workspace/ComfyUI".into())
 }
 
-pub fn comfyui_port(get: Lookup) -> Result<u16, ConfigError> {
+fn comfyui_port(get: Lookup) -> Result<u16, ConfigError> {
     match get("COMFYUI_PORT") {
         None => Ok(8188),
         Some(v) => {
@@ -100,6 +132,91 @@ pub fn comfyui_port(get: Lookup) -> Result<u16, ConfigError> {
                 ConfigError(format!("COMFYUI_PORT='{v}' is not a TCP port: use a number from 1 to 65535"))
             })
         }
+    }
+}
+
+/// `COMFY_INIT_AUTH`: true = manage credentials (default), false = plain init.
+fn auth_enabled(get: Lookup) -> Result<bool, ConfigError> {
+    match get("COMFY_INIT_AUTH").as_deref() {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(v) => Err(ConfigError(format!("COMFY_INIT_AUTH='{v}' is not valid: use on or off"))),
+    }
+}
+
+/// PUID/PGID as a (uid, gid) pair; PGID defaults to PUID. 4294967295 is `(uid_t)-1`, which
+/// chown and setuid read as "no change": not an id.
+fn owner(get: Lookup) -> Result<Option<(u32, u32)>, ConfigError> {
+    let num = |name: &str| -> Result<Option<u32>, ConfigError> {
+        get(name)
+            .map(|v| {
+                v.trim().parse::<u32>().ok().filter(|id| *id != u32::MAX).ok_or_else(|| {
+                    ConfigError(format!(
+                        "{name}='{v}' is not a usable numeric id: use 0 to 4294967294, e.g. {name}=1000"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    match (num("PUID")?, num("PGID")?) {
+        (Some(u), g) => Ok(Some((u, g.unwrap_or(u)))),
+        (None, Some(_)) => Err(ConfigError("PGID is set without PUID: set both (e.g. PUID=1000 PGID=1000)".into())),
+        (None, None) => Ok(None),
+    }
+}
+
+fn credential_settings(get: Lookup, owner: Option<(u32, u32)>) -> credentials::Settings {
+    credentials::Settings {
+        comfyui_dir: comfyui_dir(get),
+        env_file: get("COMFY_INIT_ENV_FILE").map(PathBuf::from).unwrap_or_else(|| "/workspace/.env".into()),
+        password_file: get("COMFYUI_PASSWORD_FILE").map(PathBuf::from),
+        env_password: get(credentials::KEY_PASSWORD),
+        env_username: get(credentials::KEY_USERNAME),
+        env_token: get(credentials::KEY_TOKEN),
+        owner,
+    }
+}
+
+/// COMFY_INIT_GPU, COMFY_INIT_MIN_VRAM_GB, COMFY_INIT_NVML_LIB, CUDA_VERSION. Blank values mean
+/// the default.
+fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
+    use crate::gpu::{ENV_CUDA_VERSION, ENV_MIN_VRAM, ENV_NVML_LIB, ENV_POLICY};
+    let non_empty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+    let policy = match non_empty(ENV_POLICY) {
+        None => GpuPolicy::Require,
+        Some(v) => GpuPolicy::parse(&v).ok_or_else(|| {
+            ConfigError(format!("{ENV_POLICY}={v:?} is not valid; accepted values: require (default), warn, off"))
+        })?,
+    };
+    let min_vram_gb = match non_empty(ENV_MIN_VRAM) {
+        None => None,
+        Some(v) => {
+            let n = v.trim().parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0).ok_or_else(|| {
+                ConfigError(format!(
+                    "{ENV_MIN_VRAM}={v:?} is not valid; accepted values: a number of GiB of VRAM (0 or more), \
+                     e.g. 8 or 11.5"
+                ))
+            })?;
+            (n > 0.0).then_some(n)
+        }
+    };
+    Ok(GpuSettings {
+        policy,
+        min_vram_gb,
+        nvml_lib: non_empty(ENV_NVML_LIB).map(|v| PathBuf::from(v.trim())),
+        image_cuda_version: non_empty(ENV_CUDA_VERSION).map(|v| v.trim().to_string()),
+    })
+}
+
+pub const ENV_HEALTH_TIMEOUT: &str = "COMFY_INIT_HEALTH_TIMEOUT";
+
+fn health_timeout(get: Lookup) -> Result<Duration, ConfigError> {
+    match get(ENV_HEALTH_TIMEOUT) {
+        None => Ok(Duration::from_secs(5)),
+        Some(v) => match parse_duration(ENV_HEALTH_TIMEOUT, &v)? {
+            d if d.is_zero() => Err(ConfigError(format!("{ENV_HEALTH_TIMEOUT}='{v}' must be more than 0"))),
+            d => Ok(d),
+        },
     }
 }
 
@@ -128,75 +245,12 @@ pub fn parse_duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
         })
 }
 
-/// `SIGINT`, `INT`, `int`, `2`, `SIGRTMIN+3`.
-pub fn parse_signal(value: &str) -> Option<i32> {
-    let v = value.trim().to_ascii_uppercase();
-    if let Ok(n) = v.parse::<i32>() {
-        return (1..=libc::SIGRTMAX()).contains(&n).then_some(n);
-    }
-    let name = v.strip_prefix("SIG").unwrap_or(&v);
-    if let Some(offset) = name.strip_prefix("RTMIN+") {
-        // Digits only: `+-100` or an offset past SIGRTMAX is no signal (and must not overflow).
-        if offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n = offset.parse::<i32>().ok()?.checked_add(libc::SIGRTMIN())?;
-        return (n <= libc::SIGRTMAX()).then_some(n);
-    }
-    SIGNAL_NAMES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
-}
-
-/// The name of a signal for log lines: `SIGINT`, `SIGRTMIN+2`.
-pub fn signal_name(sig: i32) -> String {
-    if let Some((name, _)) = SIGNAL_NAMES.iter().find(|(_, s)| *s == sig) {
-        return format!("SIG{name}");
-    }
-    if sig >= libc::SIGRTMIN() && sig <= libc::SIGRTMAX() {
-        return format!("SIGRTMIN+{}", sig - libc::SIGRTMIN());
-    }
-    format!("signal {sig}")
-}
-
-const SIGNAL_NAMES: &[(&str, i32)] = &[
-    ("HUP", libc::SIGHUP),
-    ("INT", libc::SIGINT),
-    ("QUIT", libc::SIGQUIT),
-    ("ILL", libc::SIGILL),
-    ("TRAP", libc::SIGTRAP),
-    ("ABRT", libc::SIGABRT),
-    ("BUS", libc::SIGBUS),
-    ("FPE", libc::SIGFPE),
-    ("KILL", libc::SIGKILL),
-    ("USR1", libc::SIGUSR1),
-    ("SEGV", libc::SIGSEGV),
-    ("USR2", libc::SIGUSR2),
-    ("PIPE", libc::SIGPIPE),
-    ("ALRM", libc::SIGALRM),
-    ("TERM", libc::SIGTERM),
-    ("STKFLT", libc::SIGSTKFLT),
-    ("CHLD", libc::SIGCHLD),
-    ("CONT", libc::SIGCONT),
-    ("STOP", libc::SIGSTOP),
-    ("TSTP", libc::SIGTSTP),
-    ("TTIN", libc::SIGTTIN),
-    ("TTOU", libc::SIGTTOU),
-    ("URG", libc::SIGURG),
-    ("XCPU", libc::SIGXCPU),
-    ("XFSZ", libc::SIGXFSZ),
-    ("VTALRM", libc::SIGVTALRM),
-    ("PROF", libc::SIGPROF),
-    ("WINCH", libc::SIGWINCH),
-    ("IO", libc::SIGIO),
-    ("PWR", libc::SIGPWR),
-    ("SYS", libc::SIGSYS),
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
+    fn durations_take_seconds_milliseconds_and_minutes() {
         let d = |v| parse_duration("X", v);
         assert_eq!(d("8"), Ok(Duration::from_secs(8)));
         assert_eq!(d("8s"), Ok(Duration::from_secs(8)));
@@ -210,34 +264,113 @@ mod tests {
         }
     }
 
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("SIGINT"), Some(libc::SIGINT));
-        assert_eq!(parse_signal("term"), Some(libc::SIGTERM));
-        assert_eq!(parse_signal("9"), Some(9));
-        assert_eq!(parse_signal("SIGRTMIN+2"), Some(libc::SIGRTMIN() + 2));
-        assert_eq!(parse_signal("SIGNOPE"), None);
-        assert_eq!(parse_signal("0"), None);
-        for bad in ["SIGRTMIN+-100", "SIGRTMIN+2147483647", "RTMIN+", "RTMIN+99", "-2", "SIGRTMIN+ 1"] {
-            assert_eq!(parse_signal(bad), None, "{bad}");
-        }
-        assert_eq!(parse_signal("SIGRTMIN+0"), Some(libc::SIGRTMIN()));
-        assert_eq!(parse_signal(&format!("SIGRTMIN+{}", libc::SIGRTMAX() - libc::SIGRTMIN())), Some(libc::SIGRTMAX()));
-        assert_eq!(signal_name(libc::SIGUSR2), "SIGUSR2");
-        assert_eq!(signal_name(libc::SIGRTMIN() + 1), "SIGRTMIN+1");
+    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
     }
 
     #[test]
-    fn run_settings_name_the_variable() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
-        };
-        let s = RunSettings::from_lookup(&env(&[])).unwrap();
-        assert_eq!(s.stop_signal, libc::SIGINT);
-        assert_eq!(s.stop_timeout, Duration::from_secs(8));
-        let err = RunSettings::from_lookup(&env(&[("COMFY_INIT_RESTART", "sometimes")])).unwrap_err();
-        assert!(err.0.contains("COMFY_INIT_RESTART='sometimes'"));
-        let err = RunSettings::from_lookup(&env(&[("COMFYUI_PORT", "99999")])).unwrap_err();
-        assert!(err.0.contains("COMFYUI_PORT"));
+    fn defaults_need_no_variable() {
+        let s = Settings::from_lookup(&lookup(&[])).unwrap();
+        assert_eq!(s.supervisor.stop_signal, libc::SIGINT);
+        assert_eq!(s.supervisor.stop_timeout, Duration::from_secs(8));
+        assert_eq!(s.supervisor.restart, RestartMode::OnFailure);
+        assert_eq!(s.comfyui.port, 8188);
+        assert!(s.auth);
+        assert_eq!(s.gpu.policy, GpuPolicy::Require);
+        assert_eq!(s.health_timeout, Duration::from_secs(5));
+        assert_eq!(s.owner, None);
+        assert_eq!(s.credentials.env_file, PathBuf::from("/workspace/.env"));
+    }
+
+    #[test]
+    fn every_invalid_value_is_refused_naming_the_variable() {
+        for (var, value) in [
+            ("COMFY_INIT_RESTART", "sometimes"),
+            ("COMFYUI_PORT", "99999"),
+            ("COMFY_INIT_STOP_SIGNAL", "SIGNOPE"),
+            ("COMFY_INIT_STOP_TIMEOUT", "soon"),
+            ("COMFY_INIT_AUTH", "maybe"),
+            ("COMFY_INIT_GPU", "sometimes"),
+            ("COMFY_INIT_MIN_VRAM_GB", "lots"),
+            ("COMFY_INIT_HEALTH_TIMEOUT", "0"),
+            ("PUID", "4294967295"),
+            ("PUID", "root"),
+        ] {
+            let pairs: &'static [(&str, &str)] = Box::leak(Box::new([(var, value)]));
+            let err = Settings::from_lookup(&lookup(pairs)).unwrap_err();
+            assert!(err.0.contains(var), "{var}={value}: {err}");
+        }
+        let err = Settings::from_lookup(&lookup(&[("PGID", "10")])).unwrap_err();
+        assert!(err.0.contains("PGID is set without PUID"), "{err}");
+    }
+
+    #[test]
+    fn puid_alone_gives_the_group_too() {
+        let s = Settings::from_lookup(&lookup(&[("PUID", "1000")])).unwrap();
+        assert_eq!(s.owner, Some((1000, 1000)));
+        assert_eq!(s.credentials.owner, Some((1000, 1000)));
+    }
+
+    #[test]
+    fn comfyui_args_split_on_whitespace_and_cli_args_is_an_alias() {
+        let s = Settings::from_lookup(&lookup(&[("CLI_ARGS", "--cpu  --preview-method auto")])).unwrap();
+        assert_eq!(s.comfyui.args, ["--cpu", "--preview-method", "auto"]);
+        let cmd = s.comfyui.default_command();
+        assert_eq!(cmd[2..6], ["--listen", "0.0.0.0", "--port", "8188"].map(std::ffi::OsString::from));
+    }
+
+    fn gpu(pairs: &[(&str, &str)]) -> Result<GpuSettings, String> {
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        gpu_settings(&move |k| map.get(k).cloned()).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn gpu_defaults_and_blank_values_are_the_same() {
+        let s = gpu(&[]).unwrap();
+        assert_eq!(s.policy, GpuPolicy::Require);
+        assert_eq!(s.min_vram_gb, None);
+        assert_eq!(s.nvml_lib, None);
+        assert_eq!(s.image_cuda_version, None);
+        let s = gpu(&[
+            (crate::gpu::ENV_POLICY, ""),
+            (crate::gpu::ENV_MIN_VRAM, " "),
+            (crate::gpu::ENV_NVML_LIB, ""),
+            (crate::gpu::ENV_CUDA_VERSION, ""),
+        ])
+        .unwrap();
+        assert_eq!(s.policy, GpuPolicy::Require);
+        assert_eq!(s.min_vram_gb, None);
+        assert_eq!(s.nvml_lib, None);
+    }
+
+    #[test]
+    fn gpu_values_are_read_trimmed_and_case_insensitive() {
+        let s = gpu(&[
+            (crate::gpu::ENV_POLICY, " WARN "),
+            (crate::gpu::ENV_MIN_VRAM, "11.5"),
+            (crate::gpu::ENV_NVML_LIB, "/opt/lib/libnvidia-ml.so.1"),
+            (crate::gpu::ENV_CUDA_VERSION, "12.8.1"),
+        ])
+        .unwrap();
+        assert_eq!(s.policy, GpuPolicy::Warn);
+        assert_eq!(s.min_vram_gb, Some(11.5));
+        assert_eq!(s.nvml_lib, Some(PathBuf::from("/opt/lib/libnvidia-ml.so.1")));
+        assert_eq!(s.image_cuda_version.as_deref(), Some("12.8.1"));
+        assert_eq!(gpu(&[(crate::gpu::ENV_POLICY, "off")]).unwrap().policy, GpuPolicy::Off);
+        assert_eq!(gpu(&[(crate::gpu::ENV_POLICY, "Require")]).unwrap().policy, GpuPolicy::Require);
+        assert_eq!(gpu(&[(crate::gpu::ENV_MIN_VRAM, "0")]).unwrap().min_vram_gb, None);
+    }
+
+    #[test]
+    fn bad_gpu_values_name_the_variable_the_value_and_the_choices() {
+        let e = gpu(&[(crate::gpu::ENV_POLICY, "maybe")]).unwrap_err();
+        assert!(e.contains("COMFY_INIT_GPU") && e.contains("maybe"), "{e}");
+        assert!(e.contains("require") && e.contains("warn") && e.contains("off"), "{e}");
+        for bad in ["lots", "-1", "NaN", "inf", "8GB"] {
+            let e = gpu(&[(crate::gpu::ENV_MIN_VRAM, bad)]).unwrap_err();
+            assert!(e.contains("COMFY_INIT_MIN_VRAM_GB") && e.contains(bad), "{e}");
+            assert!(e.contains("number"), "{e}");
+        }
     }
 }

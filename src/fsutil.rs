@@ -120,12 +120,18 @@ pub fn write_atomic(path: &Path, content: &[u8], attrs: NewFileAttrs) -> Result<
         file.sync_all()?;
         crate::test_hook::pause("before rename");
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        open_dir(dir)?.sync_all()
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
         explain_write_error(path, &e)
     })
+}
+
+/// Opens a folder, and only a folder: a FIFO swapped in for it fails (ENOTDIR) instead of
+/// blocking the open.
+pub fn open_dir(dir: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC).open(dir)
 }
 
 /// A write killed before its rename leaves its temp file behind: sweep those of earlier runs.

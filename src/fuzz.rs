@@ -13,6 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config;
 use crate::credentials::{self, dotenv_edit, password_file, plan, token};
+use crate::supervisor::signals::{parse_signal, signal_name};
 
 const FRAGMENTS: &[&[u8]] = &[
     b"$2b$",
@@ -113,6 +114,31 @@ fn text(rng: &mut StdRng) -> String {
     String::from_utf8_lossy(&bytes(rng)).into_owned()
 }
 
+/// A `.env`-shaped text: assignments (bare, quoted, exported, of our keys or others), comments,
+/// blank lines and now and then a line of anything, with LF or CRLF.
+fn env_lines(rng: &mut StdRng) -> Vec<u8> {
+    const KEYS: &[&str] = &["COMFYUI_PASSWORD", "COMFYUI_BEARER_TOKEN", "COMFYUI_USERNAME", "OTHER", "HF_HOME"];
+    let newline: &[u8] = if rng.random_bool(0.3) { b"\r\n" } else { b"\n" };
+    let mut out = Vec::new();
+    for _ in 0..rng.random_range(0..8) {
+        let key = KEYS[rng.random_range(0..KEYS.len())];
+        let word: String = text(rng).chars().filter(|c| c.is_ascii_alphanumeric() || "$/._-{}".contains(*c)).collect();
+        let quoted: String = text(rng).chars().filter(|c| !"'\"\\\r\n".contains(*c)).collect();
+        let line = match rng.random_range(0..7) {
+            0 => format!("{key}={word}"),
+            1 => format!("{key}='{quoted}'"),
+            2 => format!("{key}=\"{quoted}\""),
+            3 => format!("export {key}={word}"),
+            4 => format!("# {quoted}"),
+            5 => String::new(),
+            _ => text(rng),
+        };
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(newline);
+    }
+    out
+}
+
 /// Runs `check` over random inputs; a panic names the seed that replays it.
 fn property(target: &str, mut check: impl FnMut(&mut StdRng)) {
     let (mut rng, seed) = rng(target);
@@ -127,9 +153,12 @@ fn property(target: &str, mut check: impl FnMut(&mut StdRng)) {
 #[test]
 fn fuzz_env_files_parse_or_are_refused_and_edits_are_exact() {
     let path = std::path::Path::new("/x/.env");
+    let (mut parsed, mut edited) = (0, 0);
     property("env", |rng| {
-        let input = bytes(rng);
+        // Half raw bytes, half line-structured files, so that edits are exercised, not only refusals.
+        let input = if rng.random_bool(0.5) { bytes(rng) } else { env_lines(rng) };
         let Ok(env) = dotenv_edit::EnvFile::parse(path, &input) else { return };
+        parsed += 1;
         for key in [credentials::KEY_PASSWORD, credentials::KEY_TOKEN, credentials::KEY_USERNAME, "OTHER"] {
             let _ = (env.get(key), env.raw(key));
         }
@@ -138,12 +167,16 @@ fn fuzz_env_files_parse_or_are_refused_and_edits_are_exact() {
         if let Ok(new) = dotenv_edit::set_checked(path, &env.text, credentials::KEY_TOKEN, &value) {
             let values = dotenv_edit::parse(&new).expect("an accepted edit parses");
             assert_eq!(values.get(credentials::KEY_TOKEN).map(String::as_str), Some(value.as_str()), "{new:?}");
+            edited += 1;
         }
     });
+    // The property must have been exercised, not only refused.
+    assert!(parsed > cases() / 10 && edited > cases() / 20, "parsed {parsed}, edited {edited} of {}", cases());
 }
 
 #[test]
 fn fuzz_password_files_and_hash_shapes() {
+    let mut hashes = 0;
     property("password", |rng| {
         let mut input = bytes(rng);
         if rng.random_bool(0.3) {
@@ -157,32 +190,63 @@ fn fuzz_password_files_and_hash_shapes() {
         }
         if let plan::FileState::Hash { hash, .. } = password_file::parse(&input) {
             assert_eq!(token::check_shape(&hash), Ok(()));
+            hashes += 1;
         }
         let s = String::from_utf8_lossy(&input);
         let _ = (token::check_shape(&s), token::cost(&s), token::too_costly(&s));
         let _ = token::validate_password(&s, "X");
         let _ = crate::health::wrong_token(&s);
     });
+    assert!(hashes > 0, "no input ever parsed as a hash: the deeper checks were never reached");
 }
+
+/// Every variable comfy-init reads.
+const VARIABLES: &[&str] = &[
+    "COMFYUI_DIR",
+    "COMFYUI_PORT",
+    "COMFYUI_ARGS",
+    "CLI_ARGS",
+    "COMFYUI_PYTHON",
+    "COMFY_INIT_ENV_FILE",
+    "COMFYUI_USERNAME",
+    "COMFYUI_PASSWORD",
+    "COMFYUI_PASSWORD_FILE",
+    "COMFYUI_BEARER_TOKEN",
+    "COMFY_INIT_AUTH",
+    "COMFY_INIT_GPU",
+    "COMFY_INIT_MIN_VRAM_GB",
+    "COMFY_INIT_NVML_LIB",
+    "CUDA_VERSION",
+    "COMFY_INIT_STOP_SIGNAL",
+    "COMFY_INIT_STOP_TIMEOUT",
+    "COMFY_INIT_RESTART",
+    "COMFY_INIT_HEALTH_TIMEOUT",
+    "PUID",
+    "PGID",
+];
 
 #[test]
 fn fuzz_settings_values() {
     property("settings", |rng| {
         let value = text(rng);
         let _ = config::parse_duration("X", &value);
-        if let Some(sig) = config::parse_signal(&value) {
+        if let Some(sig) = parse_signal(&value) {
             assert!((1..=libc::SIGRTMAX()).contains(&sig), "{value:?} -> {sig}");
-            let _ = config::signal_name(sig);
+            let _ = signal_name(sig);
         }
-        let get = |_: &str| Some(value.clone());
-        let _ = config::RunSettings::from_lookup(&get);
-        let _ = config::comfyui_port(&get);
-        if let Ok(Some((uid, gid))) = credentials::owner(&get) {
-            assert!(uid != u32::MAX && gid != u32::MAX);
+        // Each variable unset or random: the whole environment is read in one place.
+        let mut env = std::collections::HashMap::new();
+        for name in VARIABLES {
+            if rng.random_bool(0.3) {
+                env.insert(*name, text(rng));
+            }
         }
-        let _ = credentials::auth_enabled(&get);
-        let _ = credentials::Settings::from_lookup(&get);
-        let _ = crate::gpu::GpuSettings::from_lookup(&get);
+        let get = |name: &str| env.get(name).cloned();
+        if let Ok(s) = config::Settings::from_lookup(&get) {
+            assert!((1..=libc::SIGRTMAX()).contains(&s.supervisor.stop_signal));
+            assert!(s.owner.is_none_or(|(u, g)| u != u32::MAX && g != u32::MAX));
+            assert!(!s.health_timeout.is_zero() && s.comfyui.port != 0);
+        }
     });
 }
 

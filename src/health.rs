@@ -17,12 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::{self, process_env, Lookup};
+use crate::config::{ConfigError, Settings, ENV_HEALTH_TIMEOUT as ENV_TIMEOUT};
 use crate::credentials;
-use crate::gpu::{self, GpuPolicy, GpuSettings};
-
-pub const ENV_TIMEOUT: &str = "COMFY_INIT_HEALTH_TIMEOUT";
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::gpu::{self, GpuPolicy};
 /// Docker keeps 4096 bytes of probe output; stay well under it.
 const MAX_LINE: usize = 1000;
 
@@ -308,42 +305,16 @@ fn clip(s: &str, max: usize) -> String {
 
 // ------------------------------------------------------------------------- I/O ---
 
-struct Settings {
-    target: Target,
-    auth: Auth,
-    gpu: GpuSettings,
-}
-
-fn timeout(get: Lookup) -> Result<Duration, String> {
-    match get(ENV_TIMEOUT) {
-        None => Ok(DEFAULT_TIMEOUT),
-        Some(v) => match config::parse_duration(ENV_TIMEOUT, &v) {
-            Ok(d) if d.is_zero() => Err(format!("{ENV_TIMEOUT}='{v}' must be more than 0")),
-            Ok(d) => Ok(d),
-            Err(e) => Err(e.to_string()),
-        },
+/// The token to check with, read only once the deadline is armed: PASSWORD may be anything the
+/// unprivileged child put there.
+fn auth(settings: &Settings) -> Auth {
+    if !settings.auth {
+        return Auth::Off;
     }
-}
-
-/// Where to ask and the deadline: read from the environment only, so that the deadline can be
-/// armed before anything touches a file.
-fn target(get: Lookup) -> Result<Target, String> {
-    Ok(Target { port: config::comfyui_port(get).map_err(|e| e.to_string())?, timeout: timeout(get)? })
-}
-
-/// The same configuration `run` reads, so the probe needs no arguments in the container.
-fn settings(get: Lookup, target: Target) -> Result<Settings, String> {
-    let gpu = GpuSettings::from_lookup(get)?;
-    let auth = if credentials::auth_enabled(get).map_err(|e| e.to_string())? {
-        let creds = credentials::Settings::from_lookup(get).map_err(|e| e.to_string())?;
-        match credentials::current_token(&creds) {
-            Ok(t) => Auth::Token(t),
-            Err(e) => Auth::Unreadable(e),
-        }
-    } else {
-        Auth::Off
-    };
-    Ok(Settings { target, auth, gpu })
+    match credentials::current_token(&settings.credentials) {
+        Ok(t) => Auth::Token(t),
+        Err(e) => Auth::Unreadable(e),
+    }
 }
 
 /// Set once a line is out: main and watchdog print at most one between them.
@@ -436,7 +407,7 @@ fn transport_reply(t: &ureq::Transport) -> Reply {
 }
 
 /// `comfy-init healthcheck`: prints one line, returns 0 (healthy) or 1.
-pub fn command() -> u8 {
+pub fn command(settings: Result<Settings, ConfigError>) -> u8 {
     let started = Instant::now();
     // Exit 0 or 1, whatever happens: a bug must read "unhealthy", never Docker's reserved 2 or an
     // abort's 134. The message is not printed: it could hold what a file contained.
@@ -444,27 +415,25 @@ pub fn command() -> u8 {
         print_once("UNHEALTHY: internal error in comfy-init healthcheck (a bug: please report it)");
         std::process::exit(1);
     }));
-    let config_problem = |e: String, t: Target| {
-        print_once(&Problem::Config(one_line(&e)).line(t));
-        1
+    let s = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            let t = Target { port: 0, timeout: Duration::from_secs(5) };
+            print_once(&Problem::Config(one_line(&e.0)).line(t));
+            return 1;
+        }
     };
-    let target = match target(&process_env) {
-        Ok(t) => t,
-        Err(e) => return config_problem(e, Target { port: 0, timeout: DEFAULT_TIMEOUT }),
-    };
-    // Armed before any file is read: PASSWORD may be anything the unprivileged child put there.
+    let target = Target { port: s.comfyui.port, timeout: s.health_timeout };
+    // Armed before any file is read.
     let deadline = started + target.timeout;
     arm_watchdog(deadline, target);
-    let s = match settings(&process_env, target) {
-        Ok(s) => s,
-        Err(e) => return config_problem(e, target),
-    };
+    let auth = auth(&s);
 
     let agent = ureq::AgentBuilder::new()
         .redirects(0) // a 302 to /login is an answer, not somewhere to go
         .user_agent(concat!("comfy-init-healthcheck/", env!("CARGO_PKG_VERSION")))
         .build();
-    let port = s.target.port;
+    let port = target.port;
     let mut http = |r: Request| fetch(&agent, port, deadline, r);
     let gpu_settings = s.gpu.clone();
     let gpu_check = move || {
@@ -473,12 +442,12 @@ pub fn command() -> u8 {
     };
     let gpu: Option<&dyn Fn() -> Result<String, String>> = (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
 
-    let (code, mut line) = match evaluate(&s.auth, &mut http, gpu) {
-        Ok(h) => (0, h.line(s.target)),
-        Err(p) => (1, p.line(s.target)),
+    let (code, mut line) = match evaluate(&auth, &mut http, gpu) {
+        Ok(h) => (0, h.line(target)),
+        Err(p) => (1, p.line(target)),
     };
     // Belt and braces: no path above prints the token, and none ever may.
-    if let Auth::Token(token) = &s.auth {
+    if let Auth::Token(token) = &auth {
         line = line.replace(token.as_str(), "<token>");
     }
     if print_once(&line) {
@@ -491,7 +460,6 @@ pub fn command() -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     const T: Target = Target { port: 8188, timeout: Duration::from_secs(5) };
     const STATS: &str = r#"{"system": {"comfyui_version": "0.3.40", "os": "posix"},
@@ -684,18 +652,6 @@ mod tests {
         let never = || -> Result<String, String> { panic!("asked the GPU") };
         let (result, _) = run(&token(), |_| Reply::Timeout, Some(&never));
         assert_eq!(result, Err(Problem::Timeout));
-    }
-
-    #[test]
-    fn timeout_setting() {
-        let get = |pairs: &'static [(&'static str, &'static str)]| {
-            let map: HashMap<&str, &str> = pairs.iter().copied().collect();
-            timeout(&move |k| map.get(k).map(|v| v.to_string()))
-        };
-        assert_eq!(get(&[]), Ok(Duration::from_secs(5)));
-        assert_eq!(get(&[(ENV_TIMEOUT, "1500ms")]), Ok(Duration::from_millis(1500)));
-        assert!(get(&[(ENV_TIMEOUT, "0")]).unwrap_err().contains("more than 0"));
-        assert!(get(&[(ENV_TIMEOUT, "soon")]).unwrap_err().contains(ENV_TIMEOUT));
     }
 
     #[test]

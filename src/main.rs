@@ -1,8 +1,10 @@
-//! comfy-init: parse the command line, set up logging, dispatch. Nothing else lives here.
+//! comfy-init: parse the command line, set up logging, dispatch, map errors to exit codes.
+//! Nothing else lives here.
 
 mod cli;
 mod config;
 mod credentials;
+mod error;
 mod fsutil;
 #[cfg(test)]
 mod fuzz;
@@ -17,16 +19,12 @@ mod watch;
 use std::process::ExitCode;
 
 use cli::{Command, Topic};
-use config::{process_env, RunSettings};
+use config::Settings;
+use error::{Error, EXIT_CONFIG, EXIT_USAGE};
 use supervisor::child::ChildSpec;
 use supervisor::guard::Guard;
 use supervisor::signals::Signals;
 use supervisor::Supervisor;
-
-/// comfy-init's own failures, distinct from the child's statuses where we can (sysexits.h).
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_CONFIG: u8 = 78;
-pub const EXIT_GPU: u8 = 69;
 
 fn main() -> ExitCode {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -53,15 +51,15 @@ fn main() -> ExitCode {
         Command::Sync { dry_run } => ExitCode::from(sync(dry_run)),
         Command::Token => ExitCode::from(token()),
         Command::Rotate => ExitCode::from(rotate()),
-        Command::Healthcheck => ExitCode::from(health::command()),
+        Command::Healthcheck => ExitCode::from(health::command(Settings::from_env())),
     }
 }
 
 /// `comfy-init gpu [--json]`: the report and the verdict, 0 when the policy is met, 1 otherwise.
 fn gpu_report(json: bool) -> u8 {
     logging::init();
-    match gpu::GpuSettings::from_lookup(&process_env) {
-        Ok(settings) => gpu::command(&settings, json) as u8,
+    match Settings::from_env() {
+        Ok(settings) => gpu::command(&settings.gpu, json) as u8,
         Err(e) => {
             eprintln!("comfy-init: {e}");
             1
@@ -69,15 +67,13 @@ fn gpu_report(json: bool) -> u8 {
     }
 }
 
-fn credential_settings() -> Result<credentials::Settings, String> {
-    credentials::Settings::from_lookup(&process_env).map_err(|e| e.to_string())
-}
-
 /// `comfy-init sync [--dry-run]`: reconcile once, print what changed (never a secret).
 fn sync(dry_run: bool) -> u8 {
     logging::init();
     let mode = if dry_run { credentials::Mode::DryRun } else { credentials::Mode::Wait };
-    let result = credential_settings().and_then(|s| credentials::reconcile(&s, None, mode).map_err(|e| e.to_string()));
+    let result = Settings::from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|s| credentials::reconcile(&s.credentials, None, mode).map_err(|e| e.to_string()));
     match result {
         Ok(out) => {
             let verb = if dry_run { "would change" } else { "changed" };
@@ -101,7 +97,9 @@ fn sync(dry_run: bool) -> u8 {
 
 /// `comfy-init token`: the bearer token alone on stdout, for `$(comfy-init token)`.
 fn token() -> u8 {
-    match credential_settings().and_then(|s| credentials::current_token(&s)) {
+    let result =
+        Settings::from_env().map_err(|e| e.to_string()).and_then(|s| credentials::current_token(&s.credentials));
+    match result {
         Ok(token) => {
             println!("{token}");
             0
@@ -116,7 +114,10 @@ fn token() -> u8 {
 /// `comfy-init rotate`: new random password; a running supervisor restarts ComfyUI.
 fn rotate() -> u8 {
     logging::init();
-    match credential_settings().and_then(|s| credentials::rotate(&s).map_err(|e| e.to_string())) {
+    let result = Settings::from_env()
+        .map_err(|e| e.to_string())
+        .and_then(|s| credentials::rotate(&s.credentials).map_err(|e| e.to_string()));
+    match result {
         Ok(out) => {
             for change in &out.changes {
                 println!("changed: {change}");
@@ -131,58 +132,45 @@ fn rotate() -> u8 {
     }
 }
 
-/// Reconciles before the first start, then watches for changes while ComfyUI runs.
-fn prepare_credentials() -> Result<Guard, String> {
-    let settings = credential_settings()?;
-    let out = credentials::reconcile(&settings, None, credentials::Mode::Wait).map_err(|e| e.to_string())?;
-    credentials::log_outcome(&out);
-    Guard::new(settings, out.token).map_err(|e| format!("cannot watch the credential files: {e}"))
-}
-
 /// `comfy-init run`: signals first (before any thread exists: NVML may start some), then the
 /// preparation, then the loop.
 fn run(command: Vec<std::ffi::OsString>) -> i32 {
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("comfy-init: cannot set up signal handling: {e}");
+            eprintln!("comfy-init: {}", Error::System { about: "set up signal handling", source: e.into() });
             return 1;
         }
     };
     logging::init();
-    let (settings, spec, guard) = match prepare(command) {
-        Ok(prepared) => prepared,
-        Err((message, code)) => {
-            log::error!("{message}");
-            return code as i32;
-        }
-    };
-    match Supervisor::start(settings, spec, signals, guard) {
+    let started = prepare(command).and_then(|(settings, spec, guard)| {
+        Supervisor::start(settings.supervisor, spec, signals, guard).map_err(Error::Spawn)
+    });
+    match started {
         Ok(supervisor) => supervisor.run(),
         Err(e) => {
             log::error!("{e}");
-            e.exit_code()
+            i32::from(e.exit_code())
         }
     }
 }
 
 /// Everything before the child starts: settings, GPU preflight, privileges, credentials.
-/// Err: the message and comfy-init's exit code; ComfyUI was not started.
-fn prepare(command: Vec<std::ffi::OsString>) -> Result<(RunSettings, ChildSpec, Option<Guard>), (String, u8)> {
-    let config = |e: config::ConfigError| (e.to_string(), EXIT_CONFIG);
-    let settings = RunSettings::from_lookup(&process_env).map_err(config)?;
-    let gpu = gpu::GpuSettings::from_lookup(&process_env).map_err(|e| (e, EXIT_CONFIG))?;
-    gpu::preflight(&gpu).map_err(|e| (e, EXIT_GPU))?;
+/// Err: nothing was started.
+fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Option<Guard>), Error> {
+    let settings = Settings::from_env()?;
+    gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
 
     let mut spec = ChildSpec::default();
-    if let Some(owner) = credentials::owner(&process_env).map_err(config)? {
-        privileges::check_ownership(&settings.comfyui_dir, owner).map_err(|e| (e, EXIT_CONFIG))?;
+    if let Some(owner) = settings.owner {
+        privileges::check_ownership(&settings.comfyui.dir, owner).map_err(|e| Error::Config(config::ConfigError(e)))?;
         spec.user = Some(owner);
     }
-    let guard = if credentials::auth_enabled(&process_env).map_err(config)? {
-        let not_started =
-            |e| (format!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD"), EXIT_CONFIG);
-        Some(prepare_credentials().map_err(not_started)?)
+    let guard = if settings.auth {
+        let not_started = |e: String| {
+            Error::Credentials(format!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD"))
+        };
+        Some(prepare_credentials(&settings.credentials).map_err(not_started)?)
     } else {
         log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it");
         None
@@ -190,10 +178,17 @@ fn prepare(command: Vec<std::ffi::OsString>) -> Result<(RunSettings, ChildSpec, 
     // The plaintext password is ours; the child and its custom nodes do not need it.
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
     if command.is_empty() {
-        spec.argv = settings.default_command();
-        spec.cwd = Some(settings.comfyui_dir.clone());
+        spec.argv = settings.comfyui.default_command();
+        spec.cwd = Some(settings.comfyui.dir.clone());
     } else {
         spec.argv = command;
     }
     Ok((settings, spec, guard))
+}
+
+/// Reconciles before the first start, then watches for changes while ComfyUI runs.
+fn prepare_credentials(settings: &credentials::Settings) -> Result<Guard, String> {
+    let out = credentials::reconcile(settings, None, credentials::Mode::Wait).map_err(|e| e.to_string())?;
+    credentials::log_outcome(&out);
+    Guard::new(settings.clone(), out.token).map_err(|e| format!("cannot watch the credential files: {e}"))
 }

@@ -7,9 +7,9 @@ pub mod password_file;
 pub mod plan;
 pub mod token;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigError, Lookup};
 use crate::fsutil::{self, Links, NewFileAttrs};
 use dotenv_edit::EnvFile;
 use plan::{Choice, FileState, Inputs};
@@ -18,6 +18,7 @@ pub const KEY_PASSWORD: &str = "COMFYUI_PASSWORD";
 pub const KEY_USERNAME: &str = "COMFYUI_USERNAME";
 pub const KEY_TOKEN: &str = "COMFYUI_BEARER_TOKEN";
 
+/// Where the credentials live and what the environment says of them (built in `config.rs`).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub comfyui_dir: PathBuf,
@@ -31,49 +32,7 @@ pub struct Settings {
     pub owner: Option<(u32, u32)>,
 }
 
-/// `COMFY_INIT_AUTH`: true = manage credentials (default), false = plain init.
-pub fn auth_enabled(get: Lookup) -> Result<bool, ConfigError> {
-    match get("COMFY_INIT_AUTH").as_deref() {
-        None | Some("on") => Ok(true),
-        Some("off") => Ok(false),
-        Some(v) => Err(ConfigError(format!("COMFY_INIT_AUTH='{v}' is not valid: use on or off"))),
-    }
-}
-
-/// PUID/PGID as a (uid, gid) pair; PGID defaults to PUID. 4294967295 is `(uid_t)-1`, which
-/// chown and setuid read as "no change": not an id.
-pub fn owner(get: Lookup) -> Result<Option<(u32, u32)>, ConfigError> {
-    let num = |name: &str| -> Result<Option<u32>, ConfigError> {
-        get(name)
-            .map(|v| {
-                v.trim().parse::<u32>().ok().filter(|id| *id != u32::MAX).ok_or_else(|| {
-                    ConfigError(format!(
-                        "{name}='{v}' is not a usable numeric id: use 0 to 4294967294, e.g. {name}=1000"
-                    ))
-                })
-            })
-            .transpose()
-    };
-    match (num("PUID")?, num("PGID")?) {
-        (Some(u), g) => Ok(Some((u, g.unwrap_or(u)))),
-        (None, Some(_)) => Err(ConfigError("PGID is set without PUID: set both (e.g. PUID=1000 PGID=1000)".into())),
-        (None, None) => Ok(None),
-    }
-}
-
 impl Settings {
-    pub fn from_lookup(get: Lookup) -> Result<Settings, ConfigError> {
-        Ok(Settings {
-            comfyui_dir: crate::config::comfyui_dir(get),
-            env_file: get("COMFY_INIT_ENV_FILE").map(PathBuf::from).unwrap_or_else(|| "/workspace/.env".into()),
-            password_file: get("COMFYUI_PASSWORD_FILE").map(PathBuf::from),
-            env_password: get(KEY_PASSWORD),
-            env_username: get(KEY_USERNAME),
-            env_token: get(KEY_TOKEN),
-            owner: owner(get)?,
-        })
-    }
-
     pub fn password_path(&self) -> PathBuf {
         password_file::path(&self.comfyui_dir)
     }
@@ -415,24 +374,19 @@ fn decide(
     warnings.extend(plan.warnings.iter().cloned());
 
     let mut out = Outcome { username: sources.username.clone(), ..Outcome::default() };
-    let (token, why) = match (plan.choice, &file, &sources.pinned, running, &sources.password) {
-        (Choice::Keep, FileState::Hash { hash, .. }, ..) => (hash.clone(), "kept"),
-        (Choice::Pinned, _, Some(pinned), ..) => (pinned.clone(), "from COMFYUI_BEARER_TOKEN"),
-        (Choice::Running, _, _, Some(running), _) => (running.to_string(), "restored from the running ComfyUI"),
-        (Choice::HashPassword, .., Some(password)) => {
-            (token::hash_once(password)?, "new hash of the configured password")
-        }
-        (Choice::Generate, ..) => {
+    let (token, why) = match plan.choice {
+        Choice::Keep(hash) => (hash, "kept"),
+        Choice::Pinned(token) => (token, "from COMFYUI_BEARER_TOKEN"),
+        Choice::Running(token) => (token, "restored from the running ComfyUI"),
+        Choice::HashPassword(password) => (token::hash_once(&password)?, "new hash of the configured password"),
+        Choice::Generate => {
             let password = token::generate_password();
             let hash = token::hash(&password)?;
             out.generated = Some(password);
             (hash, "new password generated")
         }
-        (choice, ..) => return Err(format!("internal error: the credential plan chose {choice:?} without its input")),
     };
 
-    // The .env first: once it holds the (new) password and token, a crash before PASSWORD is
-    // written still ends in the same token on the next start (the pinned token verifies).
     if let Some(p) = new_password {
         out.generated = Some(p.to_string());
     }
@@ -642,15 +596,17 @@ impl Lock {
 /// The login folder, or (where the filesystem cannot flock a folder opened read-only: NFS emulates
 /// flock with write locks) a lock file in it.
 fn open_lock_target(login: &Path) -> Result<(std::fs::File, PathBuf), String> {
-    let folder = std::fs::File::open(login).map_err(|e| format!("cannot open {}: {e}", login.display()))?;
+    let folder = fsutil::open_dir(login).map_err(|e| format!("cannot open {}: {e}", login.display()))?;
     if flock_supported(&folder) {
         return Ok((folder, login.to_path_buf()));
     }
     let path = login.join(".comfy-init.lock");
+    // Non-blocking, no symlink: a FIFO or a link planted there is an error, not a hang.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| fsutil::explain_write_error(&path, &e))?;
     Ok((file, path))

@@ -27,17 +27,17 @@ pub struct Inputs<'a> {
     pub running: Option<&'a str>,
 }
 
-/// Where the token comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the token comes from, with the token where it is already known.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
     /// The hash already in PASSWORD.
-    Keep,
+    Keep(String),
     /// COMFYUI_BEARER_TOKEN: it verifies the password.
-    Pinned,
+    Pinned(String),
     /// The running child's token: PASSWORD broke under it and is healed without a restart.
-    Running,
-    /// A new bcrypt hash of the configured password.
-    HashPassword,
+    Running(String),
+    /// A new bcrypt hash of this configured password.
+    HashPassword(String),
     /// No password anywhere and nothing usable: generate one.
     Generate,
 }
@@ -63,16 +63,16 @@ pub fn plan(
     if let (FileState::Hash { hash, username, exact }, Some(p)) = (i.file, i.password) {
         if verifies(p, hash) {
             return Plan {
-                choice: Choice::Keep,
+                choice: Choice::Keep(hash.clone()),
                 write_file: !exact || username != i.username,
                 drop_sessions: false,
                 warnings,
             };
         }
     }
-    if let (FileState::Hash { username, exact, .. }, None) = (i.file, i.password) {
+    if let (FileState::Hash { hash, username, exact }, None) = (i.file, i.password) {
         return Plan {
-            choice: Choice::Keep,
+            choice: Choice::Keep(hash.clone()),
             write_file: !exact || username != i.username,
             drop_sessions: false,
             warnings,
@@ -93,29 +93,30 @@ pub fn plan(
         (Some(r), None) => check_shape(r).is_ok(),
         (None, _) => false,
     };
-    let choice = if running_ok(i.password) {
-        Choice::Running
+    let choice = if let (true, Some(running)) = (running_ok(i.password), i.running) {
+        Choice::Running(running.to_string())
     } else if let Some(p) = i.password {
+        let rehash = Choice::HashPassword(p.to_string());
         match i.pinned.map(|t| (t, check_shape(t))) {
-            Some((t, Ok(()))) if verifies(p, t) => Choice::Pinned,
+            Some((t, Ok(()))) if verifies(p, t) => Choice::Pinned(t.to_string()),
             Some((t, Ok(()))) => {
                 // Our own token from before a password change is stale, not suspicious.
                 let ours = matches!(i.file, FileState::Hash { hash, .. } if hash == t);
                 if !ours {
                     warnings.push("COMFYUI_BEARER_TOKEN does not match the password: replacing it".into());
                 }
-                Choice::HashPassword
+                rehash
             }
             Some((_, Err(why))) => {
                 warnings.push(format!("COMFYUI_BEARER_TOKEN is malformed ({why}): replacing it"));
-                Choice::HashPassword
+                rehash
             }
-            None => Choice::HashPassword,
+            None => rehash,
         }
     } else {
         Choice::Generate
     };
-    let new_password = matches!(choice, Choice::Pinned | Choice::HashPassword | Choice::Generate);
+    let new_password = matches!(choice, Choice::Pinned(_) | Choice::HashPassword(_) | Choice::Generate);
     Plan { choice, write_file: true, drop_sessions: new_password && !matches!(i.file, FileState::Missing), warnings }
 }
 
@@ -137,113 +138,122 @@ mod tests {
     fn hash(h: &str, user: &str) -> FileState {
         FileState::Hash { hash: h.into(), username: user.into(), exact: true }
     }
+    fn keep(h: &str) -> Choice {
+        Choice::Keep(h.into())
+    }
+    fn rehash(p: &str) -> Choice {
+        Choice::HashPassword(p.into())
+    }
+    fn running(h: &str) -> Choice {
+        Choice::Running(h.into())
+    }
     fn run(file: FileState, password: Option<&str>, pinned: Option<&str>, running: Option<&str>) -> Plan {
         plan(&Inputs { file: &file, password, username: "admin", pinned, running }, &verifies, &shape)
     }
 
     #[test]
-    fn hash_verifies_password_keep() {
+    fn a_hash_that_verifies_the_password_is_kept() {
         let p = run(hash("H(pw)", "admin"), Some("pw"), None, None);
-        assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::Keep, false, false));
+        assert_eq!((p.choice, p.write_file, p.drop_sessions), (keep("H(pw)"), false, false));
         assert!(p.warnings.is_empty());
     }
 
     #[test]
-    fn hash_verifies_but_username_or_format_differs_keep_and_rewrite() {
+    fn a_verifying_hash_is_kept_and_its_username_or_format_rewritten() {
         let p = run(hash("H(pw)", "bob"), Some("pw"), None, None);
-        assert_eq!((p.choice, p.write_file), (Choice::Keep, true));
+        assert_eq!((p.choice, p.write_file), (keep("H(pw)"), true));
         let crlf = FileState::Hash { hash: "H(pw)".into(), username: "admin".into(), exact: false };
         let p = run(crlf, Some("pw"), None, None);
-        assert_eq!((p.choice, p.write_file), (Choice::Keep, true));
+        assert_eq!((p.choice, p.write_file), (keep("H(pw)"), true));
     }
 
     #[test]
-    fn hash_verifies_even_if_pinned_differs_keep() {
+    fn a_verifying_hash_wins_over_another_pinned_token() {
         let p = run(hash("H(pw)", "admin"), Some("pw"), Some("H(other)"), None);
-        assert_eq!(p.choice, Choice::Keep);
+        assert_eq!(p.choice, keep("H(pw)"));
     }
 
     #[test]
-    fn password_changed_new_hash_and_sessions_dropped() {
+    fn a_changed_password_gets_a_new_hash_and_ends_sessions() {
         let p = run(hash("H(old)", "admin"), Some("new"), None, None);
-        assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::HashPassword, true, true));
+        assert_eq!((p.choice, p.write_file, p.drop_sessions), (rehash("new"), true, true));
     }
 
     #[test]
-    fn password_changed_pinned_token_verifies_used() {
+    fn a_changed_password_uses_a_pinned_token_that_verifies_it() {
         let p = run(hash("H(old)", "admin"), Some("new"), Some("H(new)"), None);
-        assert_eq!((p.choice, p.drop_sessions), (Choice::Pinned, true));
+        assert_eq!((p.choice, p.drop_sessions), (Choice::Pinned("H(new)".into()), true));
     }
 
     #[test]
-    fn password_changed_running_token_is_not_reused() {
+    fn a_changed_password_never_reuses_the_running_token() {
         // The running child has the old token: it must restart with a new one.
         let p = run(hash("H(old)", "admin"), Some("new"), None, Some("H(old)"));
-        assert_eq!(p.choice, Choice::HashPassword);
+        assert_eq!(p.choice, rehash("new"));
     }
 
     #[test]
-    fn missing_file_with_password_hashes_it_no_sessions_to_drop() {
+    fn a_missing_file_is_created_from_the_password_with_no_sessions_to_end() {
         let p = run(FileState::Missing, Some("pw"), None, None);
-        assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::HashPassword, true, false));
+        assert_eq!((p.choice, p.write_file, p.drop_sessions), (rehash("pw"), true, false));
         assert!(p.warnings.is_empty());
     }
 
     #[test]
-    fn missing_file_pinned_token_verifies_used_as_is() {
+    fn a_missing_file_takes_a_pinned_token_that_verifies() {
         let p = run(FileState::Missing, Some("pw"), Some("H(pw)"), None);
-        assert_eq!(p.choice, Choice::Pinned);
+        assert_eq!(p.choice, Choice::Pinned("H(pw)".into()));
     }
 
     #[test]
     fn pinned_token_malformed_or_wrong_is_replaced_with_a_warning() {
         let p = run(FileState::Missing, Some("pw"), Some("$2b$12$mangled"), None);
-        assert_eq!(p.choice, Choice::HashPassword);
+        assert_eq!(p.choice, rehash("pw"));
         assert!(p.warnings[0].contains("malformed (not a hash)"), "{:?}", p.warnings);
         let p = run(FileState::Missing, Some("pw"), Some("H(other)"), None);
-        assert_eq!(p.choice, Choice::HashPassword);
+        assert_eq!(p.choice, rehash("pw"));
         assert!(p.warnings[0].contains("does not match"), "{:?}", p.warnings);
     }
 
     #[test]
-    fn empty_or_malformed_file_with_password_rehashed_with_warning() {
+    fn an_empty_or_malformed_file_is_rehashed_with_a_warning() {
         for file in [FileState::Empty, FileState::Malformed("61 characters".into())] {
             let p = run(file, Some("pw"), None, None);
-            assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::HashPassword, true, true));
+            assert_eq!((p.choice, p.write_file, p.drop_sessions), (rehash("pw"), true, true));
             assert_eq!(p.warnings.len(), 1);
         }
     }
 
     #[test]
-    fn empty_file_while_running_healed_with_the_running_token() {
+    fn an_empty_file_under_a_running_child_is_healed_with_its_token() {
         let p = run(FileState::Empty, Some("pw"), None, Some("H(pw)"));
-        assert_eq!((p.choice, p.write_file, p.drop_sessions), (Choice::Running, true, false));
+        assert_eq!((p.choice, p.write_file, p.drop_sessions), (running("H(pw)"), true, false));
         assert!(p.warnings[0].contains("empty"));
         // With no configured password (it was generated): the running token still heals.
         let p = run(FileState::Malformed("truncated".into()), None, None, Some("H(gen)"));
-        assert_eq!(p.choice, Choice::Running);
+        assert_eq!(p.choice, running("H(gen)"));
     }
 
     #[test]
     fn running_token_not_matching_the_password_is_not_reused() {
         let p = run(FileState::Empty, Some("new"), None, Some("H(old)"));
-        assert_eq!(p.choice, Choice::HashPassword);
+        assert_eq!(p.choice, rehash("new"));
     }
 
     #[test]
-    fn foreign_hash_while_running_restored_when_the_password_is_unchanged() {
+    fn a_foreign_hash_under_a_running_child_is_replaced_by_its_token() {
         let p = run(hash("H(other)", "admin"), Some("pw"), None, Some("H(pw)"));
-        assert_eq!((p.choice, p.drop_sessions), (Choice::Running, false));
+        assert_eq!((p.choice, p.drop_sessions), (running("H(pw)"), false));
     }
 
     #[test]
-    fn valid_hash_no_password_keep() {
+    fn a_valid_hash_with_no_password_configured_is_kept() {
         let p = run(hash("H(x)", "admin"), None, None, None);
-        assert_eq!((p.choice, p.write_file), (Choice::Keep, false));
+        assert_eq!((p.choice, p.write_file), (keep("H(x)"), false));
     }
 
     #[test]
-    fn nothing_anywhere_generate() {
+    fn with_nothing_anywhere_a_password_is_generated() {
         for file in [FileState::Missing, FileState::Empty, FileState::Malformed("x".into())] {
             let dropped = file != FileState::Missing;
             let p = run(file, None, None, None);

@@ -179,7 +179,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shapes() {
+    fn hash_shapes_are_checked_without_trusting_the_bytes() {
         let good = hash("pw").unwrap();
         assert!(good.starts_with("$2b$12$"));
         assert_eq!(check_shape(&good), Ok(()));
@@ -227,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn verification() {
+    fn a_hash_verifies_its_password_and_no_other() {
         let h = hash("s3cret $ ' \" # ! \\ é").unwrap();
         assert!(verifies("s3cret $ ' \" # ! \\ é", &h));
         assert!(!verifies("other", &h));
@@ -244,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn password_rules() {
+    fn passwords_that_break_bcrypt_or_the_file_format_are_refused() {
         assert!(validate_password("fine pass", "X").is_ok());
         for (bad, phrase) in [
             ("", "empty"),

@@ -1,8 +1,8 @@
 //! Pure evaluation of a [`GpuReport`] against the [`GpuSettings`]: findings and the verdict.
 //! No I/O here; everything is unit-tested below.
 
-use super::report::{gib, CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Stage};
-use super::{GpuPolicy, GpuSettings};
+use super::model::{gib, CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Stage};
+use super::model::{GpuPolicy, GpuSettings};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -578,7 +578,7 @@ mod tests {
     }
 
     #[test]
-    fn rtx_detection() {
+    fn rtx_cards_are_told_by_name_or_brand() {
         assert!(is_rtx(&rtx3090()));
         assert!(is_rtx(&gpu(0, "NVIDIA RTX A6000", "NvidiaRTX", 48.0, (8, 6))));
         assert!(is_rtx(&gpu(0, "Quadro RTX 4000", "QuadroRTX", 8.0, (7, 5))));
@@ -656,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn library_missing_advice() {
+    fn a_missing_library_says_how_to_give_the_container_the_gpu() {
         let r = fatal(ProbeError::LibraryMissing {
             requested: None,
             tried: vec!["libnvidia-ml.so.1".into(), "/usr/lib64/libnvidia-ml.so.1".into()],
@@ -737,7 +737,7 @@ mod tests {
     }
 
     #[test]
-    fn vram_minimum() {
+    fn too_little_vram_is_judged_against_the_minimum() {
         let mut s = settings(GpuPolicy::Require);
         s.min_vram_gb = Some(32.0);
         let v = evaluate(&healthy(vec![rtx3090()]), &s);
@@ -785,7 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn cuda_table() {
+    fn driver_minimums_follow_the_cuda_table() {
         let v = |major, minor| CudaVersion { major, minor };
         assert_eq!(driver_for_cuda(v(12, 4)), Some("550.54.14"));
         assert_eq!(driver_for_cuda(v(12, 8)), Some("570.26"));

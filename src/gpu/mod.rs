@@ -4,104 +4,25 @@
 //!   with `dlopen`/`dlsym` so that no library can make PID 1 panic.
 //! * [`evaluate`] is pure: it turns a [`GpuReport`] and the [`GpuSettings`] into a [`Verdict`]
 //!   (findings with severity, message and advice).
-//! * [`report`] renders text, JSON and log lines.
+//! * [`model`] is the data the probe fills; [`report`] renders it as text, JSON and log lines.
 //!
-//! Settings: `COMFY_INIT_GPU` = `require` (default) | `warn` | `off`, `COMFY_INIT_MIN_VRAM_GB`
-//! (GiB, compared with the total VRAM, 1 % tolerance), `COMFY_INIT_NVML_LIB` (library path),
-//! `CUDA_VERSION` (set by nvidia/cuda images; compared with the driver's CUDA version).
+//! Settings (read in `config.rs`): `COMFY_INIT_GPU` = `require` (default) | `warn` | `off`,
+//! `COMFY_INIT_MIN_VRAM_GB` (GiB, compared with the total VRAM, 1 % tolerance),
+//! `COMFY_INIT_NVML_LIB` (library path), `CUDA_VERSION` (set by nvidia/cuda images; compared with
+//! the driver's CUDA version).
 
 pub mod evaluate;
+pub mod model;
 pub mod probe;
 pub mod report;
 
-use std::path::PathBuf;
-
 pub use evaluate::{evaluate, Severity, Verdict};
-pub use report::{GpuReport, NvmlFailure, ProbeError, Stage};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuPolicy {
-    Require,
-    Warn,
-    Off,
-}
-
-impl GpuPolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GpuPolicy::Require => "require",
-            GpuPolicy::Warn => "warn",
-            GpuPolicy::Off => "off",
-        }
-    }
-
-    /// `require` | `warn` | `off`, case-insensitive, surrounding blanks ignored.
-    pub fn parse(s: &str) -> Option<GpuPolicy> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "require" => Some(GpuPolicy::Require),
-            "warn" => Some(GpuPolicy::Warn),
-            "off" => Some(GpuPolicy::Off),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct GpuSettings {
-    pub policy: GpuPolicy,
-    pub min_vram_gb: Option<f64>,
-    pub nvml_lib: Option<PathBuf>,
-    pub image_cuda_version: Option<String>,
-}
-
-impl Default for GpuSettings {
-    fn default() -> Self {
-        GpuSettings { policy: GpuPolicy::Require, min_vram_gb: None, nvml_lib: None, image_cuda_version: None }
-    }
-}
+pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Stage};
 
 pub const ENV_POLICY: &str = "COMFY_INIT_GPU";
 pub const ENV_MIN_VRAM: &str = "COMFY_INIT_MIN_VRAM_GB";
 pub const ENV_NVML_LIB: &str = "COMFY_INIT_NVML_LIB";
 pub const ENV_CUDA_VERSION: &str = "CUDA_VERSION";
-
-impl GpuSettings {
-    /// Reads COMFY_INIT_GPU, COMFY_INIT_MIN_VRAM_GB, COMFY_INIT_NVML_LIB, CUDA_VERSION through `get`.
-    /// Unset and empty (or blank) values mean the default.
-    /// Err(message naming the variable, its value and the accepted values).
-    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<GpuSettings, String> {
-        let non_empty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-
-        let policy = match non_empty(ENV_POLICY) {
-            None => GpuPolicy::Require,
-            Some(v) => GpuPolicy::parse(&v).ok_or_else(|| {
-                format!("{ENV_POLICY}={v:?} is not valid; accepted values: require (default), warn, off")
-            })?,
-        };
-
-        let min_vram_gb = match non_empty(ENV_MIN_VRAM) {
-            None => None,
-            Some(v) => {
-                let n = v.trim().parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0).ok_or_else(|| {
-                    format!(
-                        "{ENV_MIN_VRAM}={v:?} is not valid; accepted values: a number of GiB of \
-                             VRAM (0 or more), e.g. 8 or 11.5"
-                    )
-                })?;
-                if n > 0.0 {
-                    Some(n)
-                } else {
-                    None
-                }
-            }
-        };
-
-        let nvml_lib = non_empty(ENV_NVML_LIB).map(|v| PathBuf::from(v.trim()));
-        let image_cuda_version = non_empty(ENV_CUDA_VERSION).map(|v| v.trim().to_string());
-
-        Ok(GpuSettings { policy, min_vram_gb, nvml_lib, image_cuda_version })
-    }
-}
 
 /// Probes NVML and evaluates the result.
 pub fn check(settings: &GpuSettings) -> (GpuReport, Verdict) {
@@ -188,57 +109,9 @@ pub fn check_alive(settings: &GpuSettings) -> Result<String, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::report::{CudaVersion, GpuInfo};
+    use super::model::{CudaVersion, GpuInfo};
     use super::*;
-    use std::collections::HashMap;
-
-    fn lookup(pairs: &[(&str, &str)]) -> Result<GpuSettings, String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        GpuSettings::from_lookup(&move |k| map.get(k).cloned())
-    }
-
-    #[test]
-    fn defaults() {
-        let s = lookup(&[]).unwrap();
-        assert_eq!(s.policy, GpuPolicy::Require);
-        assert_eq!(s.min_vram_gb, None);
-        assert_eq!(s.nvml_lib, None);
-        assert_eq!(s.image_cuda_version, None);
-        let s = lookup(&[(ENV_POLICY, ""), (ENV_MIN_VRAM, " "), (ENV_NVML_LIB, ""), (ENV_CUDA_VERSION, "")]).unwrap();
-        assert_eq!(s.policy, GpuPolicy::Require);
-        assert_eq!(s.min_vram_gb, None);
-        assert_eq!(s.nvml_lib, None);
-    }
-
-    #[test]
-    fn all_values() {
-        let s = lookup(&[
-            (ENV_POLICY, " WARN "),
-            (ENV_MIN_VRAM, "11.5"),
-            (ENV_NVML_LIB, "/opt/lib/libnvidia-ml.so.1"),
-            (ENV_CUDA_VERSION, "12.8.1"),
-        ])
-        .unwrap();
-        assert_eq!(s.policy, GpuPolicy::Warn);
-        assert_eq!(s.min_vram_gb, Some(11.5));
-        assert_eq!(s.nvml_lib, Some(PathBuf::from("/opt/lib/libnvidia-ml.so.1")));
-        assert_eq!(s.image_cuda_version.as_deref(), Some("12.8.1"));
-        assert_eq!(lookup(&[(ENV_POLICY, "off")]).unwrap().policy, GpuPolicy::Off);
-        assert_eq!(lookup(&[(ENV_POLICY, "Require")]).unwrap().policy, GpuPolicy::Require);
-        assert_eq!(lookup(&[(ENV_MIN_VRAM, "0")]).unwrap().min_vram_gb, None);
-    }
-
-    #[test]
-    fn bad_values_name_variable_value_and_choices() {
-        let e = lookup(&[(ENV_POLICY, "maybe")]).unwrap_err();
-        assert!(e.contains("COMFY_INIT_GPU") && e.contains("maybe"), "{e}");
-        assert!(e.contains("require") && e.contains("warn") && e.contains("off"), "{e}");
-        for bad in ["lots", "-1", "NaN", "inf", "8GB"] {
-            let e = lookup(&[(ENV_MIN_VRAM, bad)]).unwrap_err();
-            assert!(e.contains("COMFY_INIT_MIN_VRAM_GB") && e.contains(bad), "{e}");
-            assert!(e.contains("number"), "{e}");
-        }
-    }
+    use std::path::PathBuf;
 
     #[test]
     fn off_never_touches_nvml() {

@@ -15,8 +15,8 @@ use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::error::{nvml_try, NvmlError};
 use nvml_wrapper::{Device, Nvml};
 
-use super::report::{CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Stage};
-use super::GpuSettings;
+use super::model::GpuSettings;
+use super::model::{CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Stage};
 
 /// The name the driver installs and the NVIDIA Container Toolkit mounts.
 pub const LIB_NAME: &str = "libnvidia-ml.so.1";
@@ -362,7 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn precheck_missing_file() {
+    fn a_missing_library_is_seen_before_nvml_loads_it() {
         assert!(matches!(precheck("/nonexistent/libnvidia-ml.so.1"), Err(Precheck::NotFound(_))));
         assert!(matches!(precheck("libcomfy-init-does-not-exist.so.9"), Err(Precheck::NotFound(_))));
     }
@@ -419,50 +419,8 @@ mod tests {
         assert!(matches!(r, Err(ProbeError::LibraryInvalid { overridden: true, .. })), "{r:?}");
     }
 
-    /// Builds the test fixture with `cc`; None (test skipped) where there is no C compiler.
-    fn build_fixture(tag: &str, defines: &[&str]) -> Option<PathBuf> {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_nvml.c");
-        let out = temp_dir(tag).join("libnvidia-ml-fake.so");
-        let status = std::process::Command::new("cc")
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .args(defines)
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(out),
-            other => {
-                eprintln!("skipped: cannot build the NVML fixture ({other:?})");
-                None
-            }
-        }
-    }
-
-    /// nvml-wrapper's own Drop panics on a library without nvmlShutdown; our Session must not,
-    /// even if precheck were bypassed.
     #[test]
-    fn session_never_panics_without_nvml_shutdown() {
-        let Some(lib) = build_fixture("noshutdown", &["-DFAKE_NVML_NO_SHUTDOWN"]) else {
-            return;
-        };
-        let path = lib.to_string_lossy().into_owned();
-        assert!(matches!(precheck(&path), Err(Precheck::MissingSymbols(s)) if s == vec!["nvmlShutdown".to_string()]));
-
-        // Upstream behaviour this module defends against:
-        let upstream = std::panic::catch_unwind(|| {
-            let nvml = Nvml::builder().lib_path(OsStr::new(&path)).init();
-            drop(nvml);
-        });
-        assert!(upstream.is_err(), "nvml-wrapper's Drop no longer panics; the guard may be simplified");
-
-        let session = Session::open(&path).expect("init works without nvmlShutdown");
-        assert!(session.device_count().is_ok());
-        drop(session); // leaks instead of panicking
-        let _ = std::fs::remove_dir_all(lib.parent().unwrap());
-    }
-
-    #[test]
-    fn failure_mapping() {
+    fn nvml_failures_map_to_what_to_do() {
         assert_eq!(failure_of(&NvmlError::GpuLost), NvmlFailure::GpuLost);
         assert_eq!(failure_of(&NvmlError::Unknown), NvmlFailure::Unknown);
         assert_eq!(failure_of(&NvmlError::FailedToLoadSymbol("x".into())), NvmlFailure::SymbolMissing);

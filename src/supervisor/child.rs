@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::signals;
+use super::state::Child;
 
 /// What to run and how.
 #[derive(Debug, Clone, Default)]
@@ -16,13 +17,6 @@ pub struct ChildSpec {
     pub cwd: Option<PathBuf>,
     /// PUID/PGID: the child runs as this user.
     pub user: Option<(u32, u32)>,
-}
-
-/// A running child. Its pid is also its process group id.
-#[derive(Debug, Clone, Copy)]
-pub struct Child {
-    pub pid: i32,
-    pub started: Instant,
 }
 
 /// The program could not be started: 127 when it does not exist, 126 otherwise (shell rules).

@@ -26,7 +26,7 @@ impl std::fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
             ExitStatus::Signal(s) => {
-                write!(f, "{} (status {})", crate::config::signal_name(*s), 128 + s)
+                write!(f, "{} (status {})", super::signals::signal_name(*s), 128 + s)
             }
         }
     }

@@ -128,3 +128,87 @@ pub fn prepare_child() -> std::io::Result<()> {
     }
     Ok(())
 }
+/// `SIGINT`, `INT`, `int`, `2`, `SIGRTMIN+3`.
+pub fn parse_signal(value: &str) -> Option<i32> {
+    let v = value.trim().to_ascii_uppercase();
+    if let Ok(n) = v.parse::<i32>() {
+        return (1..=libc::SIGRTMAX()).contains(&n).then_some(n);
+    }
+    let name = v.strip_prefix("SIG").unwrap_or(&v);
+    if let Some(offset) = name.strip_prefix("RTMIN+") {
+        // Digits only: `+-100` or an offset past SIGRTMAX is no signal (and must not overflow).
+        if offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = offset.parse::<i32>().ok()?.checked_add(libc::SIGRTMIN())?;
+        return (n <= libc::SIGRTMAX()).then_some(n);
+    }
+    SIGNAL_NAMES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// The name of a signal for log lines: `SIGINT`, `SIGRTMIN+2`.
+pub fn signal_name(sig: i32) -> String {
+    if let Some((name, _)) = SIGNAL_NAMES.iter().find(|(_, s)| *s == sig) {
+        return format!("SIG{name}");
+    }
+    if sig >= libc::SIGRTMIN() && sig <= libc::SIGRTMAX() {
+        return format!("SIGRTMIN+{}", sig - libc::SIGRTMIN());
+    }
+    format!("signal {sig}")
+}
+
+const SIGNAL_NAMES: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("ILL", libc::SIGILL),
+    ("TRAP", libc::SIGTRAP),
+    ("ABRT", libc::SIGABRT),
+    ("BUS", libc::SIGBUS),
+    ("FPE", libc::SIGFPE),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("SEGV", libc::SIGSEGV),
+    ("USR2", libc::SIGUSR2),
+    ("PIPE", libc::SIGPIPE),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("STKFLT", libc::SIGSTKFLT),
+    ("CHLD", libc::SIGCHLD),
+    ("CONT", libc::SIGCONT),
+    ("STOP", libc::SIGSTOP),
+    ("TSTP", libc::SIGTSTP),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
+    ("URG", libc::SIGURG),
+    ("XCPU", libc::SIGXCPU),
+    ("XFSZ", libc::SIGXFSZ),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("WINCH", libc::SIGWINCH),
+    ("IO", libc::SIGIO),
+    ("PWR", libc::SIGPWR),
+    ("SYS", libc::SIGSYS),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names_and_numbers_parse_and_print() {
+        assert_eq!(parse_signal("SIGINT"), Some(libc::SIGINT));
+        assert_eq!(parse_signal("term"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGRTMIN+2"), Some(libc::SIGRTMIN() + 2));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+        for bad in ["SIGRTMIN+-100", "SIGRTMIN+2147483647", "RTMIN+", "RTMIN+99", "-2", "SIGRTMIN+ 1"] {
+            assert_eq!(parse_signal(bad), None, "{bad}");
+        }
+        assert_eq!(parse_signal("SIGRTMIN+0"), Some(libc::SIGRTMIN()));
+        assert_eq!(parse_signal(&format!("SIGRTMIN+{}", libc::SIGRTMAX() - libc::SIGRTMIN())), Some(libc::SIGRTMAX()));
+        assert_eq!(signal_name(libc::SIGUSR2), "SIGUSR2");
+        assert_eq!(signal_name(libc::SIGRTMIN() + 1), "SIGRTMIN+1");
+    }
+}

@@ -1,126 +1,17 @@
 //! `comfy-init gpu [--json]` and the `run` preflight against a fake NVML
-//! (tests/fixtures/fake_nvml.c, built with the system C compiler once per test run).
+//! (tests/fixtures/fake_nvml.c, built once per test run by `util::nvml_fixtures`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::bin;
+use crate::util::{comfy_init, nvml_fixtures, Output as Out};
 
-/// The fake NVML libraries, built once per test run (the healthcheck tests use them too).
-pub struct Fixtures {
-    /// Every symbol.
-    pub full: PathBuf,
-    /// Without nvmlShutdown (nvml-wrapper's Drop would panic on it).
-    no_shutdown: PathBuf,
-    /// Without nvmlDeviceGetMemoryInfo_v2 and nvmlSystemGetCudaDriverVersion_v2 (old driver).
-    old_driver: PathBuf,
-    /// A text file named like the library.
-    text_file: PathBuf,
-    dir: PathBuf,
-}
-
-fn compile(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake_nvml.c");
-    let out = dir.join(name);
-    // Build under a private name, then rename: concurrent test runs never see half a file.
-    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
-    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&tmp)
-        .arg(&src)
-        .args(defines)
-        .status()
-        .expect("the GPU tests need a C compiler (`cc`) to build tests/fixtures/fake_nvml.c");
-    assert!(status.success(), "building {name} from fake_nvml.c failed");
-    std::fs::rename(&tmp, &out).unwrap();
-    out
-}
-
-pub fn nvml_fixtures() -> &'static Fixtures {
-    static F: OnceLock<Fixtures> = OnceLock::new();
-    F.get_or_init(|| {
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml");
-        std::fs::create_dir_all(&dir).unwrap();
-        let text_file = dir.join("not-a-library.so.1");
-        std::fs::write(&text_file, "this is a text file, not libnvidia-ml\n").unwrap();
-        Fixtures {
-            full: compile(&dir, "libnvidia-ml-fake.so", &[]),
-            no_shutdown: compile(&dir, "libnvidia-ml-noshutdown.so", &["-DFAKE_NVML_NO_SHUTDOWN"]),
-            old_driver: compile(&dir, "libnvidia-ml-old.so", &["-DFAKE_NVML_NO_MEMORY_V2", "-DFAKE_NVML_NO_CUDA_V2"]),
-            text_file,
-            dir,
-        }
-    })
-}
-
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{}", self.stdout))
-    }
-
-    fn assert_no_panic(&self) {
-        assert!(!self.stderr.contains("panicked"), "comfy-init panicked:\n{}", self.stderr);
-        assert_ne!(self.code, Some(101), "comfy-init panicked:\n{}", self.stderr);
-        assert!(self.code.is_some(), "comfy-init died from a signal:\n{}", self.stderr);
-    }
-}
-
-/// Runs comfy-init with a clean GPU environment plus `env`; kills it after 60 s.
+/// Runs comfy-init with a clean GPU environment (COMFY_INIT_NVML_LIB = `lib`) plus `env`.
 fn comfy(args: &[&str], lib: Option<&Path>, env: &[(&str, &str)]) -> Out {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("FAKE_NVML_") || k.starts_with("COMFY_INIT_") {
-            cmd.env_remove(&k);
-        }
-    }
-    for k in ["CUDA_VERSION", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"] {
-        cmd.env_remove(k);
-    }
-    if let Some(lib) = lib {
-        cmd.env("COMFY_INIT_NVML_LIB", lib);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start comfy-init");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
-            panic!(
-                "comfy-init {args:?} did not finish in 60 s\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().expect("collect output");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let lib = lib.map(|l| ("COMFY_INIT_NVML_LIB", l.to_str().unwrap()));
+    comfy_init(args, lib.into_iter().chain(env.iter().copied()), Duration::from_secs(60))
 }
 
 fn gpu(lib: &Path, env: &[(&str, &str)]) -> Out {
@@ -470,6 +361,17 @@ fn gpu_library_without_nvml_shutdown_does_not_panic() {
     let f = nvml_fixtures();
     under_each_policy(&f.no_shutdown, &[], 1, &["nvmlShutdown"]);
     assert_eq!(codes(&gpu_json(&f.no_shutdown, &[])), vec!["library_incomplete"]);
+}
+
+/// Why the probe checks the symbols before nvml-wrapper loads a library: its own Drop panics on
+/// a library without nvmlShutdown. When that stops being true, the guard in probe.rs may go.
+#[test]
+fn nvml_wrapper_itself_still_panics_on_a_library_without_nvml_shutdown() {
+    let lib = nvml_fixtures().no_shutdown.clone();
+    let upstream = std::panic::catch_unwind(move || {
+        drop(nvml_wrapper::Nvml::builder().lib_path(lib.as_os_str()).init());
+    });
+    assert!(upstream.is_err(), "nvml-wrapper's Drop no longer panics; the guard may be simplified");
 }
 
 #[test]

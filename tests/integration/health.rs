@@ -5,19 +5,14 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use crate::util::*;
 
 /// Two hashes of bcrypt's shape: the stand-in compares strings, it never verifies them.
 const HASH_A: &str = "$2b$12$abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0";
 const HASH_B: &str = "$2b$12$abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ1";
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A ComfyUI folder with the stand-in as main.py, and the stand-in running on a free port.
 struct Comfy {
@@ -69,19 +64,7 @@ impl Drop for Comfy {
     }
 }
 
-#[derive(Debug)]
-struct Check {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Check {
-    fn line(&self) -> &str {
-        self.stdout.trim_end()
-    }
-}
+type Check = Output;
 
 /// Runs `comfy-init healthcheck` with only the environment given (GPU off unless overridden).
 fn healthcheck(dir: &Path, port: u16, env: &[(&str, &str)]) -> Check {
@@ -89,28 +72,14 @@ fn healthcheck(dir: &Path, port: u16, env: &[(&str, &str)]) -> Check {
 }
 
 fn healthcheck_args(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> Check {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .env_clear()
-        .env("COMFYUI_DIR", dir.join("ComfyUI"))
-        .env("COMFYUI_PORT", port.to_string())
-        .env("COMFY_INIT_ENV_FILE", dir.join(".env"))
-        .env("COMFY_INIT_GPU", "off")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let child = cmd.spawn().expect("start comfy-init healthcheck");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    let out = rx.recv_timeout(Duration::from_secs(20)).expect("the healthcheck hung for 20 s").unwrap();
-    let check = Check {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: started.elapsed(),
-    };
+    let (comfyui, env_file, port) = (dir.join("ComfyUI"), dir.join(".env"), port.to_string());
+    let base = [
+        ("COMFYUI_DIR", comfyui.to_str().unwrap()),
+        ("COMFYUI_PORT", port.as_str()),
+        ("COMFY_INIT_ENV_FILE", env_file.to_str().unwrap()),
+        ("COMFY_INIT_GPU", "off"),
+    ];
+    let check = comfy_init(args, base.into_iter().chain(env.iter().copied()), Duration::from_secs(20));
     assert!(check.stdout.len() < 4096, "{check:?}");
     for hash in [HASH_A, HASH_B] {
         assert!(!check.stdout.contains(hash) && !check.stderr.contains(hash), "token printed: {check:?}");
@@ -119,7 +88,7 @@ fn healthcheck_args(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) 
 }
 
 fn assert_unhealthy(check: &Check, phrase: &str) {
-    assert_eq!(check.code, 1, "{check:?}");
+    assert_eq!(check.code, Some(1), "{check:?}");
     assert!(check.line().starts_with("UNHEALTHY: "), "{check:?}");
     assert!(check.line().contains(phrase), "wanted '{phrase}': {check:?}");
     assert_eq!(check.stdout.lines().count(), 1, "{check:?}");
@@ -133,7 +102,7 @@ fn logged_in() -> String {
 fn healthy_names_version_and_device() {
     let comfy = Comfy::start(Some(&logged_in()), &[]);
     let check = comfy.healthcheck(&[]);
-    assert_eq!(check.code, 0, "{check:?}");
+    assert_eq!(check.code, Some(0), "{check:?}");
     let line = check.line();
     assert!(line.starts_with("healthy: ComfyUI 0.3.0-standin"), "{line}");
     assert!(line.contains("device cpu (stand-in)"), "{line}");
@@ -145,7 +114,7 @@ fn healthy_names_version_and_device() {
 fn auth_off_skips_the_token_and_says_so() {
     let comfy = Comfy::start(None, &[("FAKE_COMFYUI_NO_AUTH", "1")]);
     let check = comfy.healthcheck(&[("COMFY_INIT_AUTH", "off")]);
-    assert_eq!(check.code, 0, "{check:?}");
+    assert_eq!(check.code, Some(0), "{check:?}");
     assert!(check.line().contains("auth not checked (COMFY_INIT_AUTH=off)"), "{check:?}");
 }
 
@@ -272,7 +241,7 @@ fn malformed_json() {
 // ------------------------------------------------------------------------ GPU ---
 
 fn fake_nvml() -> &'static Path {
-    &crate::gpu::nvml_fixtures().full
+    &nvml_fixtures().full
 }
 
 #[test]
@@ -281,14 +250,14 @@ fn gpu_lost_under_require() {
     let lib = fake_nvml().to_str().unwrap();
     let gpu = [("COMFY_INIT_GPU", "require"), ("COMFY_INIT_NVML_LIB", lib)];
     let check = comfy.healthcheck(&gpu);
-    assert_eq!(check.code, 0, "{check:?}");
+    assert_eq!(check.code, Some(0), "{check:?}");
     assert!(check.line().contains("NVML opens NVIDIA GeForce RTX 3090"), "{check:?}");
 
     let lost = [gpu[0], gpu[1], ("FAKE_NVML_HANDLE", "gpu_lost")];
     assert_unhealthy(&comfy.healthcheck(&lost), "GPU lost");
     // `warn` does not make the healthcheck fail on the GPU.
     let warn = [("COMFY_INIT_GPU", "warn"), gpu[1], lost[2]];
-    assert_eq!(comfy.healthcheck(&warn).code, 0);
+    assert_eq!(comfy.healthcheck(&warn).code, Some(0));
 }
 
 // ------------------------------------------------------ arguments and config ---
@@ -297,7 +266,7 @@ fn gpu_lost_under_require() {
 fn bad_arguments_exit_1_not_2() {
     let dir = TempDir::new("health");
     let check = healthcheck_args(dir.path(), free_port(), &["healthcheck", "--bogus"], &[]);
-    assert_eq!(check.code, 1, "{check:?}");
+    assert_eq!(check.code, Some(1), "{check:?}");
     assert!(check.stderr.contains("--bogus"), "{check:?}");
 }
 

@@ -1,8 +1,6 @@
 //! Test harness: start the built binary (as PID 1 in a fresh PID namespace, or as a plain child),
 //! signal it, wait for it, read what it printed. Kept small so each test reads as a behaviour.
 
-#![allow(dead_code)]
-
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
@@ -129,7 +127,7 @@ impl Launch {
             .stdout(fs::File::create(dir.join("stdout")).unwrap())
             .stderr(fs::File::create(dir.join("stderr")).unwrap());
         let child = cmd.spawn().expect("start comfy-init");
-        Running { child, pid1: self.pid1, out: dir, started: Instant::now() }
+        Running { child, pid1: self.pid1, out: dir }
     }
 
     /// Starts, waits up to `limit`, returns (exit code, stdout, stderr).
@@ -144,7 +142,6 @@ pub struct Running {
     child: std::process::Child,
     pid1: bool,
     out: TempDir,
-    pub started: Instant,
 }
 
 impl Running {
@@ -232,10 +229,10 @@ pub fn wait_until(limit: Duration, cond: &mut dyn FnMut() -> bool) -> bool {
 /// A process as /proc/PID/stat tells it.
 #[derive(Debug, Clone)]
 pub struct Proc {
+    #[allow(dead_code)] // shown by Debug in failure messages
     pub pid: i32,
     pub state: char,
     pub ppid: i32,
-    pub pgrp: i32,
 }
 
 pub fn proc_stat(pid: i32) -> Option<Proc> {
@@ -244,8 +241,7 @@ pub fn proc_stat(pid: i32) -> Option<Proc> {
     let mut f = after.split_whitespace();
     let state = f.next()?.chars().next()?;
     let ppid = f.next()?.parse().ok()?;
-    let pgrp = f.next()?.parse().ok()?;
-    Some(Proc { pid, state, ppid, pgrp })
+    Some(Proc { pid, state, ppid })
 }
 
 /// Every process whose parent is `ppid`, as the host sees them.
@@ -283,16 +279,138 @@ pub fn write(path: &Path, content: &str) {
     fs::write(path, content).unwrap()
 }
 
-/// Our settings from the developer's shell must not leak into a test.
+/// Our settings (and the GPU's) from the developer's shell must not leak into a test.
 pub fn scrub_env(cmd: &mut Command) {
     for (k, _) in std::env::vars() {
         if k.starts_with("COMFY")
             || k.starts_with("FAKE_")
-            || ["PUID", "PGID", "CUDA_VERSION", "RUST_LOG"].contains(&k.as_str())
+            || k.starts_with("NVIDIA_")
+            || ["PUID", "PGID", "CUDA_VERSION", "RUST_LOG", "CLI_ARGS"].contains(&k.as_str())
         {
             cmd.env_remove(k);
         }
     }
+}
+
+/// What a finished comfy-init command did.
+#[derive(Debug)]
+pub struct Output {
+    /// The exit code; None when a signal ended it.
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+impl Output {
+    /// The code, or 128+N for a death by signal N (an abort reads 134), as a shell shows it.
+    pub fn status(&self) -> i32 {
+        self.code.unwrap_or_else(|| 128 + self.signal.unwrap_or(0))
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    /// The one line a healthcheck prints.
+    pub fn line(&self) -> &str {
+        self.stdout.trim_end()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{}", self.stdout))
+    }
+
+    pub fn assert_no_panic(&self) {
+        assert!(!self.stderr.contains("panicked"), "comfy-init panicked:\n{}", self.stderr);
+        assert_ne!(self.code, Some(101), "comfy-init panicked:\n{}", self.stderr);
+        assert!(self.code.is_some(), "comfy-init died from a signal:\n{}", self.stderr);
+    }
+}
+
+/// Runs `comfy-init ARGS` to completion, with our variables scrubbed from the environment and
+/// `env` set. A command still running after `limit` is killed and the test fails: it hung.
+pub fn comfy_init<K, V>(args: &[&str], env: impl IntoIterator<Item = (K, V)>, limit: Duration) -> Output
+where
+    K: AsRef<OsStr>,
+    V: AsRef<OsStr>,
+{
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = Command::new(bin());
+    scrub_env(&mut cmd);
+    cmd.args(args).envs(env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = cmd.spawn().expect("start comfy-init");
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let Ok(out) = rx.recv_timeout(limit) else {
+        // SAFETY: plain syscall on our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("comfy-init {args:?} hung for {limit:?}");
+    };
+    let out = out.expect("collect comfy-init's output");
+    Output {
+        code: out.status.code(),
+        signal: out.status.signal(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        took: started.elapsed(),
+    }
+}
+
+/// The fake NVML libraries (tests/fixtures/fake_nvml.c), built once per test run with the
+/// system C compiler, for the GPU and healthcheck tests.
+pub struct NvmlFixtures {
+    /// Every symbol.
+    pub full: PathBuf,
+    /// Without nvmlShutdown (nvml-wrapper's Drop would panic on it).
+    pub no_shutdown: PathBuf,
+    /// Without nvmlDeviceGetMemoryInfo_v2 and nvmlSystemGetCudaDriverVersion_v2 (old driver).
+    pub old_driver: PathBuf,
+    /// A text file named like the library.
+    pub text_file: PathBuf,
+    pub dir: PathBuf,
+}
+
+fn compile_nvml(dir: &Path, name: &str, defines: &[&str]) -> PathBuf {
+    let src = fixtures().join("fake_nvml.c");
+    let out = dir.join(name);
+    // Build under a private name, then rename: concurrent test runs never see half a file.
+    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+    let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .args(defines)
+        .status()
+        .expect("the GPU tests need a C compiler (`cc`) to build tests/fixtures/fake_nvml.c");
+    assert!(status.success(), "building {name} from fake_nvml.c failed");
+    fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+pub fn nvml_fixtures() -> &'static NvmlFixtures {
+    static F: std::sync::OnceLock<NvmlFixtures> = std::sync::OnceLock::new();
+    F.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fake-nvml");
+        fs::create_dir_all(&dir).unwrap();
+        let text_file = dir.join("not-a-library.so.1");
+        fs::write(&text_file, "this is a text file, not libnvidia-ml\n").unwrap();
+        NvmlFixtures {
+            full: compile_nvml(&dir, "libnvidia-ml-fake.so", &[]),
+            no_shutdown: compile_nvml(&dir, "libnvidia-ml-noshutdown.so", &["-DFAKE_NVML_NO_SHUTDOWN"]),
+            old_driver: compile_nvml(
+                &dir,
+                "libnvidia-ml-old.so",
+                &["-DFAKE_NVML_NO_MEMORY_V2", "-DFAKE_NVML_NO_CUDA_V2"],
+            ),
+            text_file,
+            dir,
+        }
+    })
 }
 
 /// A free TCP port on loopback.
@@ -354,33 +472,8 @@ impl Workspace {
     /// Like `cli`, but a command still running after `limit` is killed and the test fails: it
     /// hung. A death by signal N reads 128+N (an abort is 134).
     pub fn cli_within(&self, args: &[&str], limit: Duration) -> (i32, String, String) {
-        use std::os::unix::process::ExitStatusExt;
-        let mut cmd = Command::new(bin());
-        scrub_env(&mut cmd);
-        let child = cmd
-            .args(args)
-            .envs(self.env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id() as i32;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(child.wait_with_output()));
-        let out = match rx.recv_timeout(limit) {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                // SAFETY: plain syscall on our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("comfy-init {args:?} hung for {limit:?}");
-            }
-        };
-        (
-            out.status.code().unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0)),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let out = comfy_init(args, self.env(), limit);
+        (out.status(), out.stdout, out.stderr)
     }
 
     /// `comfy-init run` (ComfyUI = the stand-in) as PID 1 of a fresh PID namespace.

@@ -1,0 +1,216 @@
+//! What the probe found: plain data, no I/O. `probe` fills it, `evaluate` judges it, `report`
+//! shows it; none of them needs another's code to read it.
+
+use std::fmt;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuPolicy {
+    Require,
+    Warn,
+    Off,
+}
+
+impl GpuPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuPolicy::Require => "require",
+            GpuPolicy::Warn => "warn",
+            GpuPolicy::Off => "off",
+        }
+    }
+
+    /// `require` | `warn` | `off`, case-insensitive, surrounding blanks ignored.
+    pub fn parse(s: &str) -> Option<GpuPolicy> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "require" => Some(GpuPolicy::Require),
+            "warn" => Some(GpuPolicy::Warn),
+            "off" => Some(GpuPolicy::Off),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GpuSettings {
+    pub policy: GpuPolicy,
+    pub min_vram_gb: Option<f64>,
+    pub nvml_lib: Option<PathBuf>,
+    pub image_cuda_version: Option<String>,
+}
+
+impl Default for GpuSettings {
+    fn default() -> Self {
+        GpuSettings { policy: GpuPolicy::Require, min_vram_gb: None, nvml_lib: None, image_cuda_version: None }
+    }
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Where in the probe a failure happened; the same NVML error means different things at
+/// different stages (`Unknown` at init is the lost device cgroup, elsewhere it is just unknown).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Init,
+    DeviceCount,
+    Handle(u32),
+    Query { index: u32, what: &'static str },
+}
+
+/// NVML's answer, reduced to what the advice table distinguishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NvmlFailure {
+    DriverNotLoaded,
+    LibRmVersionMismatch,
+    Unknown,
+    NoPermission,
+    GpuLost,
+    OperatingSystem,
+    ResetRequired,
+    InsufficientPower,
+    NotSupported,
+    Uninitialized,
+    LibraryNotFound,
+    SymbolMissing,
+    Other,
+}
+
+/// Everything that can go wrong while probing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProbeError {
+    /// No NVML library found. `requested` is `COMFY_INIT_NVML_LIB` when set.
+    LibraryMissing { requested: Option<String>, tried: Vec<String> },
+    /// A file was found but `dlopen` refused it (not a library, wrong architecture, ...).
+    LibraryInvalid { path: String, detail: String, overridden: bool },
+    /// The library loads but lacks symbols we need (calling them would fail or panic).
+    SymbolsMissing { path: String, symbols: Vec<String> },
+    /// An NVML call failed.
+    Nvml { stage: Stage, failure: NvmlFailure, detail: String },
+}
+
+/// A CUDA version as NVML reports it (12040 = 12.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CudaVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl CudaVersion {
+    /// From NVML's integer form (1000 * major + 10 * minor); `None` for nonsense.
+    pub fn from_nvml(v: i32) -> Option<CudaVersion> {
+        if v <= 0 {
+            return None;
+        }
+        let v = v as u32;
+        Some(CudaVersion { major: v / 1000, minor: (v % 1000) / 10 })
+    }
+
+    /// From a version string such as `CUDA_VERSION=12.8.1` (or `12.8`, `12`).
+    pub fn parse(s: &str) -> Option<CudaVersion> {
+        let s = s.trim();
+        let s = s.strip_prefix('v').unwrap_or(s);
+        let mut parts = s.split('.');
+        let major = parts.next()?.trim().parse::<u32>().ok()?;
+        let minor = match parts.next() {
+            Some(m) => m.trim().parse::<u32>().ok()?,
+            None => 0,
+        };
+        if major == 0 {
+            return None;
+        }
+        Some(CudaVersion { major, minor })
+    }
+}
+
+impl fmt::Display for CudaVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// One GPU that could be opened.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub name: Option<String>,
+    /// nvml-wrapper's `Brand` variant name, e.g. `GeForce`, `NvidiaRTX`.
+    pub brand: Option<String>,
+    pub vram_total_bytes: Option<u64>,
+    pub vram_free_bytes: Option<u64>,
+    pub compute_capability: Option<(i32, i32)>,
+    pub uuid: Option<String>,
+    pub temperature_c: Option<u32>,
+    pub power_w: Option<f64>,
+    pub utilization_percent: Option<u32>,
+    /// Current MIG mode (true = enabled).
+    pub mig_mode: Option<bool>,
+    /// Failed essential queries, and any query that found the GPU lost.
+    pub problems: Vec<ProbeError>,
+}
+
+impl GpuInfo {
+    pub fn new(index: u32) -> GpuInfo {
+        GpuInfo { index, ..GpuInfo::default() }
+    }
+
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("(name unknown)")
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.problems.iter().any(|p| matches!(p, ProbeError::Nvml { failure: NvmlFailure::GpuLost, .. }))
+    }
+
+    pub fn compute_capability_string(&self) -> Option<String> {
+        self.compute_capability.map(|(a, b)| format!("{a}.{b}"))
+    }
+}
+
+/// The result of one probe.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GpuReport {
+    /// The library that was loaded (a path, or the bare `libnvidia-ml.so.1`).
+    pub library: Option<String>,
+    /// Loading, init or the device count failed: nothing below is known.
+    pub fatal: Option<ProbeError>,
+    pub driver_version: Option<String>,
+    pub cuda_driver_version: Option<CudaVersion>,
+    /// Which NVML call answered the CUDA version: "v2" or "v1" (fallback).
+    pub cuda_driver_version_source: Option<&'static str>,
+    pub device_count: Option<u32>,
+    pub gpus: Vec<GpuInfo>,
+    /// Devices whose handle could not be obtained (`Stage::Handle`).
+    pub device_errors: Vec<ProbeError>,
+    /// `NVIDIA_VISIBLE_DEVICES` as this process sees it, for the advice.
+    pub visible_devices: Option<String>,
+}
+
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / GIB
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_versions_come_from_nvml_as_major_times_1000_plus_minor_times_10() {
+        assert_eq!(CudaVersion::from_nvml(12040), Some(CudaVersion { major: 12, minor: 4 }));
+        assert_eq!(CudaVersion::from_nvml(12080), Some(CudaVersion { major: 12, minor: 8 }));
+        assert_eq!(CudaVersion::from_nvml(13000), Some(CudaVersion { major: 13, minor: 0 }));
+        assert_eq!(CudaVersion::from_nvml(0), None);
+        assert_eq!(CudaVersion::from_nvml(-5), None);
+        assert_eq!(CudaVersion::from_nvml(12040).map(|v| v.to_string()).as_deref(), Some("12.4"));
+    }
+
+    #[test]
+    fn cuda_versions_parse_from_image_variables() {
+        assert_eq!(CudaVersion::parse("12.8.1"), Some(CudaVersion { major: 12, minor: 8 }));
+        assert_eq!(CudaVersion::parse(" 12.4 "), Some(CudaVersion { major: 12, minor: 4 }));
+        assert_eq!(CudaVersion::parse("13"), Some(CudaVersion { major: 13, minor: 0 }));
+        assert_eq!(CudaVersion::parse("v12.6.3"), Some(CudaVersion { major: 12, minor: 6 }));
+        assert_eq!(CudaVersion::parse("twelve"), None);
+        assert_eq!(CudaVersion::parse(""), None);
+        assert_eq!(CudaVersion::parse("12.x"), None);
+    }
+}

@@ -1,0 +1,588 @@
+//! The supervisor's decisions, pure: `Machine::step(event, now)` moves the state and says what to
+//! do as a list of effects; the loop in `mod.rs` waits, turns what it saw into events and carries
+//! the effects out. No system call here and no clock but `now`: every (state, event) pair that
+//! can happen is a unit test below (the s6-supervise shape).
+
+use std::time::{Duration, Instant};
+
+use super::policy::{Decision, Limits, RestartMode, RestartPolicy};
+use super::reaper::ExitStatus;
+use super::signals::signal_name;
+
+/// While a group is being stopped, how often to look whether its last member is gone (a
+/// grandchild whose parent is still alive dies without telling us).
+pub const GROUP_RECHECK: Duration = Duration::from_millis(50);
+
+/// How the child is stopped and restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub stop_signal: i32,
+    pub stop_timeout: Duration,
+    pub restart: RestartMode,
+}
+
+/// A running child. Its pid is also its process group id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Child {
+    pub pid: i32,
+    pub started: Instant,
+}
+
+/// What happens once the whole process group is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterStop {
+    /// We were asked to stop: exit with the child's status.
+    Exit,
+    /// Start a new child at once (the token changed).
+    Restart,
+    /// The child exited by itself: ask the restart policy.
+    AskPolicy,
+}
+
+/// How the main child ended, as seen when it was reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exited {
+    pub status: ExitStatus,
+    /// It left ComfyUI-Manager's restart marker.
+    pub reboot: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// A `Spawn` effect is being carried out; `Spawned` or `SpawnFailed` follows at once.
+    Spawning,
+    Running(Child),
+    /// The group was sent the stop signal; SIGKILL at `kill_at` unless it is gone by then.
+    Stopping {
+        child: Child,
+        exited: Option<Exited>,
+        then: AfterStop,
+        kill_at: Instant,
+        killed: bool,
+    },
+    Backoff {
+        until: Instant,
+        last: ExitStatus,
+    },
+    Done(i32),
+}
+
+/// What the loop saw, turned into one thing that happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Spawned(Child),
+    /// The command could not be started: the shell's status (126/127).
+    SpawnFailed(i32),
+    /// A process was reaped. For the main child, the loop also says whether its process group
+    /// still has members and whether it left the restart marker.
+    Reaped {
+        pid: i32,
+        exited: Exited,
+        group_alive: bool,
+    },
+    /// The group the machine waits for has no member left.
+    GroupGone,
+    /// SIGTERM, SIGINT or SIGQUIT to us.
+    StopRequested(i32),
+    /// Any other signal to us, for the child's group.
+    Forward(i32),
+    /// The credentials now give another token than the child's.
+    TokenChanged,
+    /// Time passed: a deadline may be due.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    SignalGroup {
+        pgid: i32,
+        signo: i32,
+    },
+    /// Start the child (again).
+    Spawn,
+    Exit(i32),
+    Log(log::Level, String),
+}
+
+pub struct Machine {
+    settings: Settings,
+    policy: RestartPolicy,
+    state: State,
+}
+
+impl Machine {
+    /// The first child already runs (its start failing is the caller's exit 126/127).
+    pub fn new(settings: Settings, first: Child) -> Machine {
+        let policy = RestartPolicy::new(settings.restart, Limits::default());
+        Machine { settings, policy, state: State::Running(first) }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The group the loop must watch for its last member: the child has exited, its group not.
+    pub fn awaited_group(&self) -> Option<i32> {
+        match self.state {
+            State::Stopping { child, exited: Some(_), .. } => Some(child.pid),
+            _ => None,
+        }
+    }
+
+    /// When the loop must wake up at the latest (None: only for a signal or a file event).
+    pub fn deadline(&self, now: Instant) -> Option<Instant> {
+        match self.state {
+            State::Stopping { kill_at, killed, .. } => {
+                let recheck = now + GROUP_RECHECK;
+                Some(if killed { recheck } else { recheck.min(kill_at) })
+            }
+            State::Backoff { until, .. } => Some(until),
+            State::Spawning | State::Running(_) | State::Done(_) => None,
+        }
+    }
+
+    pub fn step(&mut self, event: Event, now: Instant) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        match event {
+            Event::Spawned(child) => self.on_spawned(child),
+            Event::SpawnFailed(code) => self.on_spawn_failed(code, now, &mut fx),
+            Event::Reaped { pid, exited, group_alive } => self.on_reaped(pid, exited, group_alive, now, &mut fx),
+            Event::GroupGone => self.on_group_gone(now, &mut fx),
+            Event::StopRequested(signo) => self.on_stop_request(signo, now, &mut fx),
+            Event::Forward(signo) => self.on_forward(signo, &mut fx),
+            Event::TokenChanged => self.on_token_changed(now, &mut fx),
+            Event::Tick => self.on_tick(now, &mut fx),
+        }
+        fx
+    }
+
+    fn on_spawned(&mut self, child: Child) {
+        if self.state == State::Spawning {
+            self.state = State::Running(child);
+        }
+    }
+
+    /// A start that failed counts as a crash with the shell's status.
+    fn on_spawn_failed(&mut self, code: i32, now: Instant, fx: &mut Vec<Effect>) {
+        if self.state == State::Spawning {
+            let never_ran = Child { pid: 0, started: now };
+            self.decide(never_ran, Exited { status: ExitStatus::Code(code), reboot: false }, now, fx);
+        }
+    }
+
+    fn on_reaped(&mut self, pid: i32, exited: Exited, group_alive: bool, now: Instant, fx: &mut Vec<Effect>) {
+        match &mut self.state {
+            State::Running(child) if child.pid == pid => {
+                let child = *child;
+                fx.push(log(log::Level::Info, format!("child (pid {pid}) exited: {}", exited.status)));
+                if group_alive {
+                    fx.push(log(log::Level::Info, "stopping what is left of its process group".into()));
+                    self.begin_stop(child, Some(exited), AfterStop::AskPolicy, now, fx);
+                    self.hurry_leftovers(child.pid, fx);
+                } else {
+                    self.decide(child, exited, now, fx);
+                }
+            }
+            State::Stopping { child, exited: slot, then, .. } if child.pid == pid => {
+                let (child, then) = (*child, *then);
+                *slot = Some(exited);
+                fx.push(log(log::Level::Info, format!("child (pid {pid}) exited: {}", exited.status)));
+                if group_alive {
+                    self.hurry_leftovers(child.pid, fx);
+                } else {
+                    self.after_stop(child, exited, then, now, fx);
+                }
+            }
+            _ => fx.push(log(log::Level::Debug, format!("reaped orphan pid {pid}: {}", exited.status))),
+        }
+    }
+
+    fn on_group_gone(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if let State::Stopping { child, exited: Some(exited), then, .. } = self.state {
+            self.after_stop(child, exited, then, now, fx);
+        }
+    }
+
+    fn on_stop_request(&mut self, signo: i32, now: Instant, fx: &mut Vec<Effect>) {
+        fx.push(log(log::Level::Info, format!("received {}: stopping", signal_name(signo))));
+        match &mut self.state {
+            State::Running(child) => {
+                let child = *child;
+                self.begin_stop(child, None, AfterStop::Exit, now, fx);
+            }
+            State::Stopping { child, then, killed, .. } => {
+                if *then == AfterStop::Exit && !*killed {
+                    // Asked twice (Ctrl-C Ctrl-C): no more patience.
+                    fx.push(log(log::Level::Warn, format!("second stop request: killing process group {}", child.pid)));
+                    fx.push(Effect::SignalGroup { pgid: child.pid, signo: libc::SIGKILL });
+                    *killed = true;
+                }
+                *then = AfterStop::Exit;
+            }
+            State::Backoff { last, .. } => {
+                let code = last.code();
+                self.finish(code, fx);
+            }
+            State::Spawning | State::Done(_) => {}
+        }
+    }
+
+    fn on_forward(&mut self, signo: i32, fx: &mut Vec<Effect>) {
+        match self.state {
+            State::Running(child) | State::Stopping { child, .. } => {
+                fx.push(Effect::SignalGroup { pgid: child.pid, signo })
+            }
+            _ => fx.push(log(log::Level::Debug, format!("{} dropped: no child running", signal_name(signo)))),
+        }
+    }
+
+    fn on_token_changed(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if let State::Running(child) = self.state {
+            fx.push(log(
+                log::Level::Info,
+                format!("the token changed: restarting ComfyUI (pid {}) so that it reads the new one", child.pid),
+            ));
+            self.begin_stop(child, None, AfterStop::Restart, now, fx);
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        match &mut self.state {
+            State::Stopping { child, kill_at, killed, .. } if !*killed && now >= *kill_at => {
+                let pgid = child.pid;
+                *killed = true;
+                fx.push(log(
+                    log::Level::Warn,
+                    format!(
+                        "process group {pgid} still running {:?} after {}: sending SIGKILL",
+                        self.settings.stop_timeout,
+                        signal_name(self.settings.stop_signal)
+                    ),
+                ));
+                fx.push(Effect::SignalGroup { pgid, signo: libc::SIGKILL });
+            }
+            State::Backoff { until, .. } if now >= *until => self.spawn(fx),
+            _ => {}
+        }
+    }
+
+    /// Sends the stop signal to the whole group and arms the SIGKILL deadline.
+    fn begin_stop(
+        &mut self,
+        child: Child,
+        exited: Option<Exited>,
+        then: AfterStop,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let signo = self.settings.stop_signal;
+        fx.push(log(log::Level::Debug, format!("sending {} to process group {}", signal_name(signo), child.pid)));
+        fx.push(Effect::SignalGroup { pgid: child.pid, signo });
+        let kill_at = now + self.settings.stop_timeout;
+        self.state = State::Stopping { child, exited, then, kill_at, killed: false };
+    }
+
+    /// The main child is gone but some of its group lives on (a helper, a shell's background job,
+    /// which starts with SIGINT ignored): ComfyUI's clean stop is over, so they get the
+    /// conventional SIGTERM at once instead of waiting out the whole grace before SIGKILL.
+    fn hurry_leftovers(&self, pgid: i32, fx: &mut Vec<Effect>) {
+        if self.settings.stop_signal != libc::SIGTERM {
+            fx.push(log(log::Level::Debug, format!("sending SIGTERM to what is left of process group {pgid}")));
+            fx.push(Effect::SignalGroup { pgid, signo: libc::SIGTERM });
+        }
+    }
+
+    /// The whole group is gone.
+    fn after_stop(&mut self, child: Child, exited: Exited, then: AfterStop, now: Instant, fx: &mut Vec<Effect>) {
+        match then {
+            AfterStop::Exit => self.finish(exited.status.code(), fx),
+            AfterStop::Restart => self.spawn(fx),
+            AfterStop::AskPolicy => self.decide(child, exited, now, fx),
+        }
+    }
+
+    /// The child ended by itself and its group is gone: restart now, later, or exit.
+    fn decide(&mut self, child: Child, exited: Exited, now: Instant, fx: &mut Vec<Effect>) {
+        let uptime = now.saturating_duration_since(child.started);
+        match self.policy.on_exit(exited.status, uptime, exited.reboot, now) {
+            Decision::RestartNow => {
+                fx.push(log(
+                    log::Level::Info,
+                    "ComfyUI asked for a restart (ComfyUI-Manager): starting it again".into(),
+                ));
+                self.spawn(fx);
+            }
+            Decision::RestartAfter(delay) => {
+                fx.push(log(
+                    log::Level::Warn,
+                    format!("restarting in {delay:?} (COMFY_INIT_RESTART={})", self.settings.restart),
+                ));
+                self.state = State::Backoff { until: now + delay, last: exited.status };
+            }
+            Decision::Exit { code, gave_up } => {
+                if gave_up {
+                    fx.push(log(log::Level::Error, format!("the child keeps failing: giving up, exiting with {code}")));
+                }
+                self.finish(code, fx);
+            }
+        }
+    }
+
+    fn spawn(&mut self, fx: &mut Vec<Effect>) {
+        self.state = State::Spawning;
+        fx.push(Effect::Spawn);
+    }
+
+    fn finish(&mut self, code: i32, fx: &mut Vec<Effect>) {
+        self.state = State::Done(code);
+        fx.push(Effect::Exit(code));
+    }
+}
+
+fn log(level: log::Level, message: String) -> Effect {
+    Effect::Log(level, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: i32 = 100;
+    const GRACE: Duration = Duration::from_secs(8);
+
+    fn settings(restart: RestartMode) -> Settings {
+        Settings { stop_signal: libc::SIGINT, stop_timeout: GRACE, restart }
+    }
+
+    /// A machine whose child (pid 100) started at `t0`, with the clock at `t0`.
+    fn running(restart: RestartMode) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        (Machine::new(settings(restart), Child { pid: PID, started: t0 }), t0)
+    }
+
+    fn exit(code: i32) -> Exited {
+        Exited { status: ExitStatus::Code(code), reboot: false }
+    }
+
+    fn reaped(code: i32, group_alive: bool) -> Event {
+        Event::Reaped { pid: PID, exited: exit(code), group_alive }
+    }
+
+    /// The effects that act (logs left out).
+    fn acts(fx: Vec<Effect>) -> Vec<Effect> {
+        fx.into_iter().filter(|e| !matches!(e, Effect::Log(..))).collect()
+    }
+
+    fn signal(signo: i32) -> Effect {
+        Effect::SignalGroup { pgid: PID, signo }
+    }
+
+    #[test]
+    fn stop_request_sends_the_stop_signal_to_the_group_and_exits_with_the_childs_status() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        assert_eq!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)), [signal(libc::SIGINT)]);
+        assert_eq!(m.deadline(t0), Some(t0 + GROUP_RECHECK));
+        assert_eq!(acts(m.step(reaped(0, true), t0)), [signal(libc::SIGTERM)], "leftovers get SIGTERM");
+        assert_eq!(m.awaited_group(), Some(PID));
+        assert_eq!(acts(m.step(Event::GroupGone, t0)), [Effect::Exit(0)]);
+        assert_eq!(m.state(), State::Done(0));
+    }
+
+    #[test]
+    fn a_child_gone_with_its_group_ends_the_stop_at_once() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::StopRequested(libc::SIGINT), t0);
+        assert_eq!(acts(m.step(reaped(130, false), t0)), [Effect::Exit(130)]);
+    }
+
+    #[test]
+    fn a_group_still_alive_after_the_grace_is_killed_once() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::StopRequested(libc::SIGTERM), t0);
+        assert!(acts(m.step(Event::Tick, t0 + GRACE / 2)).is_empty());
+        assert_eq!(acts(m.step(Event::Tick, t0 + GRACE)), [signal(libc::SIGKILL)]);
+        assert!(acts(m.step(Event::Tick, t0 + GRACE * 2)).is_empty(), "SIGKILL sent twice");
+        assert_eq!(m.deadline(t0 + GRACE), Some(t0 + GRACE + GROUP_RECHECK), "keeps looking for the group");
+        assert_eq!(
+            acts(m.step(
+                Event::Reaped {
+                    pid: PID,
+                    exited: Exited { status: ExitStatus::Signal(9), reboot: false },
+                    group_alive: false
+                },
+                t0 + GRACE
+            )),
+            [Effect::Exit(137)]
+        );
+    }
+
+    #[test]
+    fn the_kill_deadline_is_the_grace_after_the_stop_began() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::StopRequested(libc::SIGTERM), t0);
+        let just_before = t0 + GRACE - GROUP_RECHECK / 2;
+        assert_eq!(m.deadline(just_before), Some(t0 + GRACE));
+    }
+
+    #[test]
+    fn a_second_stop_request_kills_at_once() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::StopRequested(libc::SIGINT), t0);
+        let fx = m.step(Event::StopRequested(libc::SIGINT), t0);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(log::Level::Warn, m) if m.contains("second stop request"))));
+        assert_eq!(acts(fx), [signal(libc::SIGKILL)]);
+        assert!(acts(m.step(Event::StopRequested(libc::SIGINT), t0)).is_empty(), "a third is nothing new");
+        assert!(acts(m.step(Event::Tick, t0 + GRACE)).is_empty(), "already killed");
+    }
+
+    #[test]
+    fn a_stop_during_a_credential_restart_exits_instead_of_restarting() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        assert_eq!(acts(m.step(Event::TokenChanged, t0)), [signal(libc::SIGINT)]);
+        // The first stop request during a restart is not a "second" one: no SIGKILL.
+        assert!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)).is_empty());
+        assert_eq!(acts(m.step(reaped(0, false), t0)), [Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn a_token_change_restarts_once_the_group_is_gone() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::TokenChanged, t0);
+        assert!(acts(m.step(Event::TokenChanged, t0)).is_empty(), "a stop is already under way");
+        assert_eq!(acts(m.step(reaped(0, true), t0)), [signal(libc::SIGTERM)]);
+        assert_eq!(acts(m.step(Event::GroupGone, t0)), [Effect::Spawn]);
+        assert_eq!(m.state(), State::Spawning);
+        let next = Child { pid: 200, started: t0 };
+        assert!(acts(m.step(Event::Spawned(next), t0)).is_empty());
+        assert_eq!(m.state(), State::Running(next));
+    }
+
+    #[test]
+    fn a_crash_waits_in_backoff_then_restarts() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        let fx = m.step(reaped(1, false), t0);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(log::Level::Warn, m) if m.contains("restarting in 1s"))));
+        assert_eq!(m.state(), State::Backoff { until: t0 + Duration::from_secs(1), last: ExitStatus::Code(1) });
+        assert_eq!(m.deadline(t0), Some(t0 + Duration::from_secs(1)));
+        assert!(acts(m.step(Event::Tick, t0 + Duration::from_millis(999))).is_empty());
+        assert_eq!(acts(m.step(Event::Tick, t0 + Duration::from_secs(1))), [Effect::Spawn]);
+    }
+
+    #[test]
+    fn a_crash_with_leftovers_stops_them_before_asking_the_policy() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        assert_eq!(acts(m.step(reaped(1, true), t0)), [signal(libc::SIGINT), signal(libc::SIGTERM)]);
+        assert_eq!(m.awaited_group(), Some(PID));
+        assert!(acts(m.step(Event::GroupGone, t0)).is_empty());
+        assert!(matches!(m.state(), State::Backoff { .. }));
+    }
+
+    #[test]
+    fn a_stop_during_backoff_exits_with_the_last_status() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(reaped(3, false), t0);
+        assert_eq!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)), [Effect::Exit(3)]);
+        assert_eq!(m.state(), State::Done(3));
+    }
+
+    #[test]
+    fn signals_are_forwarded_to_the_group_while_a_child_lives_and_dropped_otherwise() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        assert_eq!(acts(m.step(Event::Forward(libc::SIGUSR1), t0)), [signal(libc::SIGUSR1)]);
+        m.step(Event::TokenChanged, t0);
+        assert_eq!(acts(m.step(Event::Forward(libc::SIGHUP), t0)), [signal(libc::SIGHUP)]);
+        m.step(reaped(1, false), t0);
+        assert!(acts(m.step(Event::Forward(libc::SIGUSR1), t0)).is_empty());
+    }
+
+    #[test]
+    fn a_token_change_outside_running_changes_nothing() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(reaped(1, false), t0);
+        let before = m.state();
+        assert!(m.step(Event::TokenChanged, t0).is_empty());
+        assert_eq!(m.state(), before);
+    }
+
+    #[test]
+    fn a_failed_restart_counts_as_a_crash_with_the_shells_status() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::TokenChanged, t0);
+        m.step(reaped(0, false), t0);
+        assert_eq!(m.state(), State::Spawning);
+        m.step(Event::SpawnFailed(127), t0);
+        assert_eq!(m.state(), State::Backoff { until: t0 + Duration::from_secs(1), last: ExitStatus::Code(127) });
+    }
+
+    #[test]
+    fn never_restarts_exit_with_the_childs_status() {
+        let (mut m, t0) = running(RestartMode::Never);
+        assert_eq!(acts(m.step(reaped(5, false), t0)), [Effect::Exit(5)]);
+    }
+
+    #[test]
+    fn the_managers_restart_button_restarts_at_once() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        let exited = Exited { status: ExitStatus::Code(0), reboot: true };
+        assert_eq!(acts(m.step(Event::Reaped { pid: PID, exited, group_alive: false }, t0)), [Effect::Spawn]);
+    }
+
+    #[test]
+    fn five_crashes_in_five_minutes_give_up_with_the_last_status() {
+        let (mut m, mut now) = running(RestartMode::OnFailure);
+        for round in 0..5 {
+            let fx = m.step(reaped(2, false), now);
+            if round == 4 {
+                assert!(fx.iter().any(|e| matches!(e, Effect::Log(log::Level::Error, m) if m.contains("giving up"))));
+                assert_eq!(acts(fx), [Effect::Exit(2)]);
+                return;
+            }
+            let State::Backoff { until, .. } = m.state() else { panic!("no backoff: {:?}", m.state()) };
+            now = until;
+            m.step(Event::Tick, now);
+            m.step(Event::Spawned(Child { pid: PID, started: now }), now);
+        }
+    }
+
+    #[test]
+    fn orphans_are_only_noted() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        let fx = m.step(Event::Reaped { pid: 7, exited: exit(0), group_alive: false }, t0);
+        assert!(acts(fx).is_empty());
+        assert_eq!(m.state(), State::Running(Child { pid: PID, started: t0 }));
+    }
+
+    #[test]
+    fn done_ignores_everything() {
+        let (mut m, t0) = running(RestartMode::Never);
+        m.step(reaped(0, false), t0);
+        for event in [
+            Event::Tick,
+            Event::GroupGone,
+            Event::TokenChanged,
+            Event::StopRequested(libc::SIGTERM),
+            Event::Forward(libc::SIGHUP),
+            reaped(1, false),
+        ] {
+            assert!(acts(m.step(event, t0)).is_empty(), "{event:?}");
+            assert_eq!(m.state(), State::Done(0));
+        }
+        assert_eq!(m.deadline(t0), None);
+    }
+
+    #[test]
+    fn running_needs_no_wake_up() {
+        let (m, t0) = running(RestartMode::OnFailure);
+        assert_eq!(m.deadline(t0), None);
+        assert_eq!(m.awaited_group(), None);
+    }
+
+    #[test]
+    fn the_stop_signal_is_the_configured_one_and_sigterm_leftovers_are_not_signalled_twice() {
+        let t0 = Instant::now();
+        let s = Settings { stop_signal: libc::SIGTERM, stop_timeout: GRACE, restart: RestartMode::Never };
+        let mut m = Machine::new(s, Child { pid: PID, started: t0 });
+        assert_eq!(acts(m.step(Event::StopRequested(libc::SIGINT), t0)), [signal(libc::SIGTERM)]);
+        assert!(acts(m.step(reaped(0, true), t0)).is_empty());
+    }
+}
