@@ -205,6 +205,7 @@ fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
         min_vram_gb,
         nvml_lib: non_empty(ENV_NVML_LIB).map(|v| PathBuf::from(v.trim())),
         image_cuda_version: non_empty(ENV_CUDA_VERSION).map(|v| v.trim().to_string()),
+        visible_devices: get("NVIDIA_VISIBLE_DEVICES"),
     })
 }
 

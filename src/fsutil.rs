@@ -39,23 +39,7 @@ pub fn read_bounded(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let meta = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let kind = meta.file_type();
-    let what = if kind.is_file() {
-        None
-    } else if kind.is_dir() {
-        Some("a folder")
-    } else if kind.is_fifo() {
-        Some("a named pipe (FIFO)")
-    } else if kind.is_char_device() {
-        Some("a character device")
-    } else if kind.is_block_device() {
-        Some("a block device")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else {
-        Some("not a regular file")
-    };
-    if let Some(what) = what {
+    if let Some(what) = not_a_file(meta.file_type()) {
         return Err(format!("{} is {what}, not a file", path.display()));
     }
     let too_big = |size: u64| {
@@ -71,6 +55,25 @@ pub fn read_bounded(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8
         return Err(too_big(bytes.len() as u64));
     }
     Ok(Some(bytes))
+}
+
+/// What a file that is not a regular file is, in words.
+fn not_a_file(kind: fs::FileType) -> Option<&'static str> {
+    if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a folder")
+    } else if kind.is_fifo() {
+        Some("a named pipe (FIFO)")
+    } else if kind.is_char_device() {
+        Some("a character device")
+    } else if kind.is_block_device() {
+        Some("a block device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a regular file")
+    }
 }
 
 /// Where a write to `path` must go to keep a symlink a symlink: its target (resolved through

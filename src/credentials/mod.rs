@@ -349,17 +349,7 @@ fn decide(
         sources.password = Some(p.to_string());
     }
     let file = snap.password.as_deref().map(password_file::parse).unwrap_or(FileState::Missing);
-    if let (FileState::Hash { hash, .. }, Some(_)) = (&file, &sources.password) {
-        if token::too_costly(hash) {
-            warnings.push(format!(
-                "login/PASSWORD holds a hash of cost {} (above {}): too slow to check at every \
-                 start and every web login; replacing it with a cost-{} hash",
-                token::cost(hash).unwrap_or(0),
-                token::MAX_VERIFY_COST,
-                token::COST
-            ));
-        }
-    }
+    warnings.extend(too_costly_warning(&file, sources.password.is_some()));
     let inputs = Inputs {
         file: &file,
         password: sources.password.as_deref(),
@@ -374,40 +364,9 @@ fn decide(
     warnings.extend(plan.warnings.iter().cloned());
 
     let mut out = Outcome { username: sources.username.clone(), ..Outcome::default() };
-    let (token, why) = match plan.choice {
-        Choice::Keep(hash) => (hash, "kept"),
-        Choice::Pinned(token) => (token, "from COMFYUI_BEARER_TOKEN"),
-        Choice::Running(token) => (token, "restored from the running ComfyUI"),
-        Choice::HashPassword(password) => (token::hash_once(&password)?, "new hash of the configured password"),
-        Choice::Generate => {
-            let password = token::generate_password();
-            let hash = token::hash(&password)?;
-            out.generated = Some(password);
-            (hash, "new password generated")
-        }
-    };
-
-    if let Some(p) = new_password {
-        out.generated = Some(p.to_string());
-    }
-    let mut env_text = env_update(&s.env_file, &sources.env, &token, out.generated.as_deref())?;
-    if env_text.is_some() {
-        let target = fsutil::write_target(&s.env_file);
-        if fsutil::dir_writable(target.parent().unwrap_or(Path::new("."))) {
-            out.changes.push(format!("{}: {KEY_TOKEN} updated", s.env_file.display()));
-            if out.generated.is_some() {
-                out.changes.push(format!("{}: {KEY_PASSWORD} generated", s.env_file.display()));
-                out.stored_in = Some(s.env_file.clone());
-            }
-        } else {
-            log::info!(
-                "{} is not writable: {KEY_TOKEN} not written back (get the token with 'comfy-init token')",
-                s.env_file.display()
-            );
-            env_text = None;
-        }
-    }
-
+    let (token, why, generated) = token_for(plan.choice)?;
+    out.generated = new_password.map(String::from).or(generated);
+    let env_text = env_text(s, &sources.env, &token, &mut out)?;
     let file_differs = !matches!(&file, FileState::Hash { hash, username, exact: true } if *hash == token && *username == sources.username);
     let write_password = plan.write_file && file_differs;
     if write_password {
@@ -419,6 +378,54 @@ fn decide(
     }
     out.token = token;
     Ok(Decision { out, warnings, password: sources.password, env_text, write_password, drop_sessions })
+}
+
+/// A hash too costly to check (see `token::MAX_VERIFY_COST`) is replaced when a password is
+/// configured: say so.
+fn too_costly_warning(file: &FileState, password_configured: bool) -> Option<String> {
+    let FileState::Hash { hash, .. } = file else { return None };
+    (password_configured && token::too_costly(hash)).then(|| {
+        format!(
+            "login/PASSWORD holds a hash of cost {} (above {}): too slow to check at every start and \
+             every web login; replacing it with a cost-{} hash",
+            token::cost(hash).unwrap_or(0),
+            token::MAX_VERIFY_COST,
+            token::COST
+        )
+    })
+}
+
+/// The token the plan chose, why (for the log), and the password generated for it, if any.
+fn token_for(choice: Choice) -> Result<(String, &'static str, Option<String>), String> {
+    Ok(match choice {
+        Choice::Keep(hash) => (hash, "kept", None),
+        Choice::Pinned(token) => (token, "from COMFYUI_BEARER_TOKEN", None),
+        Choice::Running(token) => (token, "restored from the running ComfyUI", None),
+        Choice::HashPassword(password) => (token::hash_once(&password)?, "new hash of the configured password", None),
+        Choice::Generate => {
+            let password = token::generate_password();
+            (token::hash(&password)?, "new password generated", Some(password))
+        }
+    })
+}
+
+/// The new `.env` text, when it must change and can be written; the changes noted in `out`.
+fn env_text(s: &Settings, env: &Option<EnvFile>, token: &str, out: &mut Outcome) -> Result<Option<String>, String> {
+    let Some(text) = env_update(&s.env_file, env, token, out.generated.as_deref())? else { return Ok(None) };
+    let target = fsutil::write_target(&s.env_file);
+    if !fsutil::dir_writable(target.parent().unwrap_or(Path::new("."))) {
+        log::info!(
+            "{} is not writable: {KEY_TOKEN} not written back (get the token with 'comfy-init token')",
+            s.env_file.display()
+        );
+        return Ok(None);
+    }
+    out.changes.push(format!("{}: {KEY_TOKEN} updated", s.env_file.display()));
+    if out.generated.is_some() {
+        out.changes.push(format!("{}: {KEY_PASSWORD} generated", s.env_file.display()));
+        out.stored_in = Some(s.env_file.clone());
+    }
+    Ok(Some(text))
 }
 
 /// A `.env` modified this recently may be in the middle of a save: an editor that saves in

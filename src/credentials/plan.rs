@@ -60,23 +60,12 @@ pub fn plan(
     check_shape: &dyn Fn(&str) -> Result<(), String>,
 ) -> Plan {
     let mut warnings = Vec::new();
-    if let (FileState::Hash { hash, username, exact }, Some(p)) = (i.file, i.password) {
-        if verifies(p, hash) {
-            return Plan {
-                choice: Choice::Keep(hash.clone()),
-                write_file: !exact || username != i.username,
-                drop_sessions: false,
-                warnings,
-            };
+    // A valid hash is kept when it verifies the password, or when no password is configured.
+    if let FileState::Hash { hash, username, exact } = i.file {
+        if i.password.is_none_or(|p| verifies(p, hash)) {
+            let write_file = !exact || username != i.username;
+            return Plan { choice: Choice::Keep(hash.clone()), write_file, drop_sessions: false, warnings };
         }
-    }
-    if let (FileState::Hash { hash, username, exact }, None) = (i.file, i.password) {
-        return Plan {
-            choice: Choice::Keep(hash.clone()),
-            write_file: !exact || username != i.username,
-            drop_sessions: false,
-            warnings,
-        };
     }
     // From here PASSWORD is unusable, or holds the hash of another password.
     match i.file {
@@ -88,12 +77,25 @@ pub fn plan(
         FileState::Malformed(why) => warnings.push(format!("login/PASSWORD is malformed ({why}): rewriting it")),
         FileState::Missing | FileState::Hash { .. } => {}
     }
+    let choice = replacement(i, verifies, check_shape, &mut warnings);
+    let new_password = matches!(choice, Choice::Pinned(_) | Choice::HashPassword(_) | Choice::Generate);
+    Plan { choice, write_file: true, drop_sessions: new_password && !matches!(i.file, FileState::Missing), warnings }
+}
+
+/// The token for a PASSWORD that is unusable or holds another password's hash: the running
+/// child's if it still fits, else the pinned one if it verifies, else a new hash (or password).
+fn replacement(
+    i: &Inputs,
+    verifies: &dyn Fn(&str, &str) -> bool,
+    check_shape: &dyn Fn(&str) -> Result<(), String>,
+    warnings: &mut Vec<String>,
+) -> Choice {
     let running_ok = |p: Option<&str>| match (i.running, p) {
         (Some(r), Some(p)) => verifies(p, r),
         (Some(r), None) => check_shape(r).is_ok(),
         (None, _) => false,
     };
-    let choice = if let (true, Some(running)) = (running_ok(i.password), i.running) {
+    if let (true, Some(running)) = (running_ok(i.password), i.running) {
         Choice::Running(running.to_string())
     } else if let Some(p) = i.password {
         let rehash = Choice::HashPassword(p.to_string());
@@ -115,9 +117,7 @@ pub fn plan(
         }
     } else {
         Choice::Generate
-    };
-    let new_password = matches!(choice, Choice::Pinned(_) | Choice::HashPassword(_) | Choice::Generate);
-    Plan { choice, write_file: true, drop_sessions: new_password && !matches!(i.file, FileState::Missing), warnings }
+    }
 }
 
 #[cfg(test)]

@@ -451,7 +451,12 @@ fn check_cuda(report: &GpuReport, usable: &[&GpuInfo], settings: &GpuSettings, f
         return;
     };
 
-    // RTX 50-series (Blackwell, compute capability 12.0) needs CUDA 12.8+.
+    check_blackwell_cuda(usable, image, raw, findings);
+    check_driver_for_image(report, image, raw, findings);
+}
+
+/// RTX 50-series (Blackwell, compute capability 12.0) needs CUDA 12.8+.
+fn check_blackwell_cuda(usable: &[&GpuInfo], image: CudaVersion, raw: &str, findings: &mut Vec<Finding>) {
     for g in usable {
         if g.compute_capability.is_some_and(|cc| cc.0 >= 12) && image < (CudaVersion { major: 12, minor: 8 }) {
             findings.push(Finding {
@@ -467,7 +472,11 @@ fn check_cuda(report: &GpuReport, usable: &[&GpuInfo], settings: &GpuSettings, f
             });
         }
     }
+}
 
+/// The host driver must support the image's CUDA: an older major cannot run it at all, an older
+/// minor mostly can (minor-version compatibility).
+fn check_driver_for_image(report: &GpuReport, image: CudaVersion, raw: &str, findings: &mut Vec<Finding>) {
     let Some(driver) = report.cuda_driver_version else {
         findings.push(Finding {
             severity: Severity::Warning,
@@ -524,7 +533,7 @@ mod tests {
     const GIB: u64 = 1024 * 1024 * 1024;
 
     fn settings(policy: GpuPolicy) -> GpuSettings {
-        GpuSettings { policy, min_vram_gb: None, nvml_lib: None, image_cuda_version: None }
+        GpuSettings { policy, ..GpuSettings::default() }
     }
 
     fn gpu(index: u32, name: &str, brand: &str, vram_gib: f64, cc: (i32, i32)) -> GpuInfo {

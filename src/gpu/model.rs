@@ -37,11 +37,19 @@ pub struct GpuSettings {
     pub min_vram_gb: Option<f64>,
     pub nvml_lib: Option<PathBuf>,
     pub image_cuda_version: Option<String>,
+    /// `NVIDIA_VISIBLE_DEVICES`, shown in the report (the NVIDIA runtime acts on it, not us).
+    pub visible_devices: Option<String>,
 }
 
 impl Default for GpuSettings {
     fn default() -> Self {
-        GpuSettings { policy: GpuPolicy::Require, min_vram_gb: None, nvml_lib: None, image_cuda_version: None }
+        GpuSettings {
+            policy: GpuPolicy::Require,
+            min_vram_gb: None,
+            nvml_lib: None,
+            image_cuda_version: None,
+            visible_devices: None,
+        }
     }
 }
 

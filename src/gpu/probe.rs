@@ -286,8 +286,7 @@ fn read_device(nvml: &Nvml, index: u32, device: &Device<'_>) -> GpuInfo {
 
 /// The full probe for the report.
 pub fn probe(settings: &GpuSettings) -> GpuReport {
-    let mut report =
-        GpuReport { visible_devices: std::env::var("NVIDIA_VISIBLE_DEVICES").ok(), ..GpuReport::default() };
+    let mut report = GpuReport { visible_devices: settings.visible_devices.clone(), ..GpuReport::default() };
     let library = match locate(settings) {
         Ok(l) => l,
         Err(e) => {

@@ -571,6 +571,32 @@ mod tests {
     }
 
     #[test]
+    fn leftovers_that_ignore_sigterm_are_killed_at_the_deadline() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(reaped(1, true), t0);
+        assert!(acts(m.step(Event::Tick, t0 + GRACE / 2)).is_empty());
+        assert_eq!(acts(m.step(Event::Tick, t0 + GRACE)), [signal(libc::SIGKILL)]);
+        assert!(acts(m.step(Event::GroupGone, t0 + GRACE)).is_empty());
+        assert!(matches!(m.state(), State::Backoff { .. }), "{:?}", m.state());
+    }
+
+    #[test]
+    fn a_stop_while_leftovers_are_stopped_exits_with_the_childs_status() {
+        let (mut m, t0) = running(RestartMode::Always);
+        m.step(reaped(4, true), t0);
+        // Not a "second" request: nothing was asked before, so no SIGKILL yet.
+        assert!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)).is_empty());
+        assert_eq!(acts(m.step(Event::GroupGone, t0)), [Effect::Exit(4)]);
+    }
+
+    #[test]
+    fn time_passing_while_running_changes_nothing() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        assert!(m.step(Event::Tick, t0 + Duration::from_secs(3600)).is_empty());
+        assert_eq!(m.state(), State::Running(Child { pid: PID, started: t0 }));
+    }
+
+    #[test]
     fn running_needs_no_wake_up() {
         let (m, t0) = running(RestartMode::OnFailure);
         assert_eq!(m.deadline(t0), None);
