@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: comfy-init over the stand-in ComfyUI in a temporary workspace. Watch the GPU
 # preflight, the generated password and token, a healthcheck, a password rotation with its
-# automatic restart, a hostile PASSWORD refused without blocking, and a clean stop. Runs as PID 1 of a fresh PID namespace when root.
+# automatic restart, a hostile PASSWORD refused without blocking, guest mode called out, and a
+# clean stop. Runs as PID 1 of a fresh PID namespace when root.
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/release/comfy-init}")
@@ -94,6 +95,14 @@ rm -f "$PASSWORD"
 healed() { [ -f "$PASSWORD" ] && [ "$(head -n1 "$PASSWORD")" = "$NEW" ]; }
 wait_for 5 healed
 echo "FIFO removed: PASSWORD written back from the running token, no restart"
+
+bold "Guest mode: a login/GUEST_MODE file lets anyone in, and a guest can read the token"
+touch "$COMFYUI_DIR/login/GUEST_MODE"
+guest_warned() { grep -q "guest mode is on" "$LOG"; }
+wait_for 5 guest_warned
+grep "guest mode is on" "$LOG" | tail -n 1 | cut -c1-200 | sed 's/$/ .../; s/^/  | /'
+"$BIN" healthcheck | sed 's/^/  /'
+rm -f "$COMFYUI_DIR/login/GUEST_MODE"
 
 bold "Stopping: SIGTERM to comfy-init (it sends SIGINT to ComfyUI, ComfyUI's clean stop)"
 START=$(date +%s.%N)

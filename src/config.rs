@@ -34,11 +34,22 @@ pub struct Settings {
     /// `COMFY_INIT_AUTH`: manage ComfyUI-Login's credentials (default) or be a plain init.
     pub auth: bool,
     pub credentials: credentials::Settings,
+    /// `COMFY_INIT_GUEST_MODE`: what a `login/GUEST_MODE` file gets, a warning or a refusal.
+    pub guest_mode: GuestMode,
     pub gpu: GpuSettings,
     /// `COMFY_INIT_HEALTH_TIMEOUT`: the hard deadline of the whole healthcheck.
     pub health_timeout: Duration,
     /// `PUID`/`PGID`: ComfyUI runs as this user, and owns what we create.
     pub owner: Option<(u32, u32)>,
+}
+
+/// ComfyUI-Login's guest mode (a `login/GUEST_MODE` file) lets anyone in without a password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMode {
+    /// Start, with a warning at start and in the healthcheck's line (default).
+    Warn,
+    /// Do not start ComfyUI while the file exists; the healthcheck says unhealthy.
+    Refuse,
 }
 
 /// Where ComfyUI is and how it is started when no command is given.
@@ -66,6 +77,7 @@ impl Settings {
             supervisor: supervisor_settings(get)?,
             auth: auth_enabled(get)?,
             credentials: credential_settings(get, owner),
+            guest_mode: guest_mode(get)?,
             gpu: gpu_settings(get)?,
             health_timeout: health_timeout(get)?,
             owner,
@@ -79,6 +91,22 @@ impl Settings {
 }
 
 impl ComfyUi {
+    /// The origin given with `--enable-cors-header` in COMFYUI_ARGS (bare: `*`): ComfyUI-Login
+    /// then only looks at tokens on requests that carry it.
+    pub fn cors_origin(&self) -> Option<String> {
+        let mut args = self.args.iter();
+        while let Some(arg) = args.next() {
+            if let Some(value) = arg.strip_prefix("--enable-cors-header=") {
+                return Some(value.to_string());
+            }
+            if arg == "--enable-cors-header" {
+                let value = args.next().filter(|v| !v.starts_with('-'));
+                return Some(value.cloned().unwrap_or_else(|| "*".into()));
+            }
+        }
+        None
+    }
+
     /// The command run when none is given: ComfyUI's main.py, listening on all interfaces.
     pub fn default_command(&self) -> Vec<std::ffi::OsString> {
         let mut cmd: Vec<std::ffi::OsString> = vec![
@@ -141,6 +169,14 @@ fn auth_enabled(get: Lookup) -> Result<bool, ConfigError> {
         None | Some("on") => Ok(true),
         Some("off") => Ok(false),
         Some(v) => Err(ConfigError(format!("COMFY_INIT_AUTH='{v}' is not valid: use on or off"))),
+    }
+}
+
+fn guest_mode(get: Lookup) -> Result<GuestMode, ConfigError> {
+    match get("COMFY_INIT_GUEST_MODE").as_deref() {
+        None | Some("warn") => Ok(GuestMode::Warn),
+        Some("refuse") => Ok(GuestMode::Refuse),
+        Some(v) => Err(ConfigError(format!("COMFY_INIT_GUEST_MODE='{v}' is not valid: use warn or refuse"))),
     }
 }
 
@@ -291,6 +327,7 @@ mod tests {
             ("COMFY_INIT_STOP_SIGNAL", "SIGNOPE"),
             ("COMFY_INIT_STOP_TIMEOUT", "soon"),
             ("COMFY_INIT_AUTH", "maybe"),
+            ("COMFY_INIT_GUEST_MODE", "allow"),
             ("COMFY_INIT_GPU", "sometimes"),
             ("COMFY_INIT_MIN_VRAM_GB", "lots"),
             ("COMFY_INIT_HEALTH_TIMEOUT", "0"),
@@ -303,6 +340,22 @@ mod tests {
         }
         let err = Settings::from_lookup(&lookup(&[("PGID", "10")])).unwrap_err();
         assert!(err.0.contains("PGID is set without PUID"), "{err}");
+    }
+
+    #[test]
+    fn the_cors_origin_is_read_from_comfyui_args_in_every_spelling() {
+        let origin = |args: &'static str| {
+            let pairs: &'static [(&str, &str)] = Box::leak(Box::new([("COMFYUI_ARGS", args)]));
+            Settings::from_lookup(&lookup(pairs)).unwrap().comfyui.cors_origin()
+        };
+        assert_eq!(
+            origin("--cpu --enable-cors-header https://app.example.com"),
+            Some("https://app.example.com".into())
+        );
+        assert_eq!(origin("--enable-cors-header=https://a.example"), Some("https://a.example".into()));
+        assert_eq!(origin("--enable-cors-header --cpu"), Some("*".into()));
+        assert_eq!(origin("--enable-cors-header"), Some("*".into()));
+        assert_eq!(origin("--cpu"), None);
     }
 
     #[test]

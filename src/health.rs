@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::{ConfigError, Settings, ENV_HEALTH_TIMEOUT as ENV_TIMEOUT};
+use crate::config::{ConfigError, GuestMode, Settings, ENV_HEALTH_TIMEOUT as ENV_TIMEOUT};
 use crate::credentials;
 use crate::gpu::{self, GpuPolicy};
 /// Docker keeps 4096 bytes of probe output; stay well under it.
@@ -90,6 +90,8 @@ pub enum Problem {
     },
     Transport(String),
     GpuLost(String),
+    /// `login/GUEST_MODE` exists under COMFY_INIT_GUEST_MODE=refuse.
+    GuestModeRefused(String),
 }
 
 /// Where and how long: only for the wording of the line.
@@ -105,6 +107,8 @@ pub struct Healthy {
     pub device: Option<String>,
     pub auth_checked: bool,
     pub gpu: Option<String>,
+    /// `login/GUEST_MODE` exists (and COMFY_INIT_GUEST_MODE=warn lets it be).
+    pub guest_mode: bool,
 }
 
 impl Problem {
@@ -149,6 +153,10 @@ impl Problem {
             ),
             Problem::Transport(e) => format!("request to {addr} failed: {e}"),
             Problem::GpuLost(e) => format!("GPU lost: ComfyUI answers but NVML fails: {e}"),
+            Problem::GuestModeRefused(file) => format!(
+                "guest mode is on ({file} exists) and COMFY_INIT_GUEST_MODE=refuse: anyone can run \
+                 prompts and read the token from /internal/logs; remove the file"
+            ),
         };
         format!("UNHEALTHY: {why}")
     }
@@ -167,6 +175,10 @@ impl Healthy {
         };
         if let Some(g) = &self.gpu {
             line += &format!("; NVML opens {g}");
+        }
+        if self.guest_mode {
+            line += "; WARNING guest mode on (login/GUEST_MODE): anyone can run prompts and read the \
+                     token from /internal/logs";
         }
         line
     }
@@ -212,6 +224,7 @@ pub fn judge_stats(reply: &Reply, request: Request) -> Result<Healthy, Problem> 
         device: text(json.pointer("/devices/0/name")),
         auth_checked: false,
         gpu: None,
+        guest_mode: false,
     })
 }
 
@@ -362,7 +375,9 @@ fn arm_watchdog(deadline: Instant, target: Target) {
     });
 }
 
-fn fetch(agent: &ureq::Agent, port: u16, deadline: Instant, request: Request) -> Reply {
+/// One GET of /system_stats. `origin`: the `--enable-cors-header` origin, sent with every
+/// request (ComfyUI-Login only looks at tokens on requests that carry it).
+fn fetch(agent: &ureq::Agent, port: u16, origin: Option<&str>, deadline: Instant, request: Request) -> Reply {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Reply::Timeout;
@@ -371,6 +386,9 @@ fn fetch(agent: &ureq::Agent, port: u16, deadline: Instant, request: Request) ->
     let mut req = agent.get(&format!("http://127.0.0.1:{port}/system_stats{query}")).timeout(left);
     if let Request::Bearer(token) | Request::WrongBearer(token) = request {
         req = req.set("Authorization", &format!("Bearer {token}"));
+    }
+    if let Some(origin) = origin {
+        req = req.set("Origin", origin);
     }
     let response = match req.call() {
         Ok(r) => r,
@@ -406,6 +424,28 @@ fn transport_reply(t: &ureq::Transport) -> Reply {
     }
 }
 
+/// The requests (with the CORS origin when one is configured), the GPU under `require`, and
+/// guest mode: healthy with a warning, or refused under COMFY_INIT_GUEST_MODE=refuse.
+fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Problem> {
+    let guest_mode = s.auth && credentials::guest_mode_risk(&s.credentials).is_some();
+    if guest_mode && s.guest_mode == GuestMode::Refuse {
+        return Err(Problem::GuestModeRefused(s.credentials.guest_mode_path().display().to_string()));
+    }
+    let agent = ureq::AgentBuilder::new()
+        .redirects(0) // a 302 to /login is an answer, not somewhere to go
+        .user_agent(concat!("comfy-init-healthcheck/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let origin = s.comfyui.cors_origin();
+    let mut http = |r: Request| fetch(&agent, s.comfyui.port, origin.as_deref(), deadline, r);
+    let gpu_settings = s.gpu.clone();
+    let gpu_check = move || {
+        STAGE.store(STAGE_GPU, Ordering::SeqCst);
+        gpu::check_alive(&gpu_settings)
+    };
+    let gpu: Option<&dyn Fn() -> Result<String, String>> = (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
+    evaluate(auth, &mut http, gpu).map(|h| Healthy { guest_mode, ..h })
+}
+
 /// `comfy-init healthcheck`: prints one line, returns 0 (healthy) or 1.
 pub fn command(settings: Result<Settings, ConfigError>) -> u8 {
     let started = Instant::now();
@@ -428,21 +468,8 @@ pub fn command(settings: Result<Settings, ConfigError>) -> u8 {
     let deadline = started + target.timeout;
     arm_watchdog(deadline, target);
     let auth = auth(&s);
-
-    let agent = ureq::AgentBuilder::new()
-        .redirects(0) // a 302 to /login is an answer, not somewhere to go
-        .user_agent(concat!("comfy-init-healthcheck/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let port = target.port;
-    let mut http = |r: Request| fetch(&agent, port, deadline, r);
-    let gpu_settings = s.gpu.clone();
-    let gpu_check = move || {
-        STAGE.store(STAGE_GPU, Ordering::SeqCst);
-        gpu::check_alive(&gpu_settings)
-    };
-    let gpu: Option<&dyn Fn() -> Result<String, String>> = (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
-
-    let (code, mut line) = match evaluate(&auth, &mut http, gpu) {
+    let result = check(&s, &auth, deadline);
+    let (code, mut line) = match result {
         Ok(h) => (0, h.line(target)),
         Err(p) => (1, p.line(target)),
     };

@@ -167,6 +167,7 @@ fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Opt
         spec.user = Some(owner);
     }
     let guard = if settings.auth {
+        check_guest_mode(&settings)?;
         let not_started = |e: String| {
             Error::Credentials(format!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD"))
         };
@@ -184,6 +185,20 @@ fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Opt
         spec.argv = command;
     }
     Ok((settings, spec, guard))
+}
+
+/// ComfyUI-Login's guest mode: said loudly, or refused under `COMFY_INIT_GUEST_MODE=refuse`.
+fn check_guest_mode(settings: &Settings) -> Result<(), Error> {
+    let Some(risk) = credentials::guest_mode_risk(&settings.credentials) else { return Ok(()) };
+    match settings.guest_mode {
+        config::GuestMode::Warn => {
+            log::warn!("{risk} (COMFY_INIT_GUEST_MODE=refuse makes this a refusal)");
+            Ok(())
+        }
+        config::GuestMode::Refuse => Err(Error::Credentials(format!(
+            "{risk}; ComfyUI not started (COMFY_INIT_GUEST_MODE=refuse; =warn starts with a warning)"
+        ))),
+    }
 }
 
 /// Reconciles before the first start, then watches for changes while ComfyUI runs.

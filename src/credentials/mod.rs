@@ -37,9 +37,31 @@ impl Settings {
         password_file::path(&self.comfyui_dir)
     }
 
-    /// ComfyUI-Login's key for session cookies.
-    pub fn session_key_path(&self) -> PathBuf {
-        self.comfyui_dir.join("custom_nodes/ComfyUI-Login/.secret-key.txt")
+    /// ComfyUI-Login's keys for session cookies: `.secret-key.txt` in the node's OWN folder,
+    /// whatever it is called (`ComfyUI-Login` from git, `comfyui-login` from ComfyUI-Manager and
+    /// the registry). The node is known by what it is: a `password.py` that keeps its key in
+    /// that file. Every copy found counts (a fork beside the original); none found: the git name.
+    pub fn session_key_paths(&self) -> Vec<PathBuf> {
+        let nodes = self.comfyui_dir.join("custom_nodes");
+        let mut keys: Vec<PathBuf> = std::fs::read_dir(&nodes)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.')) // .disabled
+            .map(|entry| entry.path())
+            .filter(|dir| is_login_node(dir))
+            .map(|dir| dir.join(".secret-key.txt"))
+            .collect();
+        keys.sort();
+        if keys.is_empty() {
+            keys.push(nodes.join("ComfyUI-Login/.secret-key.txt"));
+        }
+        keys
+    }
+
+    /// `login/GUEST_MODE`: its presence turns ComfyUI-Login's guest mode on.
+    pub fn guest_mode_path(&self) -> PathBuf {
+        self.password_path().with_file_name("GUEST_MODE")
     }
 
     /// The folders (and names in them) whose changes can change the token. A secret folder is
@@ -50,7 +72,11 @@ impl Settings {
             dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
             names: path.file_name().map(|n| vec![n.to_os_string()]).unwrap_or_default(),
         };
-        let mut targets = vec![named(&self.password_path()), named(&self.env_file)];
+        let login = Target {
+            dir: self.password_path().parent().unwrap_or(Path::new(".")).to_path_buf(),
+            names: vec!["PASSWORD".into(), "GUEST_MODE".into()],
+        };
+        let mut targets = vec![login, named(&self.env_file)];
         // A .env that is a symlink is edited at its target: watch there too.
         let env_target = fsutil::write_target(&self.env_file);
         if env_target != self.env_file {
@@ -61,6 +87,30 @@ impl Settings {
         }
         targets
     }
+}
+
+/// Whether `dir` holds ComfyUI-Login (or a fork): its `password.py` keeps the session key in
+/// `.secret-key.txt`. Read safely: a custom node folder is anyone's.
+fn is_login_node(dir: &Path) -> bool {
+    matches!(
+        fsutil::read_bounded(&dir.join("password.py"), 1 << 20, Links::Follow),
+        Ok(Some(code)) if code.windows(16).any(|w| w == b".secret-key.txt\"" || w == b".secret-key.txt'")
+    )
+}
+
+/// Guest mode on: what anyone can do, and how to turn it off. For the start log and the
+/// refusal under `COMFY_INIT_GUEST_MODE=refuse`.
+pub fn guest_mode_risk(s: &Settings) -> Option<String> {
+    let path = s.guest_mode_path();
+    std::fs::symlink_metadata(&path).ok()?;
+    Some(format!(
+        "{} exists: ComfyUI-Login's guest mode is on. Anyone who reaches the login page can enter \
+         as a guest without a password, run prompts, upload images and read every GET route, \
+         /internal/logs included, which holds ComfyUI-Login's 'For direct API calls, use token=...' \
+         line: the admin bearer token. Remove {} to turn guest mode off",
+        path.display(),
+        path.display()
+    ))
 }
 
 /// A `.env` or a secret file holds a few lines; a megabyte is already absurd.
@@ -266,7 +316,8 @@ struct Decision {
     /// The new `.env` text, where it must change and can be written.
     env_text: Option<String>,
     write_password: bool,
-    drop_sessions: bool,
+    /// Session keys to delete: the password changed and old browser sessions must end.
+    session_keys: Vec<PathBuf>,
 }
 
 /// A concurrent edit makes a pass start over: one-shot commands keep starting over while the
@@ -303,7 +354,7 @@ fn reconcile_with(
             d.out.generated = generated_earlier.clone();
             d.out.stored_in = Some(s.env_file.clone());
         }
-        let writes = d.env_text.is_some() || d.write_password || d.drop_sessions;
+        let writes = d.env_text.is_some() || d.write_password || !d.session_keys.is_empty();
         if mode == Mode::DryRun || !writes {
             return Ok(finish(d));
         }
@@ -372,12 +423,15 @@ fn decide(
     if write_password {
         out.changes.push(format!("{}: written ({why})", s.password_path().display()));
     }
-    let drop_sessions = plan.drop_sessions && s.session_key_path().exists();
-    if drop_sessions {
-        out.changes.push(format!("{}: deleted (old browser sessions end)", s.session_key_path().display()));
+    let session_keys: Vec<PathBuf> = match plan.drop_sessions {
+        true => s.session_key_paths().into_iter().filter(|k| k.exists()).collect(),
+        false => Vec::new(),
+    };
+    for key in &session_keys {
+        out.changes.push(format!("{}: deleted (old browser sessions end)", key.display()));
     }
     out.token = token;
-    Ok(Decision { out, warnings, password: sources.password, env_text, write_password, drop_sessions })
+    Ok(Decision { out, warnings, password: sources.password, env_text, write_password, session_keys })
 }
 
 /// A hash too costly to check (see `token::MAX_VERIFY_COST`) is replaced when a password is
@@ -470,12 +524,11 @@ fn apply(s: &Settings, snap: &Snapshot, d: &Decision) -> Result<(), Failure> {
         unchanged(&expected)?;
         password_file::write(&s.password_path(), &d.out.token, &d.out.username, s.owner)?;
     }
-    if d.drop_sessions {
-        let key = s.session_key_path();
-        match std::fs::remove_file(&key) {
+    for key in &d.session_keys {
+        match std::fs::remove_file(key) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(fsutil::explain_write_error(&key, &e).into()),
+            Err(e) => return Err(fsutil::explain_write_error(key, &e).into()),
         }
     }
     Ok(())

@@ -68,10 +68,18 @@ pub fn plan(
         }
     }
     // From here PASSWORD is unusable, or holds the hash of another password.
+    // Say what was seen: an empty file at start is just empty; one emptied under a running
+    // ComfyUI is ComfyUI-Login's known truncation.
     match i.file {
+        FileState::Empty if i.running.is_some() => warnings.push(
+            "login/PASSWORD was emptied while ComfyUI runs (ComfyUI-Login does that when the right \
+             password is posted without a username to a file with no username line): its next start \
+             would accept an empty token; rewriting it"
+                .into(),
+        ),
         FileState::Empty => warnings.push(
-            "login/PASSWORD is empty (ComfyUI-Login truncates it on a login without a username): \
-             ComfyUI would accept an empty token; rewriting it"
+            "login/PASSWORD is empty: ComfyUI-Login would accept an empty token and let anyone in; \
+             rewriting it"
                 .into(),
         ),
         FileState::Malformed(why) => warnings.push(format!("login/PASSWORD is malformed ({why}): rewriting it")),
@@ -228,7 +236,9 @@ mod tests {
     fn an_empty_file_under_a_running_child_is_healed_with_its_token() {
         let p = run(FileState::Empty, Some("pw"), None, Some("H(pw)"));
         assert_eq!((p.choice, p.write_file, p.drop_sessions), (running("H(pw)"), true, false));
-        assert!(p.warnings[0].contains("empty"));
+        assert!(p.warnings[0].contains("was emptied while ComfyUI runs"), "{:?}", p.warnings);
+        let p = run(FileState::Empty, Some("pw"), None, None);
+        assert!(p.warnings[0].contains("is empty: ") && !p.warnings[0].contains("username"), "{:?}", p.warnings);
         // With no configured password (it was generated): the running token still heals.
         let p = run(FileState::Malformed("truncated".into()), None, None, Some("H(gen)"));
         assert_eq!(p.choice, running("H(gen)"));

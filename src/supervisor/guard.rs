@@ -26,12 +26,15 @@ pub struct Guard {
     burst: Option<(Instant, Instant)>,
     /// A reconciliation that could not complete, to try again at this time.
     retry_at: Option<Instant>,
+    /// `login/GUEST_MODE` was there when last looked at (the start warns of it already).
+    guest_mode: bool,
 }
 
 impl Guard {
     pub fn new(settings: Settings, token: String) -> nix::Result<Guard> {
         let watcher = Watcher::new(settings.watch_targets())?;
-        Ok(Guard { settings, watcher, token, burst: None, retry_at: None })
+        let guest_mode = credentials::guest_mode_risk(&settings).is_some();
+        Ok(Guard { settings, watcher, token, burst: None, retry_at: None, guest_mode })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -55,6 +58,16 @@ impl Guard {
         self.deadline().is_some_and(|at| now >= at)
     }
 
+    /// Guest mode switched on while ComfyUI runs: say it once (ComfyUI-Login reads the file at
+    /// every login, so it takes effect at once).
+    fn watch_guest_mode(&mut self) {
+        let risk = credentials::guest_mode_risk(&self.settings);
+        if let (Some(risk), false) = (&risk, self.guest_mode) {
+            log::warn!("{risk}");
+        }
+        self.guest_mode = risk.is_some();
+    }
+
     /// Cheap (no bcrypt): is the configured password known not to be the running token's? Then
     /// the token will change, and ComfyUI can start stopping before the new hash is computed.
     pub fn token_known_stale(&self) -> bool {
@@ -65,6 +78,7 @@ impl Guard {
     pub fn reconcile(&mut self) -> bool {
         self.burst = None;
         self.retry_at = None;
+        self.watch_guest_mode();
         match credentials::reconcile(&self.settings, Some(&self.token), Mode::NoWait) {
             Ok(out) => {
                 credentials::log_outcome(&out);

@@ -1,6 +1,7 @@
 //! Integration tests: each drives the built comfy-init binary the way a user meets it.
 
 mod credentials;
+mod fidelity;
 mod gpu;
 mod hardening;
 mod health;

@@ -179,7 +179,7 @@ fn a_truncated_password_file_is_restored_at_once_without_restart() {
     assert_eq!(ws.status(Some(&token)), 200);
     assert_starts(&ws, &init, 1);
     let err = init.stderr();
-    assert!(err.lines().any(|l| l.contains("WARN") && l.contains("PASSWORD is empty")), "{err}");
+    assert!(err.lines().any(|l| l.contains("WARN") && l.contains("PASSWORD was emptied while ComfyUI runs")), "{err}");
 }
 
 #[test]
