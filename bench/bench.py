@@ -24,6 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "fake_comfyui.py")
@@ -428,6 +430,7 @@ class Bench:
             "COMFY_INIT_GPU": "off",
             "FAKE_COMFYUI_EVENTS": os.path.join(base, "events"),
             "FAKE_COMFYUI_STOP_DELAY": "0",  # the same quick stop for comfy-init and the script
+            "FAKE_COMFYUI_START_DELAY": "0",  # Python start-up only (the real ComfyUI takes 5-15 s)
             "COMFYUI_PYTHON": sys.executable,  # the interpreter itself, not a pyenv shim
             "TMPDIR": self.tmp,
         })
@@ -489,6 +492,7 @@ class Bench:
         base, comfy, envdir, port, env = self.workspace("comfy")
         events = env["FAKE_COMFYUI_EVENTS"]
         env["RUST_LOG"] = "debug"
+        env["COMFY_INIT_ON_TOKEN_CHANGE"] = "restart"  # this row measures the restart path
         self.write_env(envdir, "benchpass0")
         p = subprocess.Popen([self.bin, "run"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, bufsize=1)
@@ -556,6 +560,81 @@ class Bench:
             f"{median(reap_lag) if reap_lag else float('nan'):.0f} ms, max {max(reap_lag, default=float('nan')):.0f} ms "
             f"(per edit: {', '.join(f'{x:.0f}' for x in reap_lag)}; event log polled every 2 ms).")
         self.bcrypt_sync(env, envdir)
+
+    # ------------------------------------------------------------- 8. reload ---
+
+    @staticmethod
+    def get(port, token):
+        """(status, body) of GET /system_stats with this bearer token."""
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/system_stats",
+                                     headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, b""
+        except OSError:
+            return 0, b""
+
+    def token_reload(self):
+        """Save -> the new token answers 200 AND the old one is refused, as an API client sees it,
+        with the companion reloading in place and with COMFY_INIT_ON_TOKEN_CHANGE=restart."""
+        self.reload = {}
+        for mode in ("reload", "restart"):
+            progress(f"8/8 token change seen by a client ({mode}): {TOKEN_ROUNDS} password edits")
+            base, comfy, envdir, port, env = self.workspace(f"reload-{mode}")
+            env["COMFY_INIT_ON_TOKEN_CHANGE"] = mode
+            password_file = os.path.join(comfy, "login", "PASSWORD")
+            self.write_env(envdir, "benchpass0")
+            p = subprocess.Popen([self.bin, "run"], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            times, same_pid = [], []
+            try:
+                def token():
+                    try:
+                        with open(password_file) as f:
+                            return f.readline().strip()
+                    except OSError:
+                        return ""
+                deadline = time.monotonic() + 30
+                while self.get(port, token())[0] != 200:
+                    if time.monotonic() > deadline:
+                        die(f"{mode}: ComfyUI never answered")
+                    time.sleep(0.05)
+                for i in range(1, TOKEN_ROUNDS + 1):
+                    old = token()
+                    before = json.loads(self.get(port, old)[1])["standin"]["pid"]
+                    t0 = self.write_env(envdir, f"benchpass{i}")
+                    deadline = time.monotonic() + 30
+                    while True:
+                        new = token()
+                        if new != old and self.get(port, new)[0] == 200 and self.get(port, old)[0] in (401, 302):
+                            break
+                        if time.monotonic() > deadline:
+                            die(f"{mode}: the new token never answered")
+                        time.sleep(0.002)
+                    times.append((time.monotonic_ns() - t0) / 1e6)
+                    after = json.loads(self.get(port, new)[1])["standin"]["pid"]
+                    same_pid.append(before == after)
+                    progress(f"    edit {i}: {times[-1]:.0f} ms, ComfyUI pid {before} -> {after}")
+                    time.sleep(1.0)
+            finally:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+                self.kill_standins(env["FAKE_COMFYUI_EVENTS"])
+            self.reload[mode] = {"times": times, "same_pid": same_pid}
+        r, t = self.reload["reload"], self.reload["restart"]
+        self.notes.append(
+            f"Token change seen by an API client ({TOKEN_ROUNDS} edits each): save -> new token 200 and old "
+            f"refused, median {median(r['times']):.0f} ms with the companion reloading in place (same ComfyUI pid "
+            f"in {sum(r['same_pid'])} of {len(r['same_pid'])}), {median(t['times']):.0f} ms with "
+            f"COMFY_INIT_ON_TOKEN_CHANGE=restart (same pid in {sum(t['same_pid'])}; the stand-in starts in "
+            f"Python start-up time, where the real ComfyUI takes 5-15 s on a CPU and drops its queue and models). "
+            f"Both include the 75 ms debounce and one bcrypt hash at cost 12.")
 
     def bcrypt_sync(self, env, envdir):
         """How much of the decision is bcrypt: `comfy-init sync` after a password edit does the same work."""
@@ -753,6 +832,8 @@ class Bench:
                     goal_txt, met = "0", me == 0
                 elif rule == "<100":
                     goal_txt, met = "< 100 ms", me < 100
+                elif rule == "<300":
+                    goal_txt, met = "≤ 300 ms", me <= 300
                 ref_val = {"<=": vals.get(ref), "<=2x": 2 * vals.get(ref, 0)}.get(rule)
                 if met:
                     met = "yes"
@@ -772,6 +853,11 @@ class Bench:
             self.add("7. token change: .env rename -> new child running (`start` event), median", "ms",
                      {"comfy-init": median(t["total"]),
                       "alt": median(t["watchexec"]) if "watchexec" in t else None})
+        r = getattr(self, "reload", None)
+        if r:
+            self.add("8. password change: save -> new token 200, old refused, median (alternative: restart)", "ms",
+                     {"comfy-init": median(r["reload"]["times"]), "alt": median(r["restart"]["times"])},
+                     ("300", "<300"))
         h = getattr(self, "health_res", None)
         if h:
             self.add("7. healthcheck (alternative: curl, one authorised request), median wall", "ms",
@@ -836,7 +922,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--watchexec", default="")
-    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token)")
+    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         die("needs root (unshare --pid, /proc of other processes)")
@@ -848,6 +934,7 @@ def main():
         "signal": b.signal_latency,
         "stop": b.stop_latency,
         "token": lambda: (b.token_change(), b.token_change_watchexec()),
+        "reload": b.token_reload,
     }
     only = [p for p in args.only.split(",") if p]
     for name, fn in phases.items():

@@ -18,6 +18,8 @@ pub enum Command {
     },
     Token,
     Rotate,
+    /// Internal: the child PID 1 starts to prove a reload (see `supervisor::start_reload`).
+    ProbeReload,
     Help(Topic),
     Version,
 }
@@ -40,6 +42,9 @@ pub struct UsageError {
     pub message: String,
 }
 
+/// The hidden subcommand of the reload probe: not for users, so not in --help.
+pub const PROBE_RELOAD: &str = "__probe-reload";
+
 pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
     let mut args = args.into_iter();
     let Some(first) = args.next() else {
@@ -56,6 +61,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("sync") => flags(Topic::Sync, rest, &["--dry-run"]).map(|f| Command::Sync { dry_run: !f.is_empty() }),
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
+        Some(PROBE_RELOAD) if rest.is_empty() => Ok(Command::ProbeReload),
         Some(s) if s.starts_with('-') => {
             Err(UsageError { topic: Topic::Main, message: format!("unknown option '{s}' (see 'comfy-init --help')") })
         }

@@ -36,6 +36,11 @@ pub struct Settings {
     pub credentials: credentials::Settings,
     /// `COMFY_INIT_GUEST_MODE`: what a `login/GUEST_MODE` file gets, a warning or a refusal.
     pub guest_mode: GuestMode,
+    /// `COMFY_INIT_COMPANION`: install the companion node (default on).
+    pub companion: bool,
+    /// `COMFY_INIT_ON_TOKEN_CHANGE`: a new token is reloaded in place (default, restart as the
+    /// fallback) or always restarts ComfyUI.
+    pub on_token_change: OnTokenChange,
     pub gpu: GpuSettings,
     /// `COMFY_INIT_HEALTH_TIMEOUT`: the hard deadline of the whole healthcheck.
     pub health_timeout: Duration,
@@ -50,6 +55,14 @@ pub enum GuestMode {
     Warn,
     /// Do not start ComfyUI while the file exists; the healthcheck says unhealthy.
     Refuse,
+}
+
+/// What a new token does to the running ComfyUI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTokenChange {
+    /// Through the companion node, proven from outside; a restart when that cannot be done.
+    Reload,
+    Restart,
 }
 
 /// Where ComfyUI is and how it is started when no command is given.
@@ -78,6 +91,8 @@ impl Settings {
             auth: auth_enabled(get)?,
             credentials: credential_settings(get, owner),
             guest_mode: guest_mode(get)?,
+            companion: on_off(get, "COMFY_INIT_COMPANION")?,
+            on_token_change: on_token_change(get)?,
             gpu: gpu_settings(get)?,
             health_timeout: health_timeout(get)?,
             owner,
@@ -165,10 +180,25 @@ fn comfyui_port(get: Lookup) -> Result<u16, ConfigError> {
 
 /// `COMFY_INIT_AUTH`: true = manage credentials (default), false = plain init.
 fn auth_enabled(get: Lookup) -> Result<bool, ConfigError> {
-    match get("COMFY_INIT_AUTH").as_deref() {
+    on_off(get, "COMFY_INIT_AUTH")
+}
+
+/// A switch that is on unless set to `off`.
+fn on_off(get: Lookup, var: &str) -> Result<bool, ConfigError> {
+    match get(var).as_deref() {
         None | Some("on") => Ok(true),
         Some("off") => Ok(false),
-        Some(v) => Err(ConfigError(format!("COMFY_INIT_AUTH='{v}' is not valid: use on or off"))),
+        Some(v) => Err(ConfigError(format!("{var}='{v}' is not valid: use on or off"))),
+    }
+}
+
+fn on_token_change(get: Lookup) -> Result<OnTokenChange, ConfigError> {
+    match get("COMFY_INIT_ON_TOKEN_CHANGE").as_deref() {
+        None | Some("reload") => Ok(OnTokenChange::Reload),
+        Some("restart") => Ok(OnTokenChange::Restart),
+        Some(v) => Err(ConfigError(format!(
+            "COMFY_INIT_ON_TOKEN_CHANGE='{v}' is not valid: use reload (falls back to a restart) or restart"
+        ))),
     }
 }
 
@@ -328,6 +358,8 @@ mod tests {
             ("COMFY_INIT_STOP_TIMEOUT", "soon"),
             ("COMFY_INIT_AUTH", "maybe"),
             ("COMFY_INIT_GUEST_MODE", "allow"),
+            ("COMFY_INIT_COMPANION", "maybe"),
+            ("COMFY_INIT_ON_TOKEN_CHANGE", "hot"),
             ("COMFY_INIT_GPU", "sometimes"),
             ("COMFY_INIT_MIN_VRAM_GB", "lots"),
             ("COMFY_INIT_HEALTH_TIMEOUT", "0"),

@@ -109,6 +109,8 @@ pub struct Healthy {
     pub gpu: Option<String>,
     /// `login/GUEST_MODE` exists (and COMFY_INIT_GUEST_MODE=warn lets it be).
     pub guest_mode: bool,
+    /// ComfyUI's log holds the token (no companion node redacts it): a guest can read it.
+    pub token_logged: bool,
 }
 
 impl Problem {
@@ -155,7 +157,7 @@ impl Problem {
             Problem::GpuLost(e) => format!("GPU lost: ComfyUI answers but NVML fails: {e}"),
             Problem::GuestModeRefused(file) => format!(
                 "guest mode is on ({file} exists) and COMFY_INIT_GUEST_MODE=refuse: anyone can run \
-                 prompts and read the token from /internal/logs; remove the file"
+                 prompts without a password; remove the file"
             ),
         };
         format!("UNHEALTHY: {why}")
@@ -177,8 +179,10 @@ impl Healthy {
             line += &format!("; NVML opens {g}");
         }
         if self.guest_mode {
-            line += "; WARNING guest mode on (login/GUEST_MODE): anyone can run prompts and read the \
-                     token from /internal/logs";
+            line += "; WARNING guest mode on (login/GUEST_MODE): anyone can run prompts";
+            if self.token_logged {
+                line += " and read the token from /internal/logs";
+            }
         }
         line
     }
@@ -225,6 +229,7 @@ pub fn judge_stats(reply: &Reply, request: Request) -> Result<Healthy, Problem> 
         auth_checked: false,
         gpu: None,
         guest_mode: false,
+        token_logged: false,
     })
 }
 
@@ -424,10 +429,45 @@ fn transport_reply(t: &ureq::Transport) -> Reply {
     }
 }
 
+/// How long the reload probe looks for its proof (PID 1 restarts ComfyUI a little after).
+const PROOF_WINDOW: Duration = Duration::from_secs(2);
+
+/// `comfy-init __probe-reload`, started by PID 1 right after it asked the companion to reload a
+/// new token: exit 0 as soon as the new token answers 200 AND the old one is refused, 1 when that
+/// is not seen within [`PROOF_WINDOW`]. A child of its own, so that PID 1's loop never waits on
+/// HTTP. Says nothing of the tokens.
+pub fn prove_reload(settings: Result<Settings, ConfigError>, old: &str, new: &str) -> u8 {
+    let Ok(s) = settings else { return 1 };
+    let deadline = Instant::now() + PROOF_WINDOW;
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let origin = s.comfyui.cors_origin();
+    let ask = |r: Request| fetch(&agent, s.comfyui.port, origin.as_deref(), deadline, r);
+    let status = |reply: Reply| match reply {
+        Reply::Answer { status, .. } => status.to_string(),
+        other => format!("{other:?}"),
+    };
+    loop {
+        let new_answer = status(ask(Request::Bearer(new)));
+        let old_answer = status(ask(Request::WrongBearer(old)));
+        if new_answer == "200" && (old_answer == "401" || old_answer == "302") {
+            return 0;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "[comfy-init] reload not proven within {}: the new token got {new_answer}, the old one {old_answer}",
+                secs(PROOF_WINDOW)
+            );
+            return 1;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// The requests (with the CORS origin when one is configured), the GPU under `require`, and
 /// guest mode: healthy with a warning, or refused under COMFY_INIT_GUEST_MODE=refuse.
 fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Problem> {
-    let guest_mode = s.auth && credentials::guest_mode_risk(&s.credentials).is_some();
+    let token_logged = !credentials::token_redacted(&s.credentials);
+    let guest_mode = s.auth && credentials::guest_mode_risk(&s.credentials, token_logged).is_some();
     if guest_mode && s.guest_mode == GuestMode::Refuse {
         return Err(Problem::GuestModeRefused(s.credentials.guest_mode_path().display().to_string()));
     }
@@ -443,7 +483,7 @@ fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Proble
         gpu::check_alive(&gpu_settings)
     };
     let gpu: Option<&dyn Fn() -> Result<String, String>> = (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
-    evaluate(auth, &mut http, gpu).map(|h| Healthy { guest_mode, ..h })
+    evaluate(auth, &mut http, gpu).map(|h| Healthy { guest_mode, token_logged, ..h })
 }
 
 /// `comfy-init healthcheck`: prints one line, returns 0 (healthy) or 1.

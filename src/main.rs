@@ -2,6 +2,7 @@
 //! Nothing else lives here.
 
 mod cli;
+mod companion;
 mod config;
 mod credentials;
 mod error;
@@ -52,6 +53,12 @@ fn main() -> ExitCode {
         Command::Token => ExitCode::from(token()),
         Command::Rotate => ExitCode::from(rotate()),
         Command::Healthcheck => ExitCode::from(health::command(Settings::from_env())),
+        Command::ProbeReload => {
+            // PID 1 hands the probe the two tokens in its environment, never on a command line.
+            let token = |name| std::env::var(name).unwrap_or_default();
+            let (old, new) = (token(supervisor::PROBE_OLD), token(supervisor::PROBE_NEW));
+            ExitCode::from(health::prove_reload(Settings::from_env(), &old, &new))
+        }
     }
 }
 
@@ -143,8 +150,8 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
         }
     };
     logging::init();
-    let started = prepare(command).and_then(|(settings, spec, guard)| {
-        Supervisor::start(settings.supervisor, spec, signals, guard).map_err(Error::Spawn)
+    let started = prepare(command).and_then(|(settings, spec, guard, reload)| {
+        Supervisor::start(settings.supervisor, spec, signals, guard, reload).map_err(Error::Spawn)
     });
     match started {
         Ok(supervisor) => supervisor.run(),
@@ -155,9 +162,9 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
     }
 }
 
-/// Everything before the child starts: settings, GPU preflight, privileges, credentials.
-/// Err: nothing was started.
-fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Option<Guard>), Error> {
+/// Everything before the child starts: settings, GPU preflight, privileges, the companion node,
+/// credentials. Also whether a new token may be reloaded in place. Err: nothing was started.
+fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Option<Guard>, bool), Error> {
     let settings = Settings::from_env()?;
     gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
 
@@ -166,8 +173,11 @@ fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Opt
         privileges::check_ownership(&settings.comfyui.dir, owner).map_err(|e| Error::Config(config::ConfigError(e)))?;
         spec.user = Some(owner);
     }
+    let mut reload = false;
     let guard = if settings.auth {
-        check_guest_mode(&settings)?;
+        let companion = companion_installed(&settings);
+        reload = companion && settings.on_token_change == config::OnTokenChange::Reload;
+        check_guest_mode(&settings, !companion)?;
         let not_started = |e: String| {
             Error::Credentials(format!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD"))
         };
@@ -184,12 +194,31 @@ fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Opt
     } else {
         spec.argv = command;
     }
-    Ok((settings, spec, guard))
+    Ok((settings, spec, guard, reload))
+}
+
+/// The companion node, installed so that the token stays out of ComfyUI's log and a new token can
+/// be reloaded without a restart. Not installed (COMFY_INIT_COMPANION=off, a read-only
+/// custom_nodes): a new token restarts ComfyUI.
+fn companion_installed(settings: &Settings) -> bool {
+    if !settings.companion {
+        return false;
+    }
+    match companion::install(&settings.comfyui.dir) {
+        Ok(dir) => {
+            log::debug!("companion node installed in {}", dir.display());
+            true
+        }
+        Err(e) => {
+            log::warn!("{e}: the companion node is not installed, so a new password restarts ComfyUI");
+            false
+        }
+    }
 }
 
 /// ComfyUI-Login's guest mode: said loudly, or refused under `COMFY_INIT_GUEST_MODE=refuse`.
-fn check_guest_mode(settings: &Settings) -> Result<(), Error> {
-    let Some(risk) = credentials::guest_mode_risk(&settings.credentials) else { return Ok(()) };
+fn check_guest_mode(settings: &Settings, token_logged: bool) -> Result<(), Error> {
+    let Some(risk) = credentials::guest_mode_risk(&settings.credentials, token_logged) else { return Ok(()) };
     match settings.guest_mode {
         config::GuestMode::Warn => {
             log::warn!("{risk} (COMFY_INIT_GUEST_MODE=refuse makes this a refusal)");

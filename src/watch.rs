@@ -10,6 +10,17 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
+/// What a batch of events says about the credential files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    None,
+    /// Something changed and may still be changing (a write in progress, a file created).
+    Changing,
+    /// A save ended: a file renamed into place (editors, Kubernetes' `..data` swap) or closed
+    /// after writing. Nothing is left to wait for.
+    Saved,
+}
+
 /// A folder and the names in it that matter (empty: every name).
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -59,9 +70,10 @@ impl Watcher {
         self.inotify.as_fd()
     }
 
-    /// Reads every pending event; true when one of them may change a credential.
-    pub fn drain(&mut self) -> bool {
+    /// Reads every pending event: whether one of them may change a credential.
+    pub fn drain(&mut self) -> Activity {
         let mut relevant = false;
+        let mut complete = false;
         let mut rewatch = false;
         while let Ok(events) = self.inotify.read_events() {
             if events.is_empty() {
@@ -88,6 +100,7 @@ impl Watcher {
                     let names = &self.targets[role.target].names;
                     if names.is_empty() || event.name.as_ref().map(|n| names.contains(n)).unwrap_or(true) {
                         relevant = true;
+                        complete |= event.mask.intersects(AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE);
                     }
                 }
             }
@@ -95,7 +108,11 @@ impl Watcher {
         if rewatch {
             relevant |= self.ensure_watches();
         }
-        relevant
+        match (relevant, complete) {
+            (false, _) => Activity::None,
+            (true, false) => Activity::Changing,
+            (true, true) => Activity::Saved,
+        }
     }
 
     /// Watches every target folder, or the nearest existing ancestor of a missing one. Returns
@@ -187,10 +204,16 @@ mod tests {
         let mut w = Watcher::new(vec![target(d, &["PASSWORD"]), target(d, &[".env"])]).unwrap();
         for name in ["PASSWORD", ".env"] {
             std::fs::write(dir.join(name), "x").unwrap();
-            assert!(w.drain(), "{name} not seen");
+            assert_eq!(w.drain(), Activity::Saved, "{name} not seen");
         }
         std::fs::write(dir.join("other"), "x").unwrap();
-        assert!(!w.drain());
+        assert_eq!(w.drain(), Activity::None);
+        // Opened for writing and not closed yet: still changing.
+        let mut open = std::fs::OpenOptions::new().write(true).open(dir.join(".env")).unwrap();
+        std::io::Write::write_all(&mut open, b"y").unwrap();
+        assert_eq!(w.drain(), Activity::Changing);
+        drop(open);
+        assert_eq!(w.drain(), Activity::Saved);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -207,7 +230,7 @@ mod tests {
         std::fs::create_dir(&login).unwrap();
         w.drain();
         std::fs::write(login.join("PASSWORD"), "x").unwrap();
-        assert!(w.drain(), "PASSWORD in a folder created later not seen");
+        assert_ne!(w.drain(), Activity::None, "PASSWORD in a folder created later not seen");
         assert_eq!(w.watches.len(), 2, "the stand-in role is gone, the shared watch kept: {:?}", w.watches);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -98,19 +98,29 @@ fn is_login_node(dir: &Path) -> bool {
     )
 }
 
-/// Guest mode on: what anyone can do, and how to turn it off. For the start log and the
-/// refusal under `COMFY_INIT_GUEST_MODE=refuse`.
-pub fn guest_mode_risk(s: &Settings) -> Option<String> {
+/// Guest mode on: what anyone can do, and how to turn it off. `token_logged`: ComfyUI's log
+/// still holds the token (no companion node redacts it), which a guest can read.
+pub fn guest_mode_risk(s: &Settings, token_logged: bool) -> Option<String> {
     let path = s.guest_mode_path();
     std::fs::symlink_metadata(&path).ok()?;
+    let logs = if token_logged {
+        ", and read every GET route, /internal/logs included, which holds ComfyUI-Login's \
+         'For direct API calls, use token=...' line: the admin bearer token"
+    } else {
+        " and read every GET route"
+    };
     Some(format!(
         "{} exists: ComfyUI-Login's guest mode is on. Anyone who reaches the login page can enter \
-         as a guest without a password, run prompts, upload images and read every GET route, \
-         /internal/logs included, which holds ComfyUI-Login's 'For direct API calls, use token=...' \
-         line: the admin bearer token. Remove {} to turn guest mode off",
+         as a guest without a password, run prompts, upload images{logs}. Remove {} to turn guest \
+         mode off",
         path.display(),
         path.display()
     ))
+}
+
+/// Whether the companion node that keeps the token out of ComfyUI's log is in place.
+pub fn token_redacted(s: &Settings) -> bool {
+    s.comfyui_dir.join("custom_nodes").join(crate::companion::FOLDER).join("prestartup_script.py").is_file()
 }
 
 /// A `.env` or a secret file holds a few lines; a megabyte is already absurd.
@@ -524,11 +534,13 @@ fn apply(s: &Settings, snap: &Snapshot, d: &Decision) -> Result<(), Failure> {
         unchanged(&expected)?;
         password_file::write(&s.password_path(), &d.out.token, &d.out.username, s.owner)?;
     }
+    // The new PASSWORD is in place: a key that cannot be deleted (a read-only custom_nodes) only
+    // means old browser sessions live on. Said, not fatal: ComfyUI must still get the new token.
     for key in &d.session_keys {
         match std::fs::remove_file(key) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(fsutil::explain_write_error(key, &e).into()),
+            Err(e) => log::warn!("{}; old browser sessions stay logged in", fsutil::explain_write_error(key, &e)),
         }
     }
     Ok(())

@@ -7,9 +7,10 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use crate::credentials::{self, Failure, Mode, Settings};
-use crate::watch::Watcher;
+use crate::watch::{Activity, Watcher};
 
-/// One save is one reaction: wait this long after the last event...
+/// A write still in progress (no rename, no close yet) is one reaction: wait this long after the
+/// last event...
 const QUIET: Duration = Duration::from_millis(75);
 /// ...but never longer than this after the first.
 const MAX_WAIT: Duration = Duration::from_millis(500);
@@ -17,13 +18,21 @@ const MAX_WAIT: Duration = Duration::from_millis(500);
 /// for it inside the loop.
 const RETRY: Duration = Duration::from_millis(100);
 
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    first: Instant,
+    last: Instant,
+    /// The last batch ended a save: no need to wait for quiet.
+    saved: bool,
+}
+
 pub struct Guard {
     settings: Settings,
     watcher: Watcher,
     /// The token the current child was started with.
     token: String,
-    /// (first event, last event) of a burst not yet acted on.
-    burst: Option<(Instant, Instant)>,
+    /// A burst of events not yet acted on.
+    burst: Option<Burst>,
     /// A reconciliation that could not complete, to try again at this time.
     retry_at: Option<Instant>,
     /// `login/GUEST_MODE` was there when last looked at (the start warns of it already).
@@ -33,7 +42,7 @@ pub struct Guard {
 impl Guard {
     pub fn new(settings: Settings, token: String) -> nix::Result<Guard> {
         let watcher = Watcher::new(settings.watch_targets())?;
-        let guest_mode = credentials::guest_mode_risk(&settings).is_some();
+        let guest_mode = std::fs::symlink_metadata(settings.guest_mode_path()).is_ok();
         Ok(Guard { settings, watcher, token, burst: None, retry_at: None, guest_mode })
     }
 
@@ -42,14 +51,17 @@ impl Guard {
     }
 
     pub fn on_readable(&mut self, now: Instant) {
-        if self.watcher.drain() {
-            let first = self.burst.map(|(first, _)| first).unwrap_or(now);
-            self.burst = Some((first, now));
+        let first = self.burst.map(|b| b.first).unwrap_or(now);
+        match self.watcher.drain() {
+            Activity::None => {}
+            Activity::Changing => self.burst = Some(Burst { first, last: now, saved: false }),
+            // A save that ended needs no quiet period: act on it now.
+            Activity::Saved => self.burst = Some(Burst { first, last: now, saved: true }),
         }
     }
 
     pub fn deadline(&self) -> Option<Instant> {
-        let settled = self.burst.map(|(first, last)| (last + QUIET).min(first + MAX_WAIT));
+        let settled = self.burst.map(|b| if b.saved { b.last } else { (b.last + QUIET).min(b.first + MAX_WAIT) });
         settled.into_iter().chain(self.retry_at).min()
     }
 
@@ -61,7 +73,7 @@ impl Guard {
     /// Guest mode switched on while ComfyUI runs: say it once (ComfyUI-Login reads the file at
     /// every login, so it takes effect at once).
     fn watch_guest_mode(&mut self) {
-        let risk = credentials::guest_mode_risk(&self.settings);
+        let risk = credentials::guest_mode_risk(&self.settings, !credentials::token_redacted(&self.settings));
         if let (Some(risk), false) = (&risk, self.guest_mode) {
             log::warn!("{risk}");
         }
@@ -74,8 +86,8 @@ impl Guard {
         credentials::known_stale(&self.settings, &self.token)
     }
 
-    /// Reconciles. True when the child must restart to pick up a new token.
-    pub fn reconcile(&mut self) -> bool {
+    /// Reconciles. Some((old, new)) when the token changed: the child must pick up `new`.
+    pub fn reconcile(&mut self) -> Option<(String, String)> {
         self.burst = None;
         self.retry_at = None;
         self.watch_guest_mode();
@@ -83,19 +95,19 @@ impl Guard {
             Ok(out) => {
                 credentials::log_outcome(&out);
                 if out.token == self.token {
-                    return false;
+                    return None;
                 }
-                self.token = out.token;
-                true
+                let old = std::mem::replace(&mut self.token, out.token);
+                Some((old, self.token.clone()))
             }
             Err(Failure::Refused(e)) => {
                 log::error!("{e}; ComfyUI keeps running with its current token");
-                false
+                None
             }
             Err(e @ (Failure::Busy | Failure::Changed)) => {
                 log::debug!("{e}: trying again in {RETRY:?}");
                 self.retry_at = Some(Instant::now() + RETRY);
-                false
+                None
             }
         }
     }

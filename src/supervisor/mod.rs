@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
+use crate::companion;
 use child::ChildSpec;
 use guard::Guard;
 use session::Session;
@@ -24,6 +25,10 @@ use state::{Effect, Event, Exited, Machine, State};
 
 pub use state::Settings;
 
+/// The tokens the reload probe compares (in its environment, never on a command line).
+pub const PROBE_OLD: &str = "COMFY_INIT_PROBE_OLD_TOKEN";
+pub const PROBE_NEW: &str = "COMFY_INIT_PROBE_NEW_TOKEN";
+
 pub struct Supervisor {
     spec: ChildSpec,
     signals: Signals,
@@ -31,6 +36,10 @@ pub struct Supervisor {
     guard: Option<Guard>,
     session: Session,
     machine: Machine,
+    /// A new token may be reloaded in place by the companion (else: restart).
+    reload: bool,
+    /// The last token change: (old, new), for the probe that proves a reload.
+    change: Option<(String, String)>,
 }
 
 impl Supervisor {
@@ -41,6 +50,7 @@ impl Supervisor {
         mut spec: ChildSpec,
         signals: Signals,
         guard: Option<Guard>,
+        reload: bool,
     ) -> Result<Supervisor, child::SpawnError> {
         if std::process::id() != 1 {
             if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -51,15 +61,20 @@ impl Supervisor {
         }
         let session = Session::new();
         spec.env_set.push((session::ENV.into(), session.path().into()));
+        if reload {
+            spec.env_set.push((companion::ENV_SESSION.into(), session.path().into()));
+        }
         let first = child::spawn(&spec)?;
         log::info!("started {} (pid {})", spec.argv[0].to_string_lossy(), first.pid);
-        Ok(Supervisor { spec, signals, guard, session, machine: Machine::new(settings, first) })
+        let machine = Machine::new(settings, first);
+        Ok(Supervisor { spec, signals, guard, session, machine, reload, change: None })
     }
 
     /// The loop. Returns the exit code for comfy-init.
     pub fn run(mut self) -> i32 {
         loop {
             if let State::Done(code) = self.machine.state() {
+                let _ = std::fs::remove_file(companion::ready_file(self.session.path()));
                 return code;
             }
             self.wait_for_event();
@@ -134,12 +149,50 @@ impl Supervisor {
         if !guard.due(now) {
             return;
         }
+        // A ComfyUI that can reload must keep running until the new PASSWORD is written.
         let known_stale = guard.token_known_stale();
-        if known_stale {
-            self.feed(Event::TokenChanged);
+        if known_stale && self.ready_companion().is_none() {
+            self.feed(Event::TokenChanged { companion: None });
         }
-        if self.guard.as_mut().is_some_and(Guard::reconcile) {
-            self.feed(Event::TokenChanged);
+        if let Some(change) = self.guard.as_mut().and_then(Guard::reconcile) {
+            self.change = Some(change);
+            let companion = self.ready_companion();
+            self.feed(Event::TokenChanged { companion });
+        }
+    }
+
+    /// The companion of the running child, when it announced itself ready.
+    fn ready_companion(&self) -> Option<i32> {
+        match self.machine.state() {
+            State::Running(child) if self.reload => companion::ready(self.session.path(), child.pid),
+            _ => None,
+        }
+    }
+
+    /// Asks the companion to reload and starts the probe that proves it from outside: a short
+    /// child of ours (reaped like any other), so that no HTTP request ever blocks this loop.
+    fn start_reload(&self, companion: i32) -> Event {
+        let Some((old, new)) = &self.change else { return Event::ReloadFailed };
+        let signo = companion::reload_signal();
+        // SAFETY: plain syscall. The pid was just read from the companion's ready file and found in
+        // the current child's process group; a real-time signal is not in nix's Signal enum.
+        if unsafe { libc::kill(companion, signo) } != 0 {
+            let e = std::io::Error::last_os_error();
+            log::warn!("cannot send {} to the companion (pid {companion}): {e}", signal_name(signo));
+            return Event::ReloadFailed;
+        }
+        let Ok(me) = std::env::current_exe() else { return Event::ReloadFailed };
+        let probe = ChildSpec {
+            argv: vec![me.into(), crate::cli::PROBE_RELOAD.into()],
+            env_set: vec![(PROBE_OLD.into(), old.into()), (PROBE_NEW.into(), new.into())],
+            ..ChildSpec::default()
+        };
+        match child::spawn(&probe) {
+            Ok(p) => Event::ProbeStarted(p.pid),
+            Err(e) => {
+                log::warn!("cannot start the reload probe: {e}");
+                Event::ReloadFailed
+            }
         }
     }
 
@@ -151,6 +204,7 @@ impl Supervisor {
                 match effect {
                     Effect::SignalGroup { pgid, signo } => send(pgid, signo),
                     Effect::Spawn => pending.push(self.spawn()),
+                    Effect::StartReload { companion } => pending.push(self.start_reload(companion)),
                     Effect::Exit(code) => log::debug!("exiting with {code}"),
                     Effect::Log(level, message) => log::log!(level, "{message}"),
                 }
@@ -159,6 +213,8 @@ impl Supervisor {
     }
 
     fn spawn(&self) -> Event {
+        // A ready file of the previous child must not vouch for the next one.
+        let _ = std::fs::remove_file(companion::ready_file(self.session.path()));
         match child::spawn(&self.spec) {
             Ok(child) => {
                 log::info!("started {} (pid {})", self.spec.argv[0].to_string_lossy(), child.pid);

@@ -13,6 +13,10 @@ use super::signals::signal_name;
 /// grandchild whose parent is still alive dies without telling us).
 pub const GROUP_RECHECK: Duration = Duration::from_millis(50);
 
+/// How long a reload may take to be proven (the probe gives up after 2 s) before ComfyUI is
+/// restarted instead.
+pub const RELOAD_PROOF: Duration = Duration::from_secs(3);
+
 /// How the child is stopped and restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
@@ -52,6 +56,12 @@ pub enum State {
     /// A `Spawn` effect is being carried out; `Spawned` or `SpawnFailed` follows at once.
     Spawning,
     Running(Child),
+    /// The companion was asked to apply a new token; `probe` proves it (or not) from outside.
+    Reloading {
+        child: Child,
+        probe: Option<i32>,
+        until: Instant,
+    },
     /// The group was sent the stop signal; SIGKILL at `kill_at` unless it is gone by then.
     Stopping {
         child: Child,
@@ -86,8 +96,15 @@ pub enum Event {
     StopRequested(i32),
     /// Any other signal to us, for the child's group.
     Forward(i32),
-    /// The credentials now give another token than the child's.
-    TokenChanged,
+    /// The credentials now give another token than the child's. `companion`: the pid of a
+    /// companion ready in the current child to reload it in place (None: restart).
+    TokenChanged {
+        companion: Option<i32>,
+    },
+    /// The probe that proves a reload started.
+    ProbeStarted(i32),
+    /// The reload could not even be asked for (signal or probe failed).
+    ReloadFailed,
     /// Time passed: a deadline may be due.
     Tick,
 }
@@ -100,6 +117,11 @@ pub enum Effect {
     },
     /// Start the child (again).
     Spawn,
+    /// Send the companion the reload signal and start the probe (`ProbeStarted` or
+    /// `ReloadFailed` follows at once).
+    StartReload {
+        companion: i32,
+    },
     Exit(i32),
     Log(log::Level, String),
 }
@@ -136,7 +158,7 @@ impl Machine {
                 let recheck = now + GROUP_RECHECK;
                 Some(if killed { recheck } else { recheck.min(kill_at) })
             }
-            State::Backoff { until, .. } => Some(until),
+            State::Backoff { until, .. } | State::Reloading { until, .. } => Some(until),
             State::Spawning | State::Running(_) | State::Done(_) => None,
         }
     }
@@ -150,7 +172,9 @@ impl Machine {
             Event::GroupGone => self.on_group_gone(now, &mut fx),
             Event::StopRequested(signo) => self.on_stop_request(signo, now, &mut fx),
             Event::Forward(signo) => self.on_forward(signo, &mut fx),
-            Event::TokenChanged => self.on_token_changed(now, &mut fx),
+            Event::TokenChanged { companion } => self.on_token_changed(companion, now, &mut fx),
+            Event::ProbeStarted(pid) => self.on_probe_started(pid),
+            Event::ReloadFailed => self.restart_after_failed_reload("it could not be asked for", now, &mut fx),
             Event::Tick => self.on_tick(now, &mut fx),
         }
         fx
@@ -171,6 +195,14 @@ impl Machine {
     }
 
     fn on_reaped(&mut self, pid: i32, exited: Exited, group_alive: bool, now: Instant, fx: &mut Vec<Effect>) {
+        if let State::Reloading { child, probe, .. } = self.state {
+            if probe == Some(pid) {
+                return self.on_probe_exited(child, exited, now, fx);
+            }
+            if child.pid == pid {
+                self.state = State::Running(child); // ComfyUI died mid-reload: as if running
+            }
+        }
         match &mut self.state {
             State::Running(child) if child.pid == pid => {
                 let child = *child;
@@ -223,25 +255,69 @@ impl Machine {
                 let code = last.code();
                 self.finish(code, fx);
             }
+            State::Reloading { child, .. } => {
+                let child = *child;
+                self.begin_stop(child, None, AfterStop::Exit, now, fx);
+            }
             State::Spawning | State::Done(_) => {}
         }
     }
 
     fn on_forward(&mut self, signo: i32, fx: &mut Vec<Effect>) {
         match self.state {
-            State::Running(child) | State::Stopping { child, .. } => {
+            State::Running(child) | State::Stopping { child, .. } | State::Reloading { child, .. } => {
                 fx.push(Effect::SignalGroup { pgid: child.pid, signo })
             }
             _ => fx.push(log(log::Level::Debug, format!("{} dropped: no child running", signal_name(signo)))),
         }
     }
 
-    fn on_token_changed(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if let State::Running(child) = self.state {
+    fn on_token_changed(&mut self, companion: Option<i32>, now: Instant, fx: &mut Vec<Effect>) {
+        match (self.state, companion) {
+            (State::Running(child), Some(companion)) => {
+                fx.push(log(
+                    log::Level::Info,
+                    format!("the token changed: asking ComfyUI (pid {}) to reload it, no restart", child.pid),
+                ));
+                self.state = State::Reloading { child, probe: None, until: now + RELOAD_PROOF };
+                fx.push(Effect::StartReload { companion });
+            }
+            (State::Running(child), None) => {
+                fx.push(log(
+                    log::Level::Info,
+                    format!("the token changed: restarting ComfyUI (pid {}) so that it reads the new one", child.pid),
+                ));
+                self.begin_stop(child, None, AfterStop::Restart, now, fx);
+            }
+            (State::Reloading { .. }, _) => {
+                self.restart_after_failed_reload("the token changed again meanwhile", now, fx)
+            }
+            _ => {}
+        }
+    }
+
+    fn on_probe_started(&mut self, pid: i32) {
+        if let State::Reloading { probe, .. } = &mut self.state {
+            *probe = Some(pid);
+        }
+    }
+
+    fn on_probe_exited(&mut self, child: Child, exited: Exited, now: Instant, fx: &mut Vec<Effect>) {
+        if exited.status.success() {
             fx.push(log(
                 log::Level::Info,
-                format!("the token changed: restarting ComfyUI (pid {}) so that it reads the new one", child.pid),
+                format!("ComfyUI (pid {}) uses the new token; the old one is refused: no restart needed", child.pid),
             ));
+            self.state = State::Running(child);
+        } else {
+            self.restart_after_failed_reload("the new token was not proven in use", now, fx);
+        }
+    }
+
+    /// The fallback: today's restart.
+    fn restart_after_failed_reload(&mut self, why: &str, now: Instant, fx: &mut Vec<Effect>) {
+        if let State::Reloading { child, .. } = self.state {
+            fx.push(log(log::Level::Warn, format!("reload of the token abandoned ({why}): restarting ComfyUI")));
             self.begin_stop(child, None, AfterStop::Restart, now, fx);
         }
     }
@@ -262,6 +338,9 @@ impl Machine {
                 fx.push(Effect::SignalGroup { pgid, signo: libc::SIGKILL });
             }
             State::Backoff { until, .. } if now >= *until => self.spawn(fx),
+            State::Reloading { until, .. } if now >= *until => {
+                self.restart_after_failed_reload("no proof within the deadline", now, fx)
+            }
             _ => {}
         }
     }
@@ -438,7 +517,7 @@ mod tests {
     #[test]
     fn a_stop_during_a_credential_restart_exits_instead_of_restarting() {
         let (mut m, t0) = running(RestartMode::OnFailure);
-        assert_eq!(acts(m.step(Event::TokenChanged, t0)), [signal(libc::SIGINT)]);
+        assert_eq!(acts(m.step(Event::TokenChanged { companion: None }, t0)), [signal(libc::SIGINT)]);
         // The first stop request during a restart is not a "second" one: no SIGKILL.
         assert!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)).is_empty());
         assert_eq!(acts(m.step(reaped(0, false), t0)), [Effect::Exit(0)]);
@@ -447,8 +526,8 @@ mod tests {
     #[test]
     fn a_token_change_restarts_once_the_group_is_gone() {
         let (mut m, t0) = running(RestartMode::OnFailure);
-        m.step(Event::TokenChanged, t0);
-        assert!(acts(m.step(Event::TokenChanged, t0)).is_empty(), "a stop is already under way");
+        m.step(Event::TokenChanged { companion: None }, t0);
+        assert!(acts(m.step(Event::TokenChanged { companion: None }, t0)).is_empty(), "a stop is already under way");
         assert_eq!(acts(m.step(reaped(0, true), t0)), [signal(libc::SIGTERM)]);
         assert_eq!(acts(m.step(Event::GroupGone, t0)), [Effect::Spawn]);
         assert_eq!(m.state(), State::Spawning);
@@ -489,7 +568,7 @@ mod tests {
     fn signals_are_forwarded_to_the_group_while_a_child_lives_and_dropped_otherwise() {
         let (mut m, t0) = running(RestartMode::OnFailure);
         assert_eq!(acts(m.step(Event::Forward(libc::SIGUSR1), t0)), [signal(libc::SIGUSR1)]);
-        m.step(Event::TokenChanged, t0);
+        m.step(Event::TokenChanged { companion: None }, t0);
         assert_eq!(acts(m.step(Event::Forward(libc::SIGHUP), t0)), [signal(libc::SIGHUP)]);
         m.step(reaped(1, false), t0);
         assert!(acts(m.step(Event::Forward(libc::SIGUSR1), t0)).is_empty());
@@ -500,14 +579,14 @@ mod tests {
         let (mut m, t0) = running(RestartMode::OnFailure);
         m.step(reaped(1, false), t0);
         let before = m.state();
-        assert!(m.step(Event::TokenChanged, t0).is_empty());
+        assert!(m.step(Event::TokenChanged { companion: None }, t0).is_empty());
         assert_eq!(m.state(), before);
     }
 
     #[test]
     fn a_failed_restart_counts_as_a_crash_with_the_shells_status() {
         let (mut m, t0) = running(RestartMode::OnFailure);
-        m.step(Event::TokenChanged, t0);
+        m.step(Event::TokenChanged { companion: None }, t0);
         m.step(reaped(0, false), t0);
         assert_eq!(m.state(), State::Spawning);
         m.step(Event::SpawnFailed(127), t0);
@@ -559,7 +638,7 @@ mod tests {
         for event in [
             Event::Tick,
             Event::GroupGone,
-            Event::TokenChanged,
+            Event::TokenChanged { companion: None },
             Event::StopRequested(libc::SIGTERM),
             Event::Forward(libc::SIGHUP),
             reaped(1, false),
@@ -594,6 +673,69 @@ mod tests {
         let (mut m, t0) = running(RestartMode::OnFailure);
         assert!(m.step(Event::Tick, t0 + Duration::from_secs(3600)).is_empty());
         assert_eq!(m.state(), State::Running(Child { pid: PID, started: t0 }));
+    }
+
+    fn reload_started(m: &mut Machine, t0: Instant) {
+        let fx = m.step(Event::TokenChanged { companion: Some(150) }, t0);
+        assert_eq!(acts(fx), [Effect::StartReload { companion: 150 }]);
+        m.step(Event::ProbeStarted(300), t0);
+        assert_eq!(m.deadline(t0), Some(t0 + RELOAD_PROOF));
+    }
+
+    #[test]
+    fn a_token_change_with_a_ready_companion_is_reloaded_and_proven_without_a_restart() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        reload_started(&mut m, t0);
+        let proof = Event::Reaped { pid: 300, exited: exit(0), group_alive: false };
+        assert!(acts(m.step(proof, t0)).is_empty(), "no signal, no spawn");
+        assert_eq!(m.state(), State::Running(Child { pid: PID, started: t0 }));
+    }
+
+    #[test]
+    fn an_unproven_reload_falls_back_to_a_restart() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        reload_started(&mut m, t0);
+        let no_proof = Event::Reaped { pid: 300, exited: exit(1), group_alive: false };
+        assert_eq!(acts(m.step(no_proof, t0)), [signal(libc::SIGINT)]);
+        assert_eq!(acts(m.step(reaped(0, false), t0)), [Effect::Spawn]);
+    }
+
+    #[test]
+    fn a_reload_with_no_proof_by_the_deadline_restarts() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        reload_started(&mut m, t0);
+        assert!(acts(m.step(Event::Tick, t0 + RELOAD_PROOF / 2)).is_empty());
+        assert_eq!(acts(m.step(Event::Tick, t0 + RELOAD_PROOF)), [signal(libc::SIGINT)]);
+        // The probe ending late is only an orphan now.
+        let late = Event::Reaped { pid: 300, exited: exit(0), group_alive: false };
+        assert!(acts(m.step(late, t0 + RELOAD_PROOF)).is_empty());
+    }
+
+    #[test]
+    fn a_reload_that_cannot_be_asked_for_restarts_at_once() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::TokenChanged { companion: Some(150) }, t0);
+        assert_eq!(acts(m.step(Event::ReloadFailed, t0)), [signal(libc::SIGINT)]);
+    }
+
+    #[test]
+    fn during_a_reload_signals_are_forwarded_a_stop_stops_and_a_new_token_restarts() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        reload_started(&mut m, t0);
+        assert_eq!(acts(m.step(Event::Forward(libc::SIGHUP), t0)), [signal(libc::SIGHUP)]);
+        assert_eq!(acts(m.step(Event::TokenChanged { companion: Some(150) }, t0)), [signal(libc::SIGINT)]);
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        reload_started(&mut m, t0);
+        assert_eq!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)), [signal(libc::SIGINT)]);
+        assert_eq!(acts(m.step(reaped(0, false), t0)), [Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn comfyui_dying_during_a_reload_is_a_crash_like_any_other() {
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        reload_started(&mut m, t0);
+        m.step(reaped(1, false), t0);
+        assert!(matches!(m.state(), State::Backoff { .. }), "{:?}", m.state());
     }
 
     #[test]

@@ -108,9 +108,10 @@ fn with_a_cors_origin_a_comfyui_without_auth_is_still_unhealthy() {
     assert!(check.line().contains("authentication is not enforced"), "{check:?}");
 }
 
+/// Without the companion node (it redacts the token, see reload.rs) the token is in the log.
 #[test]
 fn guest_mode_is_said_at_start_and_in_the_healthcheck_and_its_token_leak_is_real() {
-    let ws = Workspace::new("fid-guest");
+    let ws = Workspace::new("fid-guest").set("COMFY_INIT_COMPANION", "off");
     write(&ws.env_file(), "COMFYUI_PASSWORD=guest-pass\n");
     let guest_file = ws.comfyui().join("login/GUEST_MODE");
     fs::create_dir_all(guest_file.parent().unwrap()).unwrap();
@@ -122,13 +123,31 @@ fn guest_mode_is_said_at_start_and_in_the_healthcheck_and_its_token_leak_is_real
 
     let check = healthcheck(&ws, &[]);
     assert_eq!(check.code, Some(0), "{check:?}");
-    assert!(check.line().contains("WARNING guest mode on (login/GUEST_MODE)"), "{check:?}");
+    let warning = "WARNING guest mode on (login/GUEST_MODE): anyone can run prompts and read the token";
+    assert!(check.line().contains(warning), "{check:?}");
 
     // What the warning is about: an anonymous guest reads the admin token from the log.
     let cookie = web_login(&ws, &[("username", ""), ("password", ""), ("guest_mode", "1")]);
     let (status, logs) = get_with_cookie(&ws, "/internal/logs", &cookie);
     assert_eq!(status, 200);
     assert!(logs.contains(&format!("use token={}", ws.token())), "{logs}");
+}
+
+#[test]
+fn with_the_companion_a_guest_finds_no_token_in_the_log_and_the_warning_says_less() {
+    let ws = Workspace::new("fid-guest-redacted");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=guest-pass\n");
+    let guest_file = ws.comfyui().join("login/GUEST_MODE");
+    fs::create_dir_all(guest_file.parent().unwrap()).unwrap();
+    write(&guest_file, "");
+    let init = serving(&ws, ws.launch());
+    assert!(init.stderr().contains("guest mode is on") && !init.stderr().contains("/internal/logs"));
+    let check = healthcheck(&ws, &[]);
+    assert!(check.line().contains("WARNING guest mode on (login/GUEST_MODE): anyone can run prompts"));
+    assert!(!check.line().contains("read the token"), "{check:?}");
+    let cookie = web_login(&ws, &[("username", ""), ("password", ""), ("guest_mode", "1")]);
+    let (_, logs) = get_with_cookie(&ws, "/internal/logs", &cookie);
+    assert!(!logs.contains(&ws.token()) && logs.contains("token=<token redacted by comfy-init>"), "{logs}");
 }
 
 #[test]

@@ -6,5 +6,6 @@ mod gpu;
 mod hardening;
 mod health;
 mod pid1;
+mod reload;
 mod supervise;
 mod util;

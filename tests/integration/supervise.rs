@@ -72,6 +72,12 @@ fn voluntary_switches(pid: i32) -> u64 {
 }
 
 /// Asserts the child was started exactly `n` times, now and after a settle.
+/// These tests are about the restart path: a reload by the companion (tests/integration/reload.rs)
+/// is the default, the restart its fallback and `COMFY_INIT_ON_TOKEN_CHANGE=restart`.
+fn restarting(ws: &Workspace) -> Launch {
+    ws.launch().env("COMFY_INIT_ON_TOKEN_CHANGE", "restart")
+}
+
 fn assert_starts(ws: &Workspace, init: &Running, n: usize) {
     assert_eq!(ws.starts(), n, "stderr:\n{}", init.stderr());
     std::thread::sleep(SETTLE);
@@ -86,7 +92,7 @@ fn a_new_password_in_env_restarts_comfyui_once_with_the_new_token() {
         return;
     }
     let ws = Workspace::new("sv-edit");
-    let init = ws.launch().start();
+    let init = restarting(&ws).start();
     let old = up(&ws, &init);
     let old_pid = ws.comfyui_pid(&old);
 
@@ -108,7 +114,7 @@ fn rotate_from_another_process_restarts_comfyui_once() {
         return;
     }
     let ws = Workspace::new("sv-rotate");
-    let init = ws.launch().start();
+    let init = restarting(&ws).start();
     let old = up(&ws, &init);
     let old_pid = ws.comfyui_pid(&old);
 
@@ -136,7 +142,7 @@ fn a_kubernetes_secret_swap_restarts_comfyui_with_the_new_password() {
     symlink("..2026_01_01", secret.join("..data")).unwrap();
     symlink("..data/password", secret.join("password")).unwrap();
     let ws = ws.set("COMFYUI_PASSWORD_FILE", secret.join("password"));
-    let init = ws.launch().start();
+    let init = restarting(&ws).start();
     let old = up(&ws, &init);
     assert!(bcrypt::verify("first-pass", &old).unwrap());
 
@@ -212,7 +218,7 @@ fn touching_env_without_a_change_does_not_restart() {
         return;
     }
     let ws = Workspace::new("sv-touch");
-    let init = ws.launch().start();
+    let init = restarting(&ws).start();
     let token = up(&ws, &init);
 
     // A touch (mtime only), then the same bytes saved the way editors do (temp + rename).

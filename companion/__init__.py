@@ -1,0 +1,93 @@
+"""comfy-init companion: a new ComfyUI-Login token applied without restarting ComfyUI.
+
+ComfyUI-Login reads its token once, at import, into a module-level `TOKEN`; its middleware reads
+that global at every request, web logins are checked against a cached hash (`user_cache`), and
+session cookies are encrypted with a key read once from `.secret-key.txt` in its own folder.
+
+comfy-init writes the new `login/PASSWORD` (and deletes that key file), then sends this process
+RELOAD_SIGNAL, never SIGHUP (an outside SIGHUP keeps its meaning). The handler re-reads PASSWORD
+into ComfyUI-Login's `TOKEN`, empties its web-login cache, and gives the cookie storage a new key,
+so old browser sessions end as they would with a restart. comfy-init then proves the reload from
+outside (the new token answers, the old one is refused) and restarts ComfyUI when it cannot.
+
+ComfyUI-Login is found by what it is (a module with its attributes), not by its folder's name:
+nodes are imported in no fixed order. Everything is wrapped: a failure logs one warning and leaves
+ComfyUI as it was. Part of comfy-init (installed by it at start); standard library only.
+"""
+
+import logging
+import os
+import signal
+import sys
+
+RELOAD_SIGNAL = signal.SIGRTMIN + 7
+# Where comfy-init looks for `<session>.companion`, which names this process once it is ready.
+SESSION = os.environ.get("COMFY_INIT_COMPANION_SESSION")
+NODE_ATTRIBUTES = ("TOKEN", "user_cache", "password_path", "secret_key_path", "get_or_refresh_key")
+
+NODE_CLASS_MAPPINGS = {}
+
+
+def login_node():
+    """ComfyUI-Login's module (or a fork's): the one module holding all of its state."""
+    for module in list(sys.modules.values()):
+        if module is not None and all(hasattr(module, name) for name in NODE_ATTRIBUTES):
+            return module
+    raise RuntimeError("ComfyUI-Login is not loaded")
+
+
+def session_storage():
+    """aiohttp_session's cookie storage, captured in the session middleware ComfyUI-Login set up."""
+    import server  # ComfyUI's, present once ComfyUI imports custom nodes
+
+    for middleware in server.PromptServer.instance.app.middlewares:
+        for cell in getattr(middleware, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if hasattr(value, "_fernet"):
+                return value
+    raise RuntimeError("ComfyUI-Login's session storage was not found")
+
+
+def reload():
+    """Everything is looked up and prepared first; the node's state changes only at the end."""
+    node = login_node()
+    storage = session_storage()
+    with open(node.password_path, "r", encoding="utf-8") as f:
+        token = f.readline().strip()
+    if not token:
+        raise RuntimeError("login/PASSWORD is empty")
+    key = node.get_or_refresh_key()  # comfy-init deleted the old key: this makes a new one
+    fernet = type(storage._fernet)(key)
+    node.TOKEN = token
+    node.user_cache.clear()
+    storage._fernet = fernet
+    if hasattr(node, "secret_key"):
+        node.secret_key = key
+    logging.info("comfy-init companion: ComfyUI-Login now uses the new token; old browser sessions ended")
+
+
+def on_reload_signal(_signum, _frame):
+    try:
+        reload()
+    except Exception as e:  # noqa: BLE001 - comfy-init restarts ComfyUI when no proof comes
+        logging.warning("comfy-init companion: reload failed (%s); comfy-init will restart ComfyUI", e)
+
+
+def announce():
+    """The handler first, then the file that says so: comfy-init signals only a ready process."""
+    if not SESSION:
+        return
+    signal.signal(RELOAD_SIGNAL, on_reload_signal)
+    path = SESSION + ".companion"
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+
+
+try:
+    announce()
+except Exception as e:  # noqa: BLE001 - never break ComfyUI's start
+    logging.warning("comfy-init companion: not ready (%s); a new password will restart ComfyUI", e)

@@ -1,0 +1,96 @@
+//! The companion ComfyUI node (`companion/`, Python, part of this project): it keeps the bearer
+//! token out of ComfyUI's log and applies a new token without restarting ComfyUI. Embedded in the
+//! binary and installed into `custom_nodes/` at every start, so its version always matches ours.
+//!
+//! The handshake: the companion installs its signal handler, then writes `<session>.companion`
+//! holding its pid. comfy-init sends the reload signal only to a pid read from there that belongs
+//! to the CURRENT child's process group (an unhandled signal would kill Python), and then proves
+//! the reload from outside before it trusts it.
+
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::{self, Links, NewFileAttrs};
+
+/// Its folder under `custom_nodes/`.
+pub const FOLDER: &str = "comfy-init-companion";
+/// The variable that tells the companion where to announce itself.
+pub const ENV_SESSION: &str = "COMFY_INIT_COMPANION_SESSION";
+
+const FILES: &[(&str, &str)] = &[
+    ("__init__.py", include_str!("../companion/__init__.py")),
+    ("prestartup_script.py", include_str!("../companion/prestartup_script.py")),
+];
+
+/// The reload request: SIGRTMIN+7, never SIGHUP (forwarded from outside, it keeps its meaning
+/// for ComfyUI). Python's `signal.SIGRTMIN` is glibc's, as ours.
+pub fn reload_signal() -> i32 {
+    libc::SIGRTMIN() + 7
+}
+
+/// Writes the companion into `custom_nodes/` where it differs (a file per write, atomically;
+/// readable by ComfyUI's user). Err: why it cannot be installed (a read-only custom_nodes).
+pub fn install(comfyui_dir: &Path) -> Result<PathBuf, String> {
+    let dir = comfyui_dir.join("custom_nodes").join(FOLDER);
+    std::fs::create_dir_all(&dir).map_err(|e| fsutil::explain_write_error(&dir, &e))?;
+    for (name, content) in FILES {
+        let path = dir.join(name);
+        if fsutil::read_bounded(&path, 1 << 20, Links::Refuse).ok().flatten().as_deref() == Some(content.as_bytes()) {
+            continue;
+        }
+        let attrs = NewFileAttrs { mode: 0o644, owner: None, force: true };
+        fsutil::write_atomic(&path, content.as_bytes(), attrs)?;
+    }
+    Ok(dir)
+}
+
+/// The file the companion writes once its handler is installed.
+pub fn ready_file(session: &Path) -> PathBuf {
+    let mut path = session.as_os_str().to_owned();
+    path.push(".companion");
+    PathBuf::from(path)
+}
+
+/// The companion's pid, when the ready file names a live process in the process group `pgid`
+/// (the current child's: a file left by an earlier child names a process that is gone).
+pub fn ready(session: &Path, pgid: i32) -> Option<i32> {
+    let bytes = fsutil::read_bounded(&ready_file(session), 32, Links::Refuse).ok()??;
+    let pid: i32 = std::str::from_utf8(&bytes).ok()?.trim().parse().ok().filter(|p| *p > 1)?;
+    (process_group(pid)? == pgid).then_some(pid)
+}
+
+/// The process group of `pid`, from /proc (field 5 of stat, after the command's parentheses).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    after.split_whitespace().nth(2)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_node_is_the_one_in_the_repository() {
+        for (name, content) in FILES {
+            let on_disk = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("companion").join(name));
+            assert_eq!(on_disk.as_deref().ok(), Some(*content), "{name}");
+        }
+        assert!(FILES[0].1.contains("SIGRTMIN + 7"), "the Python side must use the same signal");
+    }
+
+    #[test]
+    fn only_a_process_of_the_current_group_is_ready() {
+        let dir = std::env::temp_dir().join(format!("companion-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let session = dir.join("session");
+        assert_eq!(ready(&session, 1), None, "no file");
+        let me = std::process::id() as i32;
+        std::fs::write(ready_file(&session), me.to_string()).unwrap();
+        let my_group = process_group(me).unwrap();
+        assert_eq!(ready(&session, my_group), Some(me));
+        assert_eq!(ready(&session, my_group + 1), None, "another group's child");
+        std::fs::write(ready_file(&session), "garbage").unwrap();
+        assert_eq!(ready(&session, my_group), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
