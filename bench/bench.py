@@ -561,6 +561,40 @@ class Bench:
             f"(per edit: {', '.join(f'{x:.0f}' for x in reap_lag)}; event log polled every 2 ms).")
         self.bcrypt_sync(env, envdir)
 
+    # ----------------------------------------------------------------- 9. gpu ---
+
+    def gpu_preflight(self):
+        """`comfy-init gpu` over the fake NVML with its PyTorch probe (ComfyUI's Python asked where
+        torch is, version.py read) against `python3 -c "import torch"`, side by side."""
+        progress("9/9 GPU preflight: comfy-init gpu (fake NVML + torch probe) vs python3 -c 'import torch'")
+        base = os.path.join(self.work, "gpu")
+        site = os.path.join(base, "site", "torch")
+        os.makedirs(site)
+        with open(os.path.join(site, "__init__.py"), "w") as f:
+            f.write("")
+        with open(os.path.join(site, "version.py"), "w") as f:
+            f.write("__version__ = '2.8.0+cu128'\ncuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n")
+        lib = os.path.join(base, "libnvidia-ml-fake.so")
+        subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", lib, FIXTURE.replace("fake_comfyui.py", "fake_nvml.c")],
+                       check=True)
+        env = clean_env({"PYTHONPATH": os.path.join(base, "site"), "COMFY_INIT_NVML_LIB": lib,
+                         "COMFYUI_PYTHON": sys.executable, "FAKE_NVML_GPUS": "NVIDIA GeForce RTX 5090:32:12.0",
+                         "FAKE_NVML_DRIVER": "570.86", "FAKE_NVML_CUDA": "12080"})
+        runs = {"comfy-init": [self.bin, "gpu"], "alt": [sys.executable, "-c", "import torch"]}
+        times = {k: [] for k in runs}
+        for _ in range(20):
+            for name, argv in runs.items():  # interleaved
+                t0 = time.monotonic_ns()
+                subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+                times[name].append((time.monotonic_ns() - t0) / 1e6)
+        self.gpu_times = {k: median(v) for k, v in times.items()}
+        self.notes.append(
+            f"GPU preflight (20 interleaved runs, medians): `comfy-init gpu` with the fake NVML and its PyTorch "
+            f"probe {self.gpu_times['comfy-init']:.0f} ms, of which the probe is one `python -c` start-up "
+            f"(find_spec, no import) and one read of torch/version.py; `python3 -c \"import torch\"` of the "
+            f"stand-in torch package {self.gpu_times['alt']:.0f} ms. The real torch's import takes seconds "
+            f"(it loads CUDA libraries), which the probe never pays.")
+
     # ------------------------------------------------------------- 8. reload ---
 
     @staticmethod
@@ -858,6 +892,10 @@ class Bench:
             self.add("8. password change: save -> new token 200, old refused, median (alternative: restart)", "ms",
                      {"comfy-init": median(r["reload"]["times"]), "alt": median(r["restart"]["times"])},
                      ("300", "<300"))
+        g = getattr(self, "gpu_times", None)
+        if g:
+            self.add("9. `comfy-init gpu` with the PyTorch probe (alternative: python3 -c 'import torch', "
+                     "stand-in torch), median wall", "ms", {"comfy-init": g["comfy-init"], "alt": g["alt"]})
         h = getattr(self, "health_res", None)
         if h:
             self.add("7. healthcheck (alternative: curl, one authorised request), median wall", "ms",
@@ -922,7 +960,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--watchexec", default="")
-    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload)")
+    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         die("needs root (unshare --pid, /proc of other processes)")
@@ -935,6 +973,7 @@ def main():
         "stop": b.stop_latency,
         "token": lambda: (b.token_change(), b.token_change_watchexec()),
         "reload": b.token_reload,
+        "gpu": b.gpu_preflight,
     }
     only = [p for p in args.only.split(",") if p]
     for name, fn in phases.items():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: comfy-init over the stand-in ComfyUI in a temporary workspace. Watch the GPU
 # preflight, the generated password and token, a healthcheck, a password rotation applied in
-# place (no restart, the token redacted from the log), a hostile PASSWORD refused without blocking, guest mode called out, and a
+# place (no restart, the token redacted from the log), the PyTorch-against-card check, a hostile
+# PASSWORD refused without blocking, guest mode called out, and a
 # clean stop. Runs as PID 1 of a fresh PID namespace when root.
 set -euo pipefail
 
@@ -104,6 +105,17 @@ wait_for 5 guest_warned
 grep "guest mode is on" "$LOG" | tail -n 1 | cut -c1-200 | sed 's/$/ .../; s/^/  | /'
 "$BIN" healthcheck | sed 's/^/  /'
 rm -f "$COMFYUI_DIR/login/GUEST_MODE"
+
+if command -v cc >/dev/null; then
+  bold "GPU preflight against PyTorch: an RTX 5090 (fake NVML) with a cu124 torch (fake version.py)"
+  cc -shared -fPIC -o "$WORK/libnvidia-ml-fake.so" "$ROOT/tests/fixtures/fake_nvml.c"
+  mkdir -p "$WORK/site/torch"; : > "$WORK/site/torch/__init__.py"
+  printf "__version__ = '2.6.0+cu124'\ncuda: Optional[str] = '12.4'\nhip: Optional[str] = None\n" \
+    > "$WORK/site/torch/version.py"
+  PYTHONPATH="$WORK/site" COMFY_INIT_NVML_LIB="$WORK/libnvidia-ml-fake.so" COMFY_INIT_GPU=require \
+    FAKE_NVML_GPUS="NVIDIA GeForce RTX 5090:32:12.0" FAKE_NVML_DRIVER=570.86 FAKE_NVML_CUDA=12080 \
+    "$BIN" gpu | grep -E "PyTorch|GPU 0|ERROR|^  |Verdict" | sed 's/^/  | /' || true
+fi
 
 bold "Stopping: SIGTERM to comfy-init (it sends SIGINT to ComfyUI, ComfyUI's clean stop)"
 START=$(date +%s.%N)

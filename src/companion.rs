@@ -30,6 +30,10 @@ pub fn reload_signal() -> i32 {
 /// Writes the companion into `custom_nodes/` where it differs (a file per write, atomically;
 /// readable by ComfyUI's user). Err: why it cannot be installed (a read-only custom_nodes).
 pub fn install(comfyui_dir: &Path) -> Result<PathBuf, String> {
+    // Never create ComfyUI's folder: without it, the credentials step must fail closed.
+    if !comfyui_dir.is_dir() {
+        return Err(format!("{} is not a folder", comfyui_dir.display()));
+    }
     let dir = comfyui_dir.join("custom_nodes").join(FOLDER);
     std::fs::create_dir_all(&dir).map_err(|e| fsutil::explain_write_error(&dir, &e))?;
     for (name, content) in FILES {

@@ -272,6 +272,16 @@ fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
         nvml_lib: non_empty(ENV_NVML_LIB).map(|v| PathBuf::from(v.trim())),
         image_cuda_version: non_empty(ENV_CUDA_VERSION).map(|v| v.trim().to_string()),
         visible_devices: get("NVIDIA_VISIBLE_DEVICES"),
+        torch_probe: Some((get("COMFYUI_PYTHON").unwrap_or_else(|| "python3".into()), comfyui_dir(get))),
+        select: match non_empty("COMFY_INIT_GPU_SELECT") {
+            None => None,
+            Some(v) => Some(crate::gpu::Select::parse(&v).ok_or_else(|| {
+                ConfigError(format!(
+                    "COMFY_INIT_GPU_SELECT='{v}' is not valid: use a GPU index (0, 1, ...), its UUID \
+                     (GPU-..., see 'comfy-init gpu') or best (the covered card with the most free VRAM)"
+                ))
+            })?),
+        },
     })
 }
 
@@ -362,6 +372,7 @@ mod tests {
             ("COMFY_INIT_ON_TOKEN_CHANGE", "hot"),
             ("COMFY_INIT_GPU", "sometimes"),
             ("COMFY_INIT_MIN_VRAM_GB", "lots"),
+            ("COMFY_INIT_GPU_SELECT", "the big one"),
             ("COMFY_INIT_HEALTH_TIMEOUT", "0"),
             ("PUID", "4294967295"),
             ("PUID", "root"),

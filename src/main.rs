@@ -166,9 +166,12 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
 /// credentials. Also whether a new token may be reloaded in place. Err: nothing was started.
 fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Option<Guard>, bool), Error> {
     let settings = Settings::from_env()?;
-    gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
+    let for_child = gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
 
     let mut spec = ChildSpec::default();
+    if let Some(devices) = for_child.visible_devices {
+        spec.env_set.push(("CUDA_VISIBLE_DEVICES".into(), devices.into()));
+    }
     if let Some(owner) = settings.owner {
         privileges::check_ownership(&settings.comfyui.dir, owner).map_err(|e| Error::Config(config::ConfigError(e)))?;
         spec.user = Some(owner);

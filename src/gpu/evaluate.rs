@@ -2,7 +2,8 @@
 //! No I/O here; everything is unit-tested below.
 
 use super::model::{gib, CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Stage};
-use super::model::{GpuPolicy, GpuSettings};
+use super::model::{GpuPolicy, GpuSettings, Select};
+use super::torch::{self, Coverage, Found};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -50,6 +51,7 @@ impl Verdict {
     }
 
     /// One line: the first error with its advice (and how many more there are).
+    #[cfg(test)]
     pub fn summary(&self) -> String {
         let mut errors = self.errors();
         match errors.next() {
@@ -72,17 +74,128 @@ impl Verdict {
         let errors = self.errors().count();
         let warnings = self.findings.iter().filter(|f| f.severity == Severity::Warning).count();
         let policy = self.policy.as_str();
-        match (self.ok, self.policy) {
+        match (self.ok, errors) {
             (false, _) => format!(
                 "Verdict: FAILED (COMFY_INIT_GPU={policy}): {errors} error(s), {warnings} warning(s); \
                  set COMFY_INIT_GPU=warn to start ComfyUI anyway"
             ),
-            (true, GpuPolicy::Require) => {
-                format!("Verdict: OK (COMFY_INIT_GPU={policy}), {warnings} warning(s)")
-            }
-            (true, _) => {
-                format!("Verdict: OK (COMFY_INIT_GPU={policy}: not enforced), {errors} error(s), {warnings} warning(s)")
-            }
+            (true, 0) => format!("Verdict: OK (COMFY_INIT_GPU={policy}), {warnings} warning(s)"),
+            (true, _) => format!(
+                "Verdict: the GPU check FAILED with {errors} error(s) and {warnings} warning(s), not \
+                 enforced (COMFY_INIT_GPU={policy}): ComfyUI starts anyway"
+            ),
+        }
+    }
+}
+
+/// COMFY_INIT_GPU_SELECT resolved against the cards found: (their indices, the value for
+/// CUDA_VISIBLE_DEVICES: the UUID, else the index). Ok(None): no selection. Err: a refusal naming
+/// the cards there are.
+pub fn select(report: &GpuReport, settings: &GpuSettings) -> Result<Option<(Vec<u32>, String)>, String> {
+    let Some(select) = &settings.select else { return Ok(None) };
+    let usable: Vec<&GpuInfo> = report.gpus.iter().filter(|g| !g.is_lost()).collect();
+    let chosen = match select {
+        Select::Index(i) => usable.iter().find(|g| g.index == *i).copied(),
+        Select::Uuid(u) => usable.iter().find(|g| g.uuid.as_deref() == Some(u)).copied(),
+        Select::Best => {
+            let covered: Vec<&GpuInfo> = usable
+                .iter()
+                .filter(|g| torch::coverage(report.torch.as_ref(), g.compute_capability) != Coverage::NotCovered)
+                .copied()
+                .collect();
+            let pool = if covered.is_empty() { &usable } else { &covered };
+            pool.iter().max_by_key(|g| (g.vram_free_bytes.unwrap_or(0), std::cmp::Reverse(g.index))).copied()
+        }
+    };
+    match chosen {
+        Some(g) => Ok(Some((vec![g.index], g.uuid.clone().unwrap_or_else(|| g.index.to_string())))),
+        None => {
+            let cards: Vec<String> = usable
+                .iter()
+                .map(|g| format!("{} ({}, {})", g.index, g.display_name(), g.uuid.as_deref().unwrap_or("no UUID")))
+                .collect();
+            let value = match select {
+                Select::Index(i) => i.to_string(),
+                Select::Uuid(u) => u.clone(),
+                Select::Best => "best".into(),
+            };
+            let there = if cards.is_empty() { "no GPU is visible".to_string() } else { cards.join("; ") };
+            Err(format!("COMFY_INIT_GPU_SELECT={value} names no usable GPU here: {there}"))
+        }
+    }
+}
+
+/// The PyTorch ComfyUI will import, against the cards it will use: the "no kernel image is
+/// available" failure is caught here, before ComfyUI starts, not at the first prompt.
+fn check_torch(found: Option<&Found>, usable: &[&GpuInfo], findings: &mut Vec<Finding>) {
+    let Some(found) = found else { return };
+    let mut add = |severity, code, message: String, advice: String| {
+        findings.push(Finding { severity, code, message, advice });
+    };
+    let t = match found {
+        Found::Torch(t) => t,
+        Found::Missing { python } => {
+            return add(
+                Severity::Warning,
+                "torch_missing",
+                format!("{python} has no PyTorch: ComfyUI cannot start without it"),
+                "install PyTorch into ComfyUI's Python (pip install torch torchvision torchaudio \
+                 --index-url https://download.pytorch.org/whl/cu128)"
+                    .into(),
+            )
+        }
+        Found::Unknown(why) => {
+            return add(
+                Severity::Warning,
+                "torch_unknown",
+                format!("{why}: PyTorch not checked against the GPU"),
+                String::new(),
+            )
+        }
+    };
+    let Some(first) = usable.first() else { return };
+    let first_cc = first.compute_capability.unwrap_or((8, 6));
+    if t.hip.is_some() {
+        return add(
+            Severity::Error,
+            "torch_rocm",
+            format!("PyTorch {} is a ROCm (AMD) build: it cannot use an NVIDIA GPU", t.version),
+            torch::advice_for(first_cc),
+        );
+    }
+    let Some(cuda) = &t.cuda else {
+        return add(
+            Severity::Error,
+            "torch_cpu_only",
+            format!("PyTorch {} is a CPU-only build: ComfyUI would run on the CPU and leave the GPU idle", t.version),
+            torch::advice_for(first_cc),
+        );
+    };
+    for g in usable {
+        let Some(cc) = g.compute_capability else { continue };
+        let card = format!("GPU {} ({}, compute capability {}.{})", g.index, g.display_name(), cc.0, cc.1);
+        match torch::coverage(Some(found), Some(cc)) {
+            Coverage::Covered => {}
+            Coverage::NotCovered => add(
+                Severity::Error,
+                "torch_no_kernels",
+                format!(
+                    "PyTorch {} (CUDA {cuda}) has no kernels for {card}: every prompt would fail with \
+                     'no kernel image is available for execution on the device'",
+                    t.version
+                ),
+                torch::advice_for(cc),
+            ),
+            Coverage::Unknown => add(
+                Severity::Warning,
+                "torch_build_unknown",
+                format!(
+                    "PyTorch {} (CUDA {cuda}) is not in comfy-init's table of PyTorch builds: whether it \
+                     has kernels for {card} is not known",
+                    t.version
+                ),
+                format!("if ComfyUI fails with 'no kernel image is available': {}", torch::advice_for(cc)),
+            ),
         }
     }
 }
@@ -307,7 +420,18 @@ pub fn evaluate(report: &GpuReport, settings: &GpuSettings) -> Verdict {
 }
 
 fn evaluate_devices(report: &GpuReport, settings: &GpuSettings, findings: &mut Vec<Finding>) {
-    let usable: Vec<&GpuInfo> = report.gpus.iter().filter(|g| !g.is_lost()).collect();
+    // COMFY_INIT_GPU_SELECT: only the chosen cards are judged.
+    let chosen = |g: &&GpuInfo| report.selected.as_ref().is_none_or(|s| s.contains(&g.index));
+    let usable: Vec<&GpuInfo> = report.gpus.iter().filter(|g| !g.is_lost()).filter(chosen).collect();
+    if let Err(why) = select(report, settings) {
+        findings.push(Finding {
+            severity: Severity::Error,
+            code: "select_invalid",
+            message: why,
+            advice: String::new(),
+        });
+    }
+    check_torch(report.torch.as_ref(), &usable, findings);
 
     if report.device_count == Some(0) {
         let seen = match report.visible_devices.as_deref() {

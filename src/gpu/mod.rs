@@ -15,18 +15,32 @@ pub mod evaluate;
 pub mod model;
 pub mod probe;
 pub mod report;
+pub mod torch;
 
 pub use evaluate::{evaluate, Severity, Verdict};
-pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Stage};
+pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Select, Stage};
 
 pub const ENV_POLICY: &str = "COMFY_INIT_GPU";
 pub const ENV_MIN_VRAM: &str = "COMFY_INIT_MIN_VRAM_GB";
 pub const ENV_NVML_LIB: &str = "COMFY_INIT_NVML_LIB";
 pub const ENV_CUDA_VERSION: &str = "CUDA_VERSION";
 
-/// Probes NVML and evaluates the result.
+/// What the preflight decided for the child.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ForChild {
+    /// `CUDA_VISIBLE_DEVICES` for ComfyUI, from COMFY_INIT_GPU_SELECT.
+    pub visible_devices: Option<String>,
+}
+
+/// Probes NVML and the PyTorch ComfyUI will import, applies COMFY_INIT_GPU_SELECT, evaluates.
 pub fn check(settings: &GpuSettings) -> (GpuReport, Verdict) {
-    let report = probe::probe(settings);
+    let mut report = probe::probe(settings);
+    if report.fatal.is_none() {
+        if let Some((python, dir)) = &settings.torch_probe {
+            report.torch = Some(torch::find(python, dir));
+        }
+    }
+    report.selected = evaluate::select(&report, settings).ok().flatten().map(|(indices, _)| indices);
     let verdict = evaluate(&report, settings);
     (report, verdict)
 }
@@ -36,34 +50,51 @@ fn log_verdict(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) {
         log::info!("gpu: {line}");
     }
     for f in &verdict.findings {
-        let text = if f.advice.is_empty() { f.message.clone() } else { format!("{} -> {}", f.message, f.advice) };
-        match (f.severity, settings.policy) {
-            (Severity::Error, GpuPolicy::Require) => log::error!("gpu: {text}"),
-            (Severity::Error, _) | (Severity::Warning, _) => log::warn!("gpu: {text}"),
-            (Severity::Info, _) => log::info!("gpu: {text}"),
+        let level = match (f.severity, settings.policy) {
+            (Severity::Error, GpuPolicy::Require) => log::Level::Error,
+            (Severity::Error, _) | (Severity::Warning, _) => log::Level::Warn,
+            (Severity::Info, _) => log::Level::Info,
+        };
+        // One block a finding: what is wrong, then what to do, wrapped to read.
+        log::log!(level, "gpu: {}", f.message);
+        for line in report::wrap(&f.advice, 96) {
+            log::log!(level, "gpu:     {line}");
         }
     }
-    if verdict.ok {
-        log::info!("gpu: {}", verdict.verdict_line());
-    } else {
-        log::error!("gpu: {}", verdict.verdict_line());
-    }
+    let level = if verdict.ok { log::Level::Info } else { log::Level::Error };
+    log::log!(level, "gpu: {}", verdict.verdict_line());
 }
 
-/// Preflight for `run`: logs the report (log::info!, each problem as log::warn!/log::error! with its advice);
-/// Ok(()) when the policy is met (always Ok for Off without touching NVML; Warn always Ok), Err(one-line summary) otherwise.
-pub fn preflight(settings: &GpuSettings) -> Result<(), String> {
+/// Preflight for `run`: logs the report (each problem once, with what to do). Ok: the policy is
+/// met (always under warn; off touches nothing), with what the child gets. Err: one short line
+/// (the details were just logged).
+pub fn preflight(settings: &GpuSettings) -> Result<ForChild, String> {
     if settings.policy == GpuPolicy::Off {
         log::info!("gpu: check skipped ({ENV_POLICY}=off)");
-        return Ok(());
+        return match &settings.select {
+            None => Ok(ForChild::default()),
+            Some(Select::Index(i)) => Ok(ForChild { visible_devices: Some(i.to_string()) }),
+            Some(Select::Uuid(u)) => Ok(ForChild { visible_devices: Some(u.clone()) }),
+            Some(Select::Best) => {
+                Err(format!("COMFY_INIT_GPU_SELECT=best needs the GPU check: set {ENV_POLICY}=warn or require"))
+            }
+        };
     }
     let (report, verdict) = check(settings);
     log_verdict(&report, &verdict, settings);
-    if verdict.ok {
-        Ok(())
-    } else {
-        Err(format!("{}; set {ENV_POLICY}=warn to start anyway", verdict.summary()))
+    let selected = match evaluate::select(&report, settings) {
+        Ok(selected) => selected,
+        Err(refusal) if report.fatal.is_none() => return Err(refusal),
+        Err(_) => None, // no card is known at all: the verdict above says why
+    };
+    if !verdict.ok {
+        return Err(format!("the GPU check failed (see above); set {ENV_POLICY}=warn to start anyway"));
     }
+    let visible_devices = selected.map(|(_, value)| value);
+    if let Some(v) = &visible_devices {
+        log::info!("gpu: ComfyUI gets CUDA_VISIBLE_DEVICES={v} (COMFY_INIT_GPU_SELECT)");
+    }
+    Ok(ForChild { visible_devices })
 }
 
 /// `comfy-init gpu [--json]`: prints the report (text, or one JSON object) to stdout, returns the exit code 0/1.
@@ -120,7 +151,7 @@ mod tests {
             nvml_lib: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")),
             ..GpuSettings::default()
         };
-        assert_eq!(preflight(&s), Ok(()));
+        assert_eq!(preflight(&s), Ok(ForChild::default()));
         assert!(check_alive(&s).is_ok());
     }
 
@@ -128,12 +159,13 @@ mod tests {
     fn missing_library_under_each_policy() {
         let mut s =
             GpuSettings { nvml_lib: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")), ..GpuSettings::default() };
+        // The advice is logged once, with the report; the error only says where to look.
         let e = preflight(&s).unwrap_err();
-        assert!(e.contains("--gpus all") && !e.contains('\n'), "{e}");
+        assert!(e.contains("see above") && e.contains("COMFY_INIT_GPU=warn") && !e.contains('\n'), "{e}");
         let e = check_alive(&s).unwrap_err();
         assert!(e.contains("--gpus all") && !e.contains('\n'), "{e}");
         s.policy = GpuPolicy::Warn;
-        assert_eq!(preflight(&s), Ok(()));
+        assert_eq!(preflight(&s), Ok(ForChild::default()));
     }
 
     #[test]

@@ -39,6 +39,37 @@ pub struct GpuSettings {
     pub image_cuda_version: Option<String>,
     /// `NVIDIA_VISIBLE_DEVICES`, shown in the report (the NVIDIA runtime acts on it, not us).
     pub visible_devices: Option<String>,
+    /// ComfyUI's interpreter and folder: where to ask which PyTorch ComfyUI will import. None:
+    /// PyTorch is not looked at (the healthcheck, unit tests).
+    pub torch_probe: Option<(String, PathBuf)>,
+    /// `COMFY_INIT_GPU_SELECT`: the card(s) ComfyUI gets (CUDA_VISIBLE_DEVICES) and the verdict
+    /// judges.
+    pub select: Option<Select>,
+}
+
+/// `COMFY_INIT_GPU_SELECT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Select {
+    Index(u32),
+    /// `GPU-...` (or `MIG-...`), as NVML reports it.
+    Uuid(String),
+    /// The covered card with the most free VRAM.
+    Best,
+}
+
+impl Select {
+    pub fn parse(value: &str) -> Option<Select> {
+        let v = value.trim();
+        if v.eq_ignore_ascii_case("best") {
+            Some(Select::Best)
+        } else if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+            v.parse().ok().map(Select::Index)
+        } else if v.starts_with("GPU-") || v.starts_with("MIG-") {
+            Some(Select::Uuid(v.to_string()))
+        } else {
+            None
+        }
+    }
 }
 
 impl Default for GpuSettings {
@@ -49,6 +80,8 @@ impl Default for GpuSettings {
             nvml_lib: None,
             image_cuda_version: None,
             visible_devices: None,
+            torch_probe: None,
+            select: None,
         }
     }
 }
@@ -191,6 +224,10 @@ pub struct GpuReport {
     pub device_errors: Vec<ProbeError>,
     /// `NVIDIA_VISIBLE_DEVICES` as this process sees it, for the advice.
     pub visible_devices: Option<String>,
+    /// The PyTorch ComfyUI will import (None: not looked at).
+    pub torch: Option<crate::gpu::torch::Found>,
+    /// The cards COMFY_INIT_GPU_SELECT chose (None: every card); the verdict judges only these.
+    pub selected: Option<Vec<u32>>,
 }
 
 pub fn gib(bytes: u64) -> f64 {

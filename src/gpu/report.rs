@@ -5,6 +5,51 @@ use serde_json::{json, Value};
 use super::evaluate::{is_rtx, Severity, Verdict};
 use super::model::GpuSettings;
 use super::model::{gib, GpuInfo, GpuReport};
+use super::torch::{self, Coverage, Found};
+
+/// `text` cut into lines of at most `width` characters, at spaces.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+fn torch_line(found: &Found) -> String {
+    match found {
+        Found::Torch(t) => {
+            let build = match (&t.cuda, &t.hip) {
+                (Some(c), _) => format!("CUDA {c}"),
+                (None, Some(h)) => format!("ROCm {h}"),
+                (None, None) => "CPU only".into(),
+            };
+            let arch = t.arch_list().map(|a| a.join(" ")).unwrap_or_else(|| "not in comfy-init's table".into());
+            format!("PyTorch: {} ({build}) in {}; kernels: {arch}", t.version, t.dir.display())
+        }
+        Found::Missing { python } => format!("PyTorch: none for {python}"),
+        Found::Unknown(why) => format!("PyTorch: unknown ({why})"),
+    }
+}
+
+fn coverage_word(report: &GpuReport, g: &GpuInfo) -> Option<&'static str> {
+    report.torch.as_ref()?;
+    Some(match torch::coverage(report.torch.as_ref(), g.compute_capability) {
+        Coverage::Covered => "covered",
+        Coverage::NotCovered => "NOT covered",
+        Coverage::Unknown => "unknown",
+    })
+}
 
 fn gpu_lines(g: &GpuInfo) -> Vec<String> {
     let mut lines = vec![format!("GPU {}: {}", g.index, g.display_name())];
@@ -62,8 +107,17 @@ pub fn report_lines(report: &GpuReport, settings: &GpuSettings) -> Vec<String> {
     if let Some(n) = report.device_count {
         lines.push(format!("Visible GPUs: {n}"));
     }
+    if let Some(found) = &report.torch {
+        lines.push(torch_line(found));
+    }
     for g in &report.gpus {
         lines.extend(gpu_lines(g));
+        if let Some(word) = coverage_word(report, g) {
+            lines.push(format!("  PyTorch kernels for it: {word}"));
+        }
+        if report.selected.as_ref().is_some_and(|s| s.contains(&g.index)) {
+            lines.push("  selected (COMFY_INIT_GPU_SELECT): ComfyUI gets this card only".into());
+        }
     }
     lines
 }
@@ -82,8 +136,8 @@ pub fn text(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) -> St
             Severity::Info => "INFO",
         };
         out.push_str(&format!("{tag}: {}\n", f.message));
-        if !f.advice.is_empty() {
-            out.push_str(&format!("  advice: {}\n", f.advice));
+        for line in wrap(&f.advice, 96) {
+            out.push_str(&format!("  {line}\n"));
         }
     }
     out.push_str(&verdict.verdict_line());
@@ -106,6 +160,12 @@ pub fn json(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) -> Va
                 "vram_free_bytes": g.vram_free_bytes,
                 "compute_capability": g.compute_capability_string(),
                 "uuid": g.uuid,
+                "torch_covered": match torch::coverage(report.torch.as_ref(), g.compute_capability) {
+                    Coverage::Covered => json!(true),
+                    Coverage::NotCovered => json!(false),
+                    Coverage::Unknown => Value::Null,
+                },
+                "selected": report.selected.as_ref().map(|s| s.contains(&g.index)),
             });
             if let Some(map) = o.as_object_mut() {
                 if let Some(t) = g.temperature_c {
@@ -146,7 +206,23 @@ pub fn json(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) -> Va
         "image_cuda_version": settings.image_cuda_version,
         "min_vram_gb": settings.min_vram_gb,
         "device_count": report.device_count,
+        "torch": report.torch.as_ref().map(torch_json),
         "gpus": gpus,
         "findings": findings,
     })
+}
+
+fn torch_json(found: &Found) -> Value {
+    match found {
+        Found::Torch(t) => json!({
+            "found": true,
+            "dir": t.dir.display().to_string(),
+            "version": t.version,
+            "cuda": t.cuda,
+            "hip": t.hip,
+            "arch_list": t.arch_list(),
+        }),
+        Found::Missing { python } => json!({ "found": false, "python": python }),
+        Found::Unknown(why) => json!({ "found": null, "why": why }),
+    }
 }

@@ -6,12 +6,22 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{comfy_init, nvml_fixtures, Output as Out};
+use crate::util::{comfy_init, fake_torch, nvml_fixtures, Output as Out, TempDir};
 
-/// Runs comfy-init with a clean GPU environment (COMFY_INIT_NVML_LIB = `lib`) plus `env`.
+/// A PyTorch 2.8 built for CUDA 12.8 (kernels for compute capability 7.0 to 12.0), the default
+/// under every test here: each fake card is covered unless a test says otherwise.
+fn default_torch() -> &'static str {
+    static SITE: std::sync::OnceLock<TempDir> = std::sync::OnceLock::new();
+    SITE.get_or_init(|| fake_torch("2.8.0+cu128", Some("12.8"), None)).path().to_str().unwrap()
+}
+
+/// Runs comfy-init with a clean GPU environment (COMFY_INIT_NVML_LIB = `lib`, the default torch on
+/// PYTHONPATH) plus `env`.
 fn comfy(args: &[&str], lib: Option<&Path>, env: &[(&str, &str)]) -> Out {
     let lib = lib.map(|l| ("COMFY_INIT_NVML_LIB", l.to_str().unwrap()));
-    comfy_init(args, lib.into_iter().chain(env.iter().copied()), Duration::from_secs(60))
+    let base = [("PYTHONPATH", default_torch()), ("COMFYUI_PYTHON", "python3")];
+    let env = base.into_iter().chain(lib).chain(env.iter().copied());
+    comfy_init(args, env, Duration::from_secs(60))
 }
 
 fn gpu(lib: &Path, env: &[(&str, &str)]) -> Out {
@@ -455,4 +465,118 @@ fn run_off_skips_the_check() {
     let (out, ran) = run_with(&missing, &[("COMFY_INIT_GPU", "off")], "off");
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(ran);
+}
+
+// ---- PyTorch against the card (a fake torch/version.py in a temporary site-packages) -------
+
+/// `gpu --json` and `run -- sh` (require, auth off) with these cards and this torch: the JSON,
+/// the run's output, and what CUDA_VISIBLE_DEVICES the child saw (None: the command did not run).
+fn with_torch(cards: &str, torch: &TempDir, extra: &[(&str, &str)]) -> (Value, Out, Option<String>) {
+    let f = nvml_fixtures();
+    let site = torch.path().to_str().unwrap();
+    let mut env = vec![("FAKE_NVML_GPUS", cards), ("FAKE_NVML_DRIVER", "570.86"), ("FAKE_NVML_CUDA", "12080")];
+    env.push(("PYTHONPATH", site));
+    env.extend_from_slice(extra);
+    let j = gpu_json(&f.full, &env);
+    let seen = torch.join("child-saw");
+    let _ = std::fs::remove_file(&seen);
+    let script = format!("printf '%s' \"${{CUDA_VISIBLE_DEVICES-unset}}\" > '{}'", seen.display());
+    env.push(("COMFY_INIT_AUTH", "off"));
+    let out = comfy(&["run", "--", "/bin/sh", "-c", &script], Some(&f.full), &env);
+    out.assert_no_panic();
+    let saw = std::fs::read_to_string(&seen).ok();
+    (j, out, saw)
+}
+
+#[test]
+fn rtx_5090_with_a_cu124_torch_is_refused_naming_cu128_and_driver_570() {
+    let torch = fake_torch("2.6.0+cu124", Some("12.4"), None);
+    let (j, out, saw) = with_torch("NVIDIA GeForce RTX 5090:32:12.0", &torch, &[]);
+    assert_eq!(codes(&j), vec!["torch_no_kernels"], "{j}");
+    assert_eq!(j["gpus"][0]["torch_covered"], false);
+    assert_eq!(j["torch"]["arch_list"][0], "sm_50");
+    assert_eq!(out.code, Some(69), "{}", out.all());
+    assert!(saw.is_none(), "ComfyUI's command ran");
+    for phrase in ["no kernel image is available", "cu128", ">= 570", "nvidia/cuda:12.8"] {
+        assert!(out.stderr.contains(phrase), "missing {phrase}: {}", out.stderr);
+    }
+    assert_eq!(out.stderr.matches("pip install").count(), 1, "the advice is printed once:\n{}", out.stderr);
+}
+
+#[test]
+fn rtx_5090_with_a_cu128_torch_is_ok() {
+    let torch = fake_torch("2.8.0+cu128", Some("12.8"), None);
+    let (j, out, saw) = with_torch("NVIDIA GeForce RTX 5090:32:12.0", &torch, &[]);
+    assert_eq!(j["ok"], true, "{j}");
+    assert_eq!(j["gpus"][0]["torch_covered"], true);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(saw.as_deref(), Some("unset"), "nothing selected: CUDA_VISIBLE_DEVICES untouched");
+}
+
+#[test]
+fn gtx_1080_with_a_cu128_torch_is_refused_naming_cu126() {
+    let torch = fake_torch("2.8.0+cu128", Some("12.8"), None);
+    let (j, out, _) = with_torch("NVIDIA GeForce GTX 1080:8:6.1", &torch, &[]);
+    assert!(codes(&j).contains(&"torch_no_kernels".to_string()), "{j}");
+    assert_eq!(out.code, Some(69), "{}", out.all());
+    assert!(out.stderr.contains("cu126") && out.stderr.contains(">= 560"), "{}", out.stderr);
+}
+
+#[test]
+fn rtx_4090_with_a_cu124_torch_is_ok_sm86_kernels_run_on_89() {
+    let torch = fake_torch("2.6.0+cu124", Some("12.4"), None);
+    let (j, out, _) = with_torch("NVIDIA GeForce RTX 4090:24:8.9", &torch, &[]);
+    assert_eq!(j["gpus"][0]["torch_covered"], true, "{j}");
+    assert_eq!(out.code, Some(0), "{}", out.all());
+}
+
+#[test]
+fn a_cpu_only_torch_on_a_gpu_host_is_refused() {
+    let torch = fake_torch("2.8.0+cpu", None, None);
+    let (j, out, _) = with_torch("NVIDIA GeForce RTX 3090:24:8.6", &torch, &[]);
+    assert_eq!(codes(&j), vec!["torch_cpu_only"], "{j}");
+    assert_eq!(j["torch"]["cuda"], Value::Null);
+    assert_eq!(out.code, Some(69), "{}", out.all());
+    assert!(out.stderr.contains("CPU-only build"), "{}", out.stderr);
+}
+
+#[test]
+fn no_torch_or_an_unknown_build_is_a_warning_never_a_guess() {
+    let empty = TempDir::new("no-torch");
+    let (j, out, _) = with_torch("NVIDIA GeForce RTX 3090:24:8.6", &empty, &[]);
+    assert_eq!(codes(&j), vec!["torch_missing"], "{j}");
+    assert_eq!(j["findings"][0]["severity"], "warning");
+    assert_eq!(out.code, Some(0), "{}", out.all());
+
+    let future = fake_torch("2.12.0+cu140", Some("14.0"), None);
+    let (j, out, _) = with_torch("NVIDIA GeForce RTX 3090:24:8.6", &future, &[]);
+    assert_eq!(codes(&j), vec!["torch_build_unknown"], "{j}");
+    assert_eq!(j["gpus"][0]["torch_covered"], Value::Null);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+}
+
+#[test]
+fn a_selected_card_is_the_one_the_child_sees_and_the_only_one_judged() {
+    // Card 0 has no kernels in this torch; card 1 has.
+    let torch = fake_torch("2.8.0+cu128", Some("12.8"), None);
+    let cards = "NVIDIA GeForce GTX 1080:8:6.1;NVIDIA GeForce RTX 4090:24:8.9";
+    let (j, out, _) = with_torch(cards, &torch, &[]);
+    assert_eq!(out.code, Some(69), "both cards judged: {}", out.all());
+    let uuid = j["gpus"][1]["uuid"].as_str().unwrap().to_string();
+
+    let (j, out, saw) = with_torch(cards, &torch, &[("COMFY_INIT_GPU_SELECT", "1")]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(saw.as_deref(), Some(uuid.as_str()), "CUDA_VISIBLE_DEVICES");
+    assert_eq!((j["gpus"][0]["selected"].clone(), j["gpus"][1]["selected"].clone()), (false.into(), true.into()));
+
+    // `best`: the most free VRAM among the covered cards (the 4090 here).
+    let (_, out, saw) = with_torch(cards, &torch, &[("COMFY_INIT_GPU_SELECT", "best")]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(saw.as_deref(), Some(uuid.as_str()));
+
+    // A card that is not there: a refusal naming the ones that are.
+    let (_, out, saw) = with_torch(cards, &torch, &[("COMFY_INIT_GPU_SELECT", "GPU-nope")]);
+    assert_eq!(out.code, Some(69), "{}", out.all());
+    assert!(saw.is_none());
+    assert!(out.stderr.contains("names no usable GPU here: 0 (NVIDIA GeForce GTX 1080"), "{}", out.stderr);
 }

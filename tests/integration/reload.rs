@@ -217,3 +217,13 @@ fn a_read_only_custom_nodes_is_a_warning_and_a_new_password_restarts() {
     assert_ne!(ws.comfyui_pid(&new), Some(pid), "not restarted");
     assert!(init.stderr().contains("old browser sessions stay logged in"), "{}", init.stderr());
 }
+
+#[test]
+fn a_missing_comfyui_folder_still_fails_closed_and_is_not_created() {
+    let ws = Workspace::new("rl-nodir");
+    let nope = ws.dir.join("nope");
+    let ws = ws.set("COMFYUI_DIR", &nope);
+    let (code, _, err) = ws.launch().not_pid1().output(LONG);
+    assert_eq!(code, 78, "{err}");
+    assert!(!nope.exists(), "COMFYUI_DIR was created (by the companion's install?)");
+}

@@ -361,6 +361,23 @@ where
     }
 }
 
+/// A site-packages folder holding a fake `torch` package: an empty `__init__.py` and the
+/// `version.py` PyTorch writes (`cuda`/`hip` None when not given). Put it on PYTHONPATH.
+pub fn fake_torch(version: &str, cuda: Option<&str>, hip: Option<&str>) -> TempDir {
+    let site = TempDir::new("torch");
+    let torch = site.join("torch");
+    fs::create_dir_all(&torch).unwrap();
+    fs::write(torch.join("__init__.py"), "").unwrap();
+    let quoted = |v: Option<&str>| v.map(|v| format!("'{v}'")).unwrap_or_else(|| "None".into());
+    let text = format!(
+        "__version__ = '{version}'\ndebug = False\ncuda: Optional[str] = {}\ngit_version = 'fake'\nhip: Optional[str] = {}\n",
+        quoted(cuda),
+        quoted(hip)
+    );
+    fs::write(torch.join("version.py"), text).unwrap();
+    site
+}
+
 /// The fake NVML libraries (tests/fixtures/fake_nvml.c), built once per test run with the
 /// system C compiler, for the GPU and healthcheck tests.
 pub struct NvmlFixtures {
