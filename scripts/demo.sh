@@ -12,7 +12,12 @@ WORK=$(mktemp -d /tmp/comfy-init-demo.XXXXXX)
 LOG="$WORK/comfy-init.log"
 INIT_PID=
 
-bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold headings on a terminal only, and never with NO_COLOR (https://no-color.org).
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+  bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  bold() { printf '\n== %s\n' "$*"; }
+fi
 cleanup() {
   [ -n "$INIT_PID" ] && kill -KILL "$INIT_PID" 2>/dev/null || true
   rm -rf "$WORK"
@@ -123,7 +128,7 @@ kill -TERM "$INIT_PID"
 while kill -0 "$INIT_PID" 2>/dev/null; do sleep 0.05; done
 wait 2>/dev/null || true
 INIT_PID=
-tail -n 3 "$LOG" | sed 's/^/  | /'
+grep -v '^\s*$' "$LOG" | tail -n 3 | sed 's/^/  | /'
 printf 'stopped in %.2f s\n' "$(echo "$(date +%s.%N) - $START" | bc 2>/dev/null || echo 0)"
 
 bold "Done. Next: 'make test', and README.md for Docker, compose and Kubernetes."

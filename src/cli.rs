@@ -3,11 +3,12 @@
 
 use std::ffi::OsString;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Supervise COMMAND (empty: start ComfyUI).
+    /// Supervise COMMAND (empty: start ComfyUI, with `comfyui_args` appended to its command line).
     Run {
         command: Vec<OsString>,
+        comfyui_args: Vec<OsString>,
     },
     Healthcheck,
     Gpu {
@@ -20,6 +21,11 @@ pub enum Command {
     Rotate,
     /// Internal: the child PID 1 starts to prove a reload (see `supervisor::start_reload`).
     ProbeReload,
+    /// Internal: runs a pre-start hook, its output prefixed by its name.
+    Prefix {
+        name: String,
+        command: Vec<OsString>,
+    },
     Help(Topic),
     Version,
 }
@@ -48,13 +54,13 @@ pub const PROBE_RELOAD: &str = "__probe-reload";
 pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
     let mut args = args.into_iter();
     let Some(first) = args.next() else {
-        return Ok(Command::Run { command: Vec::new() });
+        return Ok(Command::Run { command: Vec::new(), comfyui_args: Vec::new() });
     };
     let rest: Vec<OsString> = args.collect();
     match first.to_str() {
         Some("-h" | "--help" | "help") => Ok(Command::Help(Topic::Main)),
         Some("-V" | "--version") => Ok(Command::Version),
-        Some("--") => Ok(Command::Run { command: rest }),
+        Some("--") => Ok(Command::Run { command: rest, comfyui_args: Vec::new() }),
         Some("run") => parse_run(rest),
         Some("healthcheck") => flags(Topic::Healthcheck, rest, &[]).map(|_| Command::Healthcheck),
         Some("gpu") => flags(Topic::Gpu, rest, &["--json"]).map(|f| Command::Gpu { json: !f.is_empty() }),
@@ -62,24 +68,37 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
         Some(PROBE_RELOAD) if rest.is_empty() => Ok(Command::ProbeReload),
-        Some(s) if s.starts_with('-') => {
-            Err(UsageError { topic: Topic::Main, message: format!("unknown option '{s}' (see 'comfy-init --help')") })
+        Some(crate::supervisor::hooks::PREFIX) if rest.len() >= 2 => {
+            Ok(Command::Prefix { name: rest[0].to_string_lossy().into_owned(), command: rest[1..].to_vec() })
         }
+        // `docker run IMAGE --cpu --preview-method auto`: flags that are not ours go to ComfyUI.
+        Some(s) if s.starts_with('-') => comfyui_flags(Topic::Main, std::iter::once(first).chain(rest).collect()),
         // `docker run IMAGE python main.py --cpu`: a bare command is run like `run -- ...`.
-        _ => Ok(Command::Run { command: std::iter::once(first).chain(rest).collect() }),
+        _ => Ok(Command::Run { command: std::iter::once(first).chain(rest).collect(), comfyui_args: Vec::new() }),
     }
 }
 
 fn parse_run(rest: Vec<OsString>) -> Result<Command, UsageError> {
     match rest.first().and_then(|a| a.to_str()) {
         Some("-h" | "--help") => Ok(Command::Help(Topic::Run)),
-        Some("--") => Ok(Command::Run { command: rest[1..].to_vec() }),
-        Some(s) if s.starts_with('-') => Err(UsageError {
-            topic: Topic::Run,
-            message: format!("unknown option '{s}' for 'run' (put the command after '--')"),
-        }),
-        _ => Ok(Command::Run { command: rest }),
+        Some("--") => Ok(Command::Run { command: rest[1..].to_vec(), comfyui_args: Vec::new() }),
+        Some(s) if s.starts_with('-') => comfyui_flags(Topic::Run, rest),
+        _ => Ok(Command::Run { command: rest, comfyui_args: Vec::new() }),
     }
+}
+
+/// Flags for ComfyUI's own command line. A `--` among them would also name another command to
+/// run, which has no ComfyUI to give them to: refused, saying where they go.
+fn comfyui_flags(topic: Topic, args: Vec<OsString>) -> Result<Command, UsageError> {
+    if args.iter().any(|a| a == "--") {
+        return Err(UsageError {
+            topic,
+            message: "flags before '--' go to ComfyUI, but '--' runs another command instead: put them \
+                      after that command"
+                .into(),
+        });
+    }
+    Ok(Command::Run { command: Vec::new(), comfyui_args: args })
 }
 
 /// Accepts only the given flags (and --help); returns the flags seen.
@@ -136,27 +155,66 @@ const HELP_MAIN: &str = "\
 comfy-init: PID 1 for ComfyUI containers
 
 Usage:
-  comfy-init [run] [-- COMMAND ARGS...]  supervise COMMAND (default: ComfyUI) as PID 1
+  comfy-init [run] [COMFYUI FLAGS...]    start ComfyUI as PID 1; flags that are not comfy-init's
+                                         own go to ComfyUI: docker run IMAGE --cpu --preview-method auto
+  comfy-init [run] -- COMMAND ARGS...    supervise COMMAND instead of ComfyUI
   comfy-init healthcheck                 Docker HEALTHCHECK: exit 0 healthy, 1 unhealthy
-  comfy-init gpu [--json]                GPU report and verdict through NVML
+  comfy-init gpu [--json]                GPU and PyTorch report and verdict
   comfy-init sync [--dry-run]            reconcile .env and login/PASSWORD once
   comfy-init token                       print the API bearer token
   comfy-init rotate                      set a new random password
-  comfy-init --help | --version
+  comfy-init --help | --version          (every subcommand takes --help)
 
-Every subcommand takes --help. Settings come from the environment; see README.md.
+Settings (environment; an invalid value stops comfy-init naming the variable):
+  ComfyUI
+    COMFYUI_DIR=/workspace/ComfyUI       ComfyUI's folder (main.py, login/PASSWORD)
+    COMFYUI_PORT=8188                    port ComfyUI listens on; the healthcheck asks 127.0.0.1:PORT
+    COMFYUI_ARGS (or CLI_ARGS)           extra flags for ComfyUI, split on whitespace
+    COMFYUI_PYTHON=python3               ComfyUI's interpreter
+  Login (ComfyUI-Login)
+    COMFYUI_PASSWORD                     the password; COMFYUI_PASSWORD_FILE: a secret file holding it
+                                         (precedence: the file, then .env, then the environment)
+    COMFYUI_USERNAME=admin               the username
+    COMFYUI_BEARER_TOKEN                 written back for API clients; reused when it verifies
+    COMFY_INIT_ENV_FILE=/workspace/.env  the live .env (mount its folder, not the file)
+    COMFY_INIT_AUTH=on                   off: no credential handling (ComfyUI unprotected)
+    COMFY_INIT_GUEST_MODE=warn           login/GUEST_MODE: warn, or refuse to start
+    COMFY_INIT_COMPANION=on              the node that reloads a new token in place, hides it in logs
+    COMFY_INIT_ON_TOKEN_CHANGE=reload    reload (restart as the fallback) or restart
+  GPU
+    COMFY_INIT_GPU=require               require (no usable GPU: exit 69), warn, off
+    COMFY_INIT_MIN_VRAM_GB               minimum total VRAM
+    COMFY_INIT_GPU_SELECT                a card index, UUID or best: ComfyUI's CUDA_VISIBLE_DEVICES
+    COMFY_INIT_NVML_LIB                  path of libnvidia-ml.so.1
+    CUDA_VERSION                         the image's CUDA (nvidia/cuda images set it)
+  Process
+    PUID, PGID                           run ComfyUI as this user; what we create is theirs
+    COMFY_INIT_CHOWN=on                  give output/ input/ user/ temp/ login/ to PUID (recursive, off)
+    COMFY_INIT_PRE_START=/config/pre-start.d  executables run before ComfyUI, in name order, once
+    COMFY_INIT_PRE_START_FAILURE=stop    a failing hook stops the start; warn goes on
+    COMFY_INIT_STOP_SIGNAL=SIGINT        sent to ComfyUI's group on stop (its clean stop)
+    COMFY_INIT_STOP_TIMEOUT=8s           grace before SIGKILL (keep it under Docker's 10 s)
+    COMFY_INIT_RESTART=on-failure        on-failure, always, never
+    COMFY_INIT_HEALTH_TIMEOUT=5s         deadline of the whole healthcheck
+    RUST_LOG=info                        log level (debug shows every signal and file event)
+
+Exit codes: the child's (128+N: killed by signal N; 137: SIGKILLed after the grace),
+126/127 command not executable/not found, 2 bad command line, 69 GPU preflight failed,
+78 bad configuration or refused credentials; healthcheck 0/1; gpu 0 policy met, 1 not.
 ";
 
 const HELP_RUN: &str = "\
-Usage: comfy-init [run] [-- COMMAND ARGS...]
+Usage: comfy-init [run] [COMFYUI FLAGS...]
+       comfy-init [run] -- COMMAND ARGS...
 
-Runs COMMAND (default: python main.py --listen 0.0.0.0 --port $COMFYUI_PORT in $COMFYUI_DIR)
-in its own process group: reaps every zombie, forwards signals to the group, and on
-SIGTERM/SIGINT/SIGQUIT sends $COMFY_INIT_STOP_SIGNAL (SIGINT), waits $COMFY_INIT_STOP_TIMEOUT
-(8s), then SIGKILLs the group. Exits with the child's status (128+N for signal N).
-
-Settings: COMFY_INIT_STOP_SIGNAL, COMFY_INIT_STOP_TIMEOUT, COMFY_INIT_RESTART,
-COMFY_INIT_AUTH, COMFY_INIT_GPU, COMFYUI_DIR, COMFYUI_PORT, COMFYUI_ARGS, RUST_LOG.
+Checks the GPU and PyTorch, makes the credentials agree, then runs ComfyUI
+($COMFYUI_PYTHON $COMFYUI_DIR/main.py --listen 0.0.0.0 --port $COMFYUI_PORT $COMFYUI_ARGS, then
+the COMFYUI FLAGS given here), or COMMAND, in its own process group: reaps every zombie, forwards
+signals to the group, applies a new password (in place, or by a restart), restarts after crashes
+($COMFY_INIT_RESTART, default on-failure: 1 s doubling to 30 s, 5 failures in 5 min and it gives
+up). On SIGTERM/SIGINT/SIGQUIT it sends $COMFY_INIT_STOP_SIGNAL (SIGINT), waits
+$COMFY_INIT_STOP_TIMEOUT (8s), then SIGKILLs the group, and exits with the child's status (128+N
+for signal N). `comfy-init --help` lists every setting and exit code.
 ";
 
 const HELP_HEALTHCHECK: &str = "\
@@ -191,8 +249,8 @@ Prints the API bearer token (the hash in login/PASSWORD) and nothing else:
 const HELP_ROTATE: &str = "\
 Usage: comfy-init rotate
 
-Generates a new random password, writes it to the .env file and login/PASSWORD, and prints
-it once. A running comfy-init notices and restarts ComfyUI with the new token.
+Generates a new random password, writes it to the .env file (replacing COMFYUI_PASSWORD) and its
+hash to login/PASSWORD, and prints it once. A running comfy-init applies the new token.
 ";
 
 #[cfg(test)]
@@ -205,21 +263,50 @@ mod tests {
 
     #[test]
     fn no_arguments_runs_comfyui() {
-        assert_eq!(parse_strs(&[]), Ok(Command::Run { command: vec![] }));
+        assert_eq!(parse_strs(&[]), Ok(Command::Run { command: vec![], comfyui_args: vec![] }));
     }
 
     #[test]
     fn command_after_double_dash() {
-        let want = Command::Run { command: vec!["sleep".into(), "1".into()] };
+        let want = Command::Run { command: vec!["sleep".into(), "1".into()], comfyui_args: vec![] };
         assert_eq!(parse_strs(&["--", "sleep", "1"]), Ok(want));
-        let want = Command::Run { command: vec!["sleep".into(), "--".into()] };
+        let want = Command::Run { command: vec!["sleep".into(), "--".into()], comfyui_args: vec![] };
         assert_eq!(parse_strs(&["run", "--", "sleep", "--"]), Ok(want));
     }
 
     #[test]
     fn bare_command_is_run() {
-        let want = Command::Run { command: vec!["python".into(), "main.py".into()] };
+        let want = Command::Run { command: vec!["python".into(), "main.py".into()], comfyui_args: vec![] };
         assert_eq!(parse_strs(&["python", "main.py"]), Ok(want));
+    }
+
+    #[test]
+    fn flags_that_are_not_ours_go_to_comfyui() {
+        let flags = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let want = Command::Run { command: vec![], comfyui_args: flags(&["--cpu", "--preview-method", "auto"]) };
+        assert_eq!(parse_strs(&["--cpu", "--preview-method", "auto"]), Ok(want.clone()));
+        assert_eq!(parse_strs(&["run", "--cpu", "--preview-method", "auto"]), Ok(want));
+        assert_eq!(parse_strs(&["--help"]), Ok(Command::Help(Topic::Main)));
+        assert_eq!(parse_strs(&["--version"]), Ok(Command::Version));
+        assert!(parse_strs(&["--cpu", "--", "python"]).unwrap_err().message.contains("after that command"));
+    }
+
+    #[test]
+    fn the_help_is_complete_without_the_readme() {
+        assert!(!HELP_MAIN.contains("README"));
+        for setting in [
+            "PUID",
+            "PGID",
+            "COMFYUI_PASSWORD",
+            "COMFYUI_PASSWORD_FILE",
+            "COMFY_INIT_GPU_SELECT",
+            "COMFY_INIT_STOP_TIMEOUT",
+        ] {
+            assert!(HELP_MAIN.contains(setting), "{setting}");
+        }
+        for code in ["126/127", " 2 ", "69", "78"] {
+            assert!(HELP_MAIN.contains(code), "{code}");
+        }
     }
 
     #[test]

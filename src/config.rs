@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::credentials;
 use crate::gpu::{GpuPolicy, GpuSettings};
+use crate::privileges::Chown;
 use crate::supervisor::{self, policy::RestartMode, signals::parse_signal};
 
 /// A configuration error: the message is complete and meant for the operator.
@@ -46,6 +47,10 @@ pub struct Settings {
     pub health_timeout: Duration,
     /// `PUID`/`PGID`: ComfyUI runs as this user, and owns what we create.
     pub owner: Option<(u32, u32)>,
+    /// `COMFY_INIT_CHOWN`: how ComfyUI's folders are given to PUID:PGID.
+    pub chown: Chown,
+    /// `COMFY_INIT_PRE_START`: the folder of executables run before ComfyUI (once a start).
+    pub pre_start: PathBuf,
 }
 
 /// ComfyUI-Login's guest mode (a `login/GUEST_MODE` file) lets anyone in without a password.
@@ -96,6 +101,18 @@ impl Settings {
             gpu: gpu_settings(get)?,
             health_timeout: health_timeout(get)?,
             owner,
+            pre_start: get("COMFY_INIT_PRE_START").map(PathBuf::from).unwrap_or_else(|| "/config/pre-start.d".into()),
+            chown: match get("COMFY_INIT_CHOWN").as_deref() {
+                None | Some("on") => Chown::Folders,
+                Some("recursive") => Chown::Recursive,
+                Some("off") => Chown::Off,
+                Some(v) => {
+                    return Err(ConfigError(format!(
+                        "COMFY_INIT_CHOWN='{v}' is not valid: use on (the folders ComfyUI writes), recursive \
+                         (and their content) or off"
+                    )))
+                }
+            },
         })
     }
 
@@ -160,7 +177,14 @@ fn supervisor_settings(get: Lookup) -> Result<supervisor::Settings, ConfigError>
             )))
         }
     };
-    Ok(supervisor::Settings { stop_signal, stop_timeout, restart })
+    let stop_on_hook_failure = match get("COMFY_INIT_PRE_START_FAILURE").as_deref() {
+        None | Some("stop") => true,
+        Some("warn") => false,
+        Some(v) => {
+            return Err(ConfigError(format!("COMFY_INIT_PRE_START_FAILURE='{v}' is not valid: use stop or warn")))
+        }
+    };
+    Ok(supervisor::Settings { stop_signal, stop_timeout, restart, stop_on_hook_failure })
 }
 
 fn comfyui_dir(get: Lookup) -> PathBuf {
@@ -373,6 +397,8 @@ mod tests {
             ("COMFY_INIT_GPU", "sometimes"),
             ("COMFY_INIT_MIN_VRAM_GB", "lots"),
             ("COMFY_INIT_GPU_SELECT", "the big one"),
+            ("COMFY_INIT_CHOWN", "yes"),
+            ("COMFY_INIT_PRE_START_FAILURE", "ignore"),
             ("COMFY_INIT_HEALTH_TIMEOUT", "0"),
             ("PUID", "4294967295"),
             ("PUID", "root"),

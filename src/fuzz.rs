@@ -202,6 +202,12 @@ fn fuzz_password_files_and_hash_shapes() {
 
 /// Every variable comfy-init reads.
 const VARIABLES: &[&str] = &[
+    "COMFY_INIT_GUEST_MODE",
+    "COMFY_INIT_COMPANION",
+    "COMFY_INIT_ON_TOKEN_CHANGE",
+    "COMFY_INIT_GPU_SELECT",
+    "COMFY_INIT_CHOWN",
+    "NVIDIA_VISIBLE_DEVICES",
     "COMFYUI_DIR",
     "COMFYUI_PORT",
     "COMFYUI_ARGS",

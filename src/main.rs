@@ -47,12 +47,13 @@ fn main() -> ExitCode {
             println!("comfy-init {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Run { command } => ExitCode::from(run(command) as u8),
+        Command::Run { command, comfyui_args } => ExitCode::from(run(command, comfyui_args) as u8),
         Command::Gpu { json } => ExitCode::from(gpu_report(json)),
         Command::Sync { dry_run } => ExitCode::from(sync(dry_run)),
         Command::Token => ExitCode::from(token()),
         Command::Rotate => ExitCode::from(rotate()),
         Command::Healthcheck => ExitCode::from(health::command(Settings::from_env())),
+        Command::Prefix { name, command } => ExitCode::from(supervisor::hooks::prefix(&name, &command)),
         Command::ProbeReload => {
             // PID 1 hands the probe the two tokens in its environment, never on a command line.
             let token = |name| std::env::var(name).unwrap_or_default();
@@ -141,7 +142,7 @@ fn rotate() -> u8 {
 
 /// `comfy-init run`: signals first (before any thread exists: NVML may start some), then the
 /// preparation, then the loop.
-fn run(command: Vec<std::ffi::OsString>) -> i32 {
+fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) -> i32 {
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
@@ -150,8 +151,8 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
         }
     };
     logging::init();
-    let started = prepare(command).and_then(|(settings, spec, guard, reload)| {
-        Supervisor::start(settings.supervisor, spec, signals, guard, reload).map_err(Error::Spawn)
+    let started = prepare(command, comfyui_args).and_then(|p| {
+        Supervisor::start(p.settings.supervisor, p.spec, signals, p.guard, p.reload, p.hooks).map_err(Error::Spawn)
     });
     match started {
         Ok(supervisor) => supervisor.run(),
@@ -162,10 +163,21 @@ fn run(command: Vec<std::ffi::OsString>) -> i32 {
     }
 }
 
-/// Everything before the child starts: settings, GPU preflight, privileges, the companion node,
-/// credentials. Also whether a new token may be reloaded in place. Err: nothing was started.
-fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Option<Guard>, bool), Error> {
+/// What `prepare` readied for the supervisor.
+struct Prepared {
+    settings: Settings,
+    spec: ChildSpec,
+    guard: Option<Guard>,
+    /// A new token may be reloaded in place.
+    reload: bool,
+    hooks: Vec<std::path::PathBuf>,
+}
+
+/// Everything before the child starts: settings, GPU preflight, the pre-start hooks, folders and
+/// privileges, the companion node, credentials. Err: nothing was started.
+fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) -> Result<Prepared, Error> {
     let settings = Settings::from_env()?;
+    let hooks = supervisor::hooks::list(&settings.pre_start).map_err(|e| Error::Config(config::ConfigError(e)))?;
     let for_child = gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
 
     let mut spec = ChildSpec::default();
@@ -173,7 +185,12 @@ fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Opt
         spec.env_set.push(("CUDA_VISIBLE_DEVICES".into(), devices.into()));
     }
     if let Some(owner) = settings.owner {
-        privileges::check_ownership(&settings.comfyui.dir, owner).map_err(|e| Error::Config(config::ConfigError(e)))?;
+        // Hooks install things, often into custom_nodes/: it must be theirs too.
+        let changed = privileges::prepare_folders(&settings.comfyui.dir, owner, settings.chown, !hooks.is_empty())
+            .map_err(|e| Error::Config(config::ConfigError(e)))?;
+        for change in changed {
+            log::info!("ownership: {change}");
+        }
         spec.user = Some(owner);
     }
     let mut reload = false;
@@ -193,11 +210,12 @@ fn prepare(command: Vec<std::ffi::OsString>) -> Result<(Settings, ChildSpec, Opt
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
     if command.is_empty() {
         spec.argv = settings.comfyui.default_command();
+        spec.argv.extend(comfyui_args);
         spec.cwd = Some(settings.comfyui.dir.clone());
     } else {
         spec.argv = command;
     }
-    Ok((settings, spec, guard, reload))
+    Ok(Prepared { settings, spec, guard, reload, hooks })
 }
 
 /// The companion node, installed so that the token stays out of ComfyUI's log and a new token can

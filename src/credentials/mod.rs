@@ -486,7 +486,9 @@ fn env_text(s: &Settings, env: &Option<EnvFile>, token: &str, out: &mut Outcome)
     }
     out.changes.push(format!("{}: {KEY_TOKEN} updated", s.env_file.display()));
     if out.generated.is_some() {
-        out.changes.push(format!("{}: {KEY_PASSWORD} generated", s.env_file.display()));
+        let had_one = env.as_ref().is_some_and(|e| e.get(KEY_PASSWORD).is_some());
+        let what = if had_one { "replaced by a new random password" } else { "generated" };
+        out.changes.push(format!("{}: {KEY_PASSWORD} {what}", s.env_file.display()));
         out.stored_in = Some(s.env_file.clone());
     }
     Ok(Some(text))

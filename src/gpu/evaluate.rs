@@ -172,31 +172,37 @@ fn check_torch(found: Option<&Found>, usable: &[&GpuInfo], findings: &mut Vec<Fi
         );
     };
     for g in usable {
-        let Some(cc) = g.compute_capability else { continue };
-        let card = format!("GPU {} ({}, compute capability {}.{})", g.index, g.display_name(), cc.0, cc.1);
-        match torch::coverage(Some(found), Some(cc)) {
-            Coverage::Covered => {}
-            Coverage::NotCovered => add(
-                Severity::Error,
-                "torch_no_kernels",
-                format!(
-                    "PyTorch {} (CUDA {cuda}) has no kernels for {card}: every prompt would fail with \
-                     'no kernel image is available for execution on the device'",
-                    t.version
-                ),
-                torch::advice_for(cc),
+        findings.extend(card_finding(found, t, cuda, g));
+    }
+}
+
+/// Whether this PyTorch build has kernels for this card: an error when not, a warning when the
+/// build is not in the table.
+fn card_finding(found: &Found, t: &torch::Torch, cuda: &str, g: &GpuInfo) -> Option<Finding> {
+    let cc = g.compute_capability?;
+    let card = format!("GPU {} ({}, compute capability {}.{})", g.index, g.display_name(), cc.0, cc.1);
+    match torch::coverage(Some(found), Some(cc)) {
+        Coverage::Covered => None,
+        Coverage::NotCovered => Some(Finding {
+            severity: Severity::Error,
+            code: "torch_no_kernels",
+            message: format!(
+                "PyTorch {} (CUDA {cuda}) has no kernels for {card}: every prompt would fail with \
+                 'no kernel image is available for execution on the device'",
+                t.version
             ),
-            Coverage::Unknown => add(
-                Severity::Warning,
-                "torch_build_unknown",
-                format!(
-                    "PyTorch {} (CUDA {cuda}) is not in comfy-init's table of PyTorch builds: whether it \
-                     has kernels for {card} is not known",
-                    t.version
-                ),
-                format!("if ComfyUI fails with 'no kernel image is available': {}", torch::advice_for(cc)),
+            advice: torch::advice_for(cc),
+        }),
+        Coverage::Unknown => Some(Finding {
+            severity: Severity::Warning,
+            code: "torch_build_unknown",
+            message: format!(
+                "PyTorch {} (CUDA {cuda}) is not in comfy-init's table of PyTorch builds: whether it \
+                 has kernels for {card} is not known",
+                t.version
             ),
-        }
+            advice: format!("if ComfyUI fails with 'no kernel image is available': {}", torch::advice_for(cc)),
+        }),
     }
 }
 

@@ -147,43 +147,7 @@ pub fn text(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) -> St
 
 /// One JSON object, for `comfy-init gpu --json`.
 pub fn json(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) -> Value {
-    let gpus: Vec<Value> = report
-        .gpus
-        .iter()
-        .map(|g| {
-            let mut o = json!({
-                "index": g.index,
-                "name": g.name,
-                "brand": g.brand,
-                "rtx": is_rtx(g),
-                "vram_total_bytes": g.vram_total_bytes,
-                "vram_free_bytes": g.vram_free_bytes,
-                "compute_capability": g.compute_capability_string(),
-                "uuid": g.uuid,
-                "torch_covered": match torch::coverage(report.torch.as_ref(), g.compute_capability) {
-                    Coverage::Covered => json!(true),
-                    Coverage::NotCovered => json!(false),
-                    Coverage::Unknown => Value::Null,
-                },
-                "selected": report.selected.as_ref().map(|s| s.contains(&g.index)),
-            });
-            if let Some(map) = o.as_object_mut() {
-                if let Some(t) = g.temperature_c {
-                    map.insert("temperature_c".into(), json!(t));
-                }
-                if let Some(p) = g.power_w {
-                    map.insert("power_w".into(), json!(p));
-                }
-                if let Some(u) = g.utilization_percent {
-                    map.insert("utilization_percent".into(), json!(u));
-                }
-                if let Some(m) = g.mig_mode {
-                    map.insert("mig_mode".into(), json!(if m { "enabled" } else { "disabled" }));
-                }
-            }
-            o
-        })
-        .collect();
+    let gpus: Vec<Value> = report.gpus.iter().map(|g| gpu_json(report, g)).collect();
     let findings: Vec<Value> = verdict
         .findings
         .iter()
@@ -210,6 +174,40 @@ pub fn json(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) -> Va
         "gpus": gpus,
         "findings": findings,
     })
+}
+
+fn gpu_json(report: &GpuReport, g: &GpuInfo) -> Value {
+    let mut o = json!({
+        "index": g.index,
+        "name": g.name,
+        "brand": g.brand,
+        "rtx": is_rtx(g),
+        "vram_total_bytes": g.vram_total_bytes,
+        "vram_free_bytes": g.vram_free_bytes,
+        "compute_capability": g.compute_capability_string(),
+        "uuid": g.uuid,
+        "torch_covered": match torch::coverage(report.torch.as_ref(), g.compute_capability) {
+            Coverage::Covered => json!(true),
+            Coverage::NotCovered => json!(false),
+            Coverage::Unknown => Value::Null,
+        },
+        "selected": report.selected.as_ref().map(|s| s.contains(&g.index)),
+    });
+    if let Some(map) = o.as_object_mut() {
+        if let Some(t) = g.temperature_c {
+            map.insert("temperature_c".into(), json!(t));
+        }
+        if let Some(p) = g.power_w {
+            map.insert("power_w".into(), json!(p));
+        }
+        if let Some(u) = g.utilization_percent {
+            map.insert("utilization_percent".into(), json!(u));
+        }
+        if let Some(m) = g.mig_mode {
+            map.insert("mig_mode".into(), json!(if m { "enabled" } else { "disabled" }));
+        }
+    }
+    o
 }
 
 fn torch_json(found: &Found) -> Value {

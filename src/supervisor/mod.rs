@@ -5,6 +5,7 @@
 
 pub mod child;
 pub mod guard;
+pub mod hooks;
 pub mod policy;
 pub mod reaper;
 pub mod session;
@@ -40,6 +41,8 @@ pub struct Supervisor {
     reload: bool,
     /// The last token change: (old, new), for the probe that proves a reload.
     change: Option<(String, String)>,
+    /// The pre-start hooks of this start.
+    hooks: Vec<std::path::PathBuf>,
 }
 
 impl Supervisor {
@@ -51,6 +54,7 @@ impl Supervisor {
         signals: Signals,
         guard: Option<Guard>,
         reload: bool,
+        hooks: Vec<std::path::PathBuf>,
     ) -> Result<Supervisor, child::SpawnError> {
         if std::process::id() != 1 {
             if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -64,10 +68,18 @@ impl Supervisor {
         if reload {
             spec.env_set.push((companion::ENV_SESSION.into(), session.path().into()));
         }
-        let first = child::spawn(&spec)?;
-        log::info!("started {} (pid {})", spec.argv[0].to_string_lossy(), first.pid);
-        let machine = Machine::new(settings, first);
-        Ok(Supervisor { spec, signals, guard, session, machine, reload, change: None })
+        let machine = match hooks.first() {
+            None => {
+                let first = child::spawn(&spec)?;
+                log::info!("started {} (pid {})", spec.argv[0].to_string_lossy(), first.pid);
+                Machine::new(settings, first)
+            }
+            Some(hook) => {
+                let first = spawn_hook(hook, &spec)?;
+                Machine::pre_start(settings, hooks.iter().map(|h| hooks::name(h)).collect(), first)
+            }
+        };
+        Ok(Supervisor { spec, signals, guard, session, machine, reload, change: None, hooks })
     }
 
     /// The loop. Returns the exit code for comfy-init.
@@ -204,6 +216,13 @@ impl Supervisor {
                 match effect {
                     Effect::SignalGroup { pgid, signo } => send(pgid, signo),
                     Effect::Spawn => pending.push(self.spawn()),
+                    Effect::SpawnHook { index } => pending.push(match spawn_hook(&self.hooks[index], &self.spec) {
+                        Ok(hook) => Event::HookStarted(hook),
+                        Err(e) => {
+                            log::error!("{e}");
+                            Event::HookFailed(e.exit_code())
+                        }
+                    }),
                     Effect::StartReload { companion } => pending.push(self.start_reload(companion)),
                     Effect::Exit(code) => log::debug!("exiting with {code}"),
                     Effect::Log(level, message) => log::log!(level, "{message}"),
@@ -226,6 +245,15 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// Starts a pre-start hook like ComfyUI (its user, folder, environment), its output prefixed.
+fn spawn_hook(hook: &std::path::Path, comfyui: &ChildSpec) -> Result<state::Child, child::SpawnError> {
+    let spec = hooks::spec(hook, comfyui)
+        .map_err(|e| child::SpawnError { program: hook.display().to_string(), source: std::io::Error::other(e) })?;
+    let started = child::spawn(&spec)?;
+    log::info!("pre-start hook {} started (pid {})", hooks::name(hook), started.pid);
+    Ok(started)
 }
 
 /// Sends a signal to a process group; failure is logged, never fatal.

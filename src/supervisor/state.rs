@@ -23,6 +23,8 @@ pub struct Settings {
     pub stop_signal: i32,
     pub stop_timeout: Duration,
     pub restart: RestartMode,
+    /// A pre-start hook that fails stops the start (else: a warning, and on to the next).
+    pub stop_on_hook_failure: bool,
 }
 
 /// A running child. Its pid is also its process group id.
@@ -53,6 +55,15 @@ pub struct Exited {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// Pre-start hook number `index` runs (in its own process group, like ComfyUI).
+    PreStart {
+        hook: Child,
+        index: usize,
+    },
+    /// A `SpawnHook` effect is being carried out; `HookStarted` or `HookFailed` follows at once.
+    SpawningHook {
+        index: usize,
+    },
     /// A `Spawn` effect is being carried out; `Spawned` or `SpawnFailed` follows at once.
     Spawning,
     Running(Child),
@@ -105,6 +116,10 @@ pub enum Event {
     ProbeStarted(i32),
     /// The reload could not even be asked for (signal or probe failed).
     ReloadFailed,
+    /// A pre-start hook started.
+    HookStarted(Child),
+    /// A pre-start hook could not be started: the shell's status (126/127).
+    HookFailed(i32),
     /// Time passed: a deadline may be due.
     Tick,
 }
@@ -117,6 +132,10 @@ pub enum Effect {
     },
     /// Start the child (again).
     Spawn,
+    /// Start pre-start hook number `index` (`HookStarted` or `HookFailed` follows at once).
+    SpawnHook {
+        index: usize,
+    },
     /// Send the companion the reload signal and start the probe (`ProbeStarted` or
     /// `ReloadFailed` follows at once).
     StartReload {
@@ -130,13 +149,21 @@ pub struct Machine {
     settings: Settings,
     policy: RestartPolicy,
     state: State,
+    /// The pre-start hooks' names, in the order they run (for the log).
+    hooks: Vec<String>,
 }
 
 impl Machine {
     /// The first child already runs (its start failing is the caller's exit 126/127).
     pub fn new(settings: Settings, first: Child) -> Machine {
         let policy = RestartPolicy::new(settings.restart, Limits::default());
-        Machine { settings, policy, state: State::Running(first) }
+        Machine { settings, policy, state: State::Running(first), hooks: Vec::new() }
+    }
+
+    /// The first pre-start hook already runs; ComfyUI starts once they all have.
+    pub fn pre_start(settings: Settings, hooks: Vec<String>, first: Child) -> Machine {
+        let policy = RestartPolicy::new(settings.restart, Limits::default());
+        Machine { settings, policy, state: State::PreStart { hook: first, index: 0 }, hooks }
     }
 
     pub fn state(&self) -> State {
@@ -159,6 +186,7 @@ impl Machine {
                 Some(if killed { recheck } else { recheck.min(kill_at) })
             }
             State::Backoff { until, .. } | State::Reloading { until, .. } => Some(until),
+            State::PreStart { .. } | State::SpawningHook { .. } => None,
             State::Spawning | State::Running(_) | State::Done(_) => None,
         }
     }
@@ -175,6 +203,12 @@ impl Machine {
             Event::TokenChanged { companion } => self.on_token_changed(companion, now, &mut fx),
             Event::ProbeStarted(pid) => self.on_probe_started(pid),
             Event::ReloadFailed => self.restart_after_failed_reload("it could not be asked for", now, &mut fx),
+            Event::HookStarted(hook) => self.on_hook_started(hook),
+            Event::HookFailed(code) => {
+                if let State::SpawningHook { index } = self.state {
+                    self.after_hook(index, ExitStatus::Code(code), &mut fx);
+                }
+            }
             Event::Tick => self.on_tick(now, &mut fx),
         }
         fx
@@ -204,6 +238,14 @@ impl Machine {
             }
         }
         match &mut self.state {
+            State::PreStart { hook, index } if hook.pid == pid => {
+                let (pgid, index) = (hook.pid, *index);
+                if group_alive {
+                    // What the hook left running in the background has no place once it is done.
+                    fx.push(Effect::SignalGroup { pgid, signo: libc::SIGTERM });
+                }
+                self.after_hook(index, exited.status, fx);
+            }
             State::Running(child) if child.pid == pid => {
                 let child = *child;
                 fx.push(log(log::Level::Info, format!("child (pid {pid}) exited: {}", exited.status)));
@@ -255,19 +297,20 @@ impl Machine {
                 let code = last.code();
                 self.finish(code, fx);
             }
-            State::Reloading { child, .. } => {
+            State::Reloading { child, .. } | State::PreStart { hook: child, .. } => {
                 let child = *child;
                 self.begin_stop(child, None, AfterStop::Exit, now, fx);
             }
-            State::Spawning | State::Done(_) => {}
+            State::Spawning | State::SpawningHook { .. } | State::Done(_) => {}
         }
     }
 
     fn on_forward(&mut self, signo: i32, fx: &mut Vec<Effect>) {
         match self.state {
-            State::Running(child) | State::Stopping { child, .. } | State::Reloading { child, .. } => {
-                fx.push(Effect::SignalGroup { pgid: child.pid, signo })
-            }
+            State::Running(child)
+            | State::Stopping { child, .. }
+            | State::Reloading { child, .. }
+            | State::PreStart { hook: child, .. } => fx.push(Effect::SignalGroup { pgid: child.pid, signo }),
             _ => fx.push(log(log::Level::Debug, format!("{} dropped: no child running", signal_name(signo)))),
         }
     }
@@ -293,6 +336,38 @@ impl Machine {
                 self.restart_after_failed_reload("the token changed again meanwhile", now, fx)
             }
             _ => {}
+        }
+    }
+
+    fn on_hook_started(&mut self, hook: Child) {
+        if let State::SpawningHook { index } = self.state {
+            self.state = State::PreStart { hook, index };
+        }
+    }
+
+    /// Hook `index` ended: the next one, ComfyUI, or (it failed and that stops the start) exit.
+    fn after_hook(&mut self, index: usize, status: ExitStatus, fx: &mut Vec<Effect>) {
+        let name = self.hooks.get(index).cloned().unwrap_or_default();
+        if !status.success() {
+            if self.settings.stop_on_hook_failure {
+                fx.push(log(
+                    log::Level::Error,
+                    format!(
+                        "pre-start hook {name} failed ({status}): ComfyUI not started \
+                         (COMFY_INIT_PRE_START_FAILURE=warn goes on after a failed hook)"
+                    ),
+                ));
+                return self.finish(status.code(), fx);
+            }
+            fx.push(log(log::Level::Warn, format!("pre-start hook {name} failed ({status}): going on")));
+        } else {
+            fx.push(log(log::Level::Info, format!("pre-start hook {name} done")));
+        }
+        if index + 1 < self.hooks.len() {
+            self.state = State::SpawningHook { index: index + 1 };
+            fx.push(Effect::SpawnHook { index: index + 1 });
+        } else {
+            self.spawn(fx);
         }
     }
 
@@ -430,7 +505,7 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(8);
 
     fn settings(restart: RestartMode) -> Settings {
-        Settings { stop_signal: libc::SIGINT, stop_timeout: GRACE, restart }
+        Settings { stop_signal: libc::SIGINT, stop_timeout: GRACE, restart, stop_on_hook_failure: true }
     }
 
     /// A machine whose child (pid 100) started at `t0`, with the clock at `t0`.
@@ -738,6 +813,80 @@ mod tests {
         assert!(matches!(m.state(), State::Backoff { .. }), "{:?}", m.state());
     }
 
+    fn hooks(stop_on_failure: bool) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let s = Settings { stop_on_hook_failure: stop_on_failure, ..settings(RestartMode::OnFailure) };
+        let names = vec!["10-deps".to_string(), "20-models".to_string()];
+        (Machine::pre_start(s, names, Child { pid: 500, started: t0 }), t0)
+    }
+
+    fn hook_exit(pid: i32, code: i32) -> Event {
+        Event::Reaped { pid, exited: exit(code), group_alive: false }
+    }
+
+    #[test]
+    fn pre_start_hooks_run_one_after_the_other_then_comfyui() {
+        let (mut m, t0) = hooks(true);
+        assert_eq!(acts(m.step(hook_exit(500, 0), t0)), [Effect::SpawnHook { index: 1 }]);
+        m.step(Event::HookStarted(Child { pid: 501, started: t0 }), t0);
+        assert_eq!(m.state(), State::PreStart { hook: Child { pid: 501, started: t0 }, index: 1 });
+        assert_eq!(acts(m.step(hook_exit(501, 0), t0)), [Effect::Spawn]);
+        m.step(Event::Spawned(Child { pid: PID, started: t0 }), t0);
+        assert_eq!(m.state(), State::Running(Child { pid: PID, started: t0 }));
+    }
+
+    #[test]
+    fn a_failed_hook_stops_the_start_with_its_name_and_status_unless_told_to_go_on() {
+        let (mut m, t0) = hooks(true);
+        let fx = m.step(hook_exit(500, 3), t0);
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::Log(log::Level::Error, m) if m.contains("10-deps failed (exit code 3)"))));
+        assert_eq!(acts(fx), [Effect::Exit(3)]);
+        let (mut m, t0) = hooks(false);
+        assert_eq!(acts(m.step(hook_exit(500, 3), t0)), [Effect::SpawnHook { index: 1 }]);
+        m.step(Event::HookFailed(127), t0);
+        assert_eq!(m.state(), State::Spawning, "a hook that cannot start is a failure too");
+    }
+
+    #[test]
+    fn a_stop_during_a_hook_stops_its_group_within_the_grace() {
+        let (mut m, t0) = hooks(true);
+        assert_eq!(
+            acts(m.step(Event::StopRequested(libc::SIGTERM), t0)),
+            [Effect::SignalGroup { pgid: 500, signo: libc::SIGINT }]
+        );
+        assert_eq!(acts(m.step(Event::Tick, t0 + GRACE)), [Effect::SignalGroup { pgid: 500, signo: libc::SIGKILL }]);
+        assert_eq!(
+            acts(m.step(
+                Event::Reaped {
+                    pid: 500,
+                    exited: Exited { status: ExitStatus::Signal(9), reboot: false },
+                    group_alive: false
+                },
+                t0 + GRACE
+            )),
+            [Effect::Exit(137)]
+        );
+    }
+
+    #[test]
+    fn during_a_hook_signals_go_to_it_and_a_token_change_waits_for_comfyui() {
+        let (mut m, t0) = hooks(true);
+        assert_eq!(
+            acts(m.step(Event::Forward(libc::SIGHUP), t0)),
+            [Effect::SignalGroup { pgid: 500, signo: libc::SIGHUP }]
+        );
+        assert!(acts(m.step(Event::TokenChanged { companion: None }, t0)).is_empty());
+        assert_eq!(m.deadline(t0), None);
+        // What a hook leaves in the background gets SIGTERM when it is done.
+        let leftovers = Event::Reaped { pid: 500, exited: exit(0), group_alive: true };
+        assert_eq!(
+            acts(m.step(leftovers, t0)),
+            [Effect::SignalGroup { pgid: 500, signo: libc::SIGTERM }, Effect::SpawnHook { index: 1 }]
+        );
+    }
+
     #[test]
     fn running_needs_no_wake_up() {
         let (m, t0) = running(RestartMode::OnFailure);
@@ -748,7 +897,12 @@ mod tests {
     #[test]
     fn the_stop_signal_is_the_configured_one_and_sigterm_leftovers_are_not_signalled_twice() {
         let t0 = Instant::now();
-        let s = Settings { stop_signal: libc::SIGTERM, stop_timeout: GRACE, restart: RestartMode::Never };
+        let s = Settings {
+            stop_signal: libc::SIGTERM,
+            stop_timeout: GRACE,
+            restart: RestartMode::Never,
+            stop_on_hook_failure: true,
+        };
         let mut m = Machine::new(s, Child { pid: PID, started: t0 });
         assert_eq!(acts(m.step(Event::StopRequested(libc::SIGINT), t0)), [signal(libc::SIGTERM)]);
         assert!(acts(m.step(reaped(0, true), t0)).is_empty());

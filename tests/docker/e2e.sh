@@ -63,6 +63,10 @@ cleanup() {
     if ((${#COMPOSE[@]})) && [[ -f $WORK/compose/compose.yml ]]; then
         "${COMPOSE[@]}" -p "$RUN_ID" -f "$WORK/compose/compose.yml" down -v --remove-orphans >/dev/null 2>&1
     fi
+    if ((${#COMPOSE[@]})) && [[ -d $WORK/cpu-config ]]; then
+        COMFYUI_IMAGE="$IMG" COMFYUI_CONFIG_DIR="$WORK/cpu-config" \
+            "${COMPOSE[@]}" -p "$RUN_ID-cpu" -f "$ROOT/docker/compose.cpu.yml" down -v --remove-orphans >/dev/null 2>&1
+    fi
     local ids
     mapfile -t ids < <(docker ps -aq --filter "label=$LABEL" 2>/dev/null)
     ((${#ids[@]})) && docker rm -f "${ids[@]}" >/dev/null 2>&1
@@ -109,6 +113,12 @@ elif command -v docker-compose >/dev/null 2>&1; then
     COMPOSE=(docker-compose)
 fi
 if ((${#COMPOSE[@]})); then
+    if out=$("${COMPOSE[@]}" -f "$ROOT/docker/compose.cpu.yml" config -q 2>&1); then
+        ok "docker/compose.cpu.yml validates (${COMPOSE[*]} config)"
+    else
+        not_ok "docker/compose.cpu.yml validates (${COMPOSE[*]} config)"
+        note <<<"$out"
+    fi
     if out=$("${COMPOSE[@]}" -f "$ROOT/docker/compose.yml" config -q 2>&1); then
         ok "docker/compose.yml validates (${COMPOSE[*]} config)"
     else
@@ -505,6 +515,81 @@ EOF
     check "${COMPOSE[*]} env_file: comfy-init keeps the pinned COMFYUI_BEARER_TOKEN that verifies the password" \
         test -n "$HASH" -a "$got" = "$HASH"
     dc down -v --remove-orphans >/dev/null 2>&1 || true
+fi
+
+# ---------------------------------------------------------------------------------------------
+# ComfyUI flags after the image name; PUID with a root-owned bind-mounted output/.
+
+mkdir -p "$WORK/flags-config" "$WORK/output-root"
+printf 'COMFYUI_PASSWORD=e2e-flags-password\n' >"$WORK/flags-config/.env"
+C4=comfy-init-$RUN_ID-flags
+docker run -d --name "$C4" --label "$LABEL" -p 127.0.0.1::8188 \
+    -v "$WORK/flags-config:/config" -v "$WORK/output-root:/opt/ComfyUI/output" \
+    -e COMFY_INIT_GPU=off -e PUID=1000 -e PGID=1000 \
+    "${HEALTH_OPTS[@]}" "$IMG" --cpu --preview-method auto >/dev/null
+if wait_healthy "$C4" 60; then
+    ok "docker run IMAGE --cpu --preview-method auto, PUID=1000, root-owned output/: healthy"
+else
+    not_ok "docker run IMAGE --cpu --preview-method auto, PUID=1000, root-owned output/: healthy"
+    diagnose "$C4"
+fi
+argv=$(curl -s --max-time 5 -H "Authorization: Bearer $(token_of "$C4")" "$(base_url "$C4")/system_stats" |
+    python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin)["system"]["argv"]))' 2>/dev/null || true)
+check "docker run IMAGE --cpu --preview-method auto: the flags reach ComfyUI ($argv)" \
+    grep -q -- '--cpu --preview-method auto$' <<<"$argv"
+check "PUID=1000: the root-owned bind-mounted output/ now belongs to 1000:1000 ($(stat -c %u:%g "$WORK/output-root"))" \
+    test "$(stat -c %u:%g "$WORK/output-root")" = "1000:1000"
+
+# ---------------------------------------------------------------------------------------------
+# Pre-start hooks in /config/pre-start.d: before ComfyUI, a failure stops the start, docker stop
+# ends a long one.
+
+hook_container() { # NAME SCRIPT: a container whose only hook is NAME; prints its id
+    local dir=$WORK/hooks-$1
+    mkdir -p "$dir/pre-start.d"
+    printf 'COMFYUI_PASSWORD=e2e-hooks-password\n' >"$dir/.env"
+    printf '#!/bin/sh\n%s\n' "$2" >"$dir/pre-start.d/$1"
+    chmod 755 "$dir/pre-start.d/$1"
+    docker run -d --name "comfy-init-$RUN_ID-hook-$1" --label "$LABEL" -p 127.0.0.1::8188 \
+        -v "$dir:/config" -e COMFY_INIT_GPU=off "${HEALTH_OPTS[@]}" "$IMG"
+}
+logs_have() { docker logs "$1" 2>&1 | grep -qF -- "$2"; }
+line_of() { docker logs "$1" 2>&1 | grep -nF -- "$2" | head -n 1 | cut -d: -f1; }
+
+C6=$(hook_container 10-marker 'echo marker written; touch /tmp/hook-ran')
+if wait_healthy "$C6" 60; then ok "pre-start hook: the container turns healthy"; else not_ok "pre-start hook: healthy"; diagnose "$C6"; fi
+check "pre-start hook: its output is in docker logs, prefixed by its name" logs_have "$C6" "[pre-start 10-marker] marker written"
+check "pre-start hook: done before ComfyUI started" \
+    test "$(line_of "$C6" "pre-start hook 10-marker done")" -lt "$(line_of "$C6" "started python3")"
+C7=$(hook_container 10-broken 'echo cannot do it; exit 3')
+wait_alive "$C7" 30 false || true # until it stops
+check "pre-start hook that fails: the container stops with its status (got $(exit_code "$C7"))" test "$(exit_code "$C7")" = 3
+check "pre-start hook that fails: the log names it and its status" \
+    logs_have "$C7" "pre-start hook 10-broken failed (exit code 3): ComfyUI not started"
+C8=$(hook_container 10-sleep 'echo sleeping; sleep 60')
+wait_alive "$C8" 30 logs_have "$C8" "[pre-start 10-sleep] sleeping" || true
+stop_timed "$C8"
+check "pre-start hook sleeping 60 s: docker stop returns within the grace (took $STOP_MS ms)" test "$STOP_MS" -lt 9000
+
+# ---------------------------------------------------------------------------------------------
+# docker/compose.cpu.yml: comes up on an engine without the NVIDIA runtime (this one).
+
+if ((${#COMPOSE[@]})); then
+    mkdir -p "$WORK/cpu-config"
+    printf 'COMFYUI_PASSWORD=e2e-cpu-password\n' >"$WORK/cpu-config/.env"
+    cpu() {
+        COMFYUI_IMAGE="$IMG" COMFYUI_CONFIG_DIR="$WORK/cpu-config" COMFYUI_BIND=127.0.0.1 COMFYUI_HOST_PORT= \
+            COMFYUI_HEALTH_INTERVAL=1s "${COMPOSE[@]}" -p "$RUN_ID-cpu" -f "$ROOT/docker/compose.cpu.yml" "$@"
+    }
+    cpu up -d --no-build >/dev/null 2>&1 || true
+    C5=$(cpu ps -q comfyui 2>/dev/null | head -n 1)
+    if [[ -n $C5 ]] && wait_healthy "$C5" 90; then
+        ok "${COMPOSE[*]} -f docker/compose.cpu.yml up: healthy without an NVIDIA runtime"
+    else
+        not_ok "${COMPOSE[*]} -f docker/compose.cpu.yml up: healthy without an NVIDIA runtime"
+        [[ -n $C5 ]] && diagnose "$C5"
+    fi
+    cpu down -v --remove-orphans >/dev/null 2>&1 || true
 fi
 
 finish

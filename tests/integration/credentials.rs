@@ -316,7 +316,8 @@ fn with_puid_a_folder_owned_by_someone_else_stops_with_the_chown_to_run() {
     if !can_be_pid1("with_puid_a_folder_owned_by_someone_else_stops_with_the_chown_to_run") {
         return;
     }
-    let ws = Workspace::new("puidown").set("PUID", "65534");
+    // COMFY_INIT_CHOWN=off: the folder is not given to PUID (the default, see hardening.rs).
+    let ws = Workspace::new("puidown").set("PUID", "65534").set("COMFY_INIT_CHOWN", "off");
     fs::create_dir_all(ws.comfyui().join("output")).unwrap(); // owned by root
     let (code, _, err) = ws.launch().output(Duration::from_secs(20));
     assert_eq!(code, 78, "{err}");
@@ -334,4 +335,39 @@ fn sync_dry_run_says_what_it_would_change_and_writes_nothing() {
     assert!(!out.contains("dry-pass") && !err.contains("dry-pass"));
     assert_eq!(read(&ws.env_file()), "COMFYUI_PASSWORD=dry-pass\n");
     assert!(!ws.comfyui().join("login").exists(), "a dry run created login/");
+}
+
+#[test]
+fn with_puid_root_owned_folders_are_given_to_that_user_without_following_links_or_touching_models() {
+    if !can_be_pid1("with_puid_root_owned_folders_are_given_to_that_user_without_following_links_or_touching_models") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let owner = |p: &std::path::Path| fs::symlink_metadata(p).unwrap().uid();
+    for (mode, inside) in [("on", 0), ("recursive", 1000)] {
+        // What Docker leaves for a new bind mount: folders (and files) owned by root.
+        let ws = Workspace::new("chown").set("PUID", "1000").set("PGID", "1000").set("COMFY_INIT_CHOWN", mode);
+        let ws = ws.set("FAKE_COMFYUI_EVENTS", ""); // the workspace is root's: no event log
+        write(&ws.env_file(), "COMFYUI_PASSWORD=chown-pass\n");
+        // ComfyUI-Login's folder is its user's, as the image makes it (it writes its key there).
+        let node = ws.comfyui().join("custom_nodes/ComfyUI-Login");
+        fs::create_dir_all(&node).unwrap();
+        std::os::unix::fs::chown(&node, Some(1000), Some(1000)).unwrap();
+        let output = ws.comfyui().join("output");
+        fs::create_dir_all(output.join("old")).unwrap();
+        write(&output.join("old/image.png"), "png");
+        let outside = ws.dir.join("outside.txt");
+        write(&outside, "not ComfyUI's");
+        std::os::unix::fs::symlink(&outside, output.join("link")).unwrap();
+        fs::create_dir_all(ws.comfyui().join("models/checkpoints")).unwrap();
+        let init = ws.launch().start();
+        assert!(init.until(Duration::from_secs(20), || ws.status(None) == 401), "{mode}: {}", init.stderr());
+        assert_eq!(owner(&output), 1000, "{mode}");
+        assert_eq!(owner(&output.join("old/image.png")), inside, "{mode}");
+        assert_eq!(owner(&output.join("link")), inside, "{mode}: the link itself");
+        assert_eq!(owner(&outside), 0, "{mode}: a symlink was followed out");
+        assert_eq!(owner(&ws.comfyui().join("models")), 0, "{mode}: models was touched");
+        assert!(init.stderr().contains("now owned by 1000:1000"), "{}", init.stderr());
+        assert_eq!(fs::metadata(ws.password_file()).unwrap().uid(), 1000);
+    }
 }

@@ -192,3 +192,17 @@ fn the_websocket_needs_the_token_like_every_other_route() {
     assert_eq!(status, 101);
     assert_eq!(accept.as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
 }
+
+#[test]
+fn flags_after_the_image_name_reach_comfyuis_command_line() {
+    let ws = Workspace::new("fid-flags");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=flags-pass\n");
+    let mut launch = ws.launch();
+    launch.args = ["--cpu", "--preview-method", "auto"].map(String::from).to_vec();
+    let _init = serving(&ws, launch);
+    let (_, body) = ws.get(Some(&ws.token()));
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let argv: Vec<&str> = stats["system"]["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let port = ws.port.to_string();
+    assert_eq!(argv[1..], ["--listen", "0.0.0.0", "--port", &port, "--cpu", "--preview-method", "auto"], "{argv:?}");
+}

@@ -5,6 +5,7 @@ mod fidelity;
 mod gpu;
 mod hardening;
 mod health;
+mod hooks;
 mod pid1;
 mod reload;
 mod supervise;

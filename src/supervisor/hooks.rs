@@ -1,0 +1,102 @@
+//! Pre-start hooks: the executables in COMFY_INIT_PRE_START (default `/config/pre-start.d`), run
+//! in name order before ComfyUI, once per container start (a token-change restart runs none),
+//! as ComfyUI's user. Each is a child of PID 1 in its own process group, like ComfyUI: reaped,
+//! stopped within the grace by `docker stop`. Its output reaches the log line by line, prefixed
+//! by its name, through `comfy-init __prefix` (a small parent in the hook's group).
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::child::ChildSpec;
+
+/// The hidden subcommand that runs a hook and prefixes its output.
+pub const PREFIX: &str = "__prefix";
+
+/// The executables in `dir`, in name order; none when the folder does not exist. Hidden files,
+/// folders and files without an execute bit are left out (a README can sit beside the hooks).
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("COMFY_INIT_PRE_START={}: cannot read it ({e})", dir.display())),
+    };
+    let mut hooks: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .collect();
+    hooks.sort();
+    Ok(hooks)
+}
+
+pub fn name(hook: &Path) -> String {
+    hook.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// How hook `hook` is started: like ComfyUI (its user, folder, environment), under `__prefix`.
+pub fn spec(hook: &Path, comfyui: &ChildSpec) -> Result<ChildSpec, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find comfy-init's own path: {e}"))?;
+    Ok(ChildSpec { argv: vec![me.into(), PREFIX.into(), name(hook).into(), hook.into()], ..comfyui.clone() })
+}
+
+/// `comfy-init __prefix NAME COMMAND...`: runs COMMAND with its stdout and stderr into one pipe,
+/// writes each line to our stdout as `[pre-start NAME] line`, and exits with its status (128+N
+/// for a signal). It shares the hook's process group, so a stop reaches both.
+pub fn prefix(name: &str, command: &[OsString]) -> u8 {
+    let tag = format!("[pre-start {name}]");
+    let Some((program, args)) = command.split_first() else { return 2 };
+    let (read, write) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{tag} cannot make a pipe: {e}");
+            return 1;
+        }
+    };
+    let spawned = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(write.try_clone().map(std::process::Stdio::from).unwrap_or_else(|_| std::process::Stdio::null()))
+        .stderr(write)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{tag} cannot run {}: {e}", program.to_string_lossy());
+            return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(read).split(b'\n').map_while(Result::ok) {
+        let _ = out.write_all(format!("{tag} ").as_bytes());
+        let _ = out.write_all(&line);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    match child.wait() {
+        Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8,
+        Err(_) => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hooks_are_the_executables_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("hooks-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a-folder")).unwrap();
+        for (name, mode) in [("20-b", 0o755), ("10-a", 0o700), ("README", 0o644), (".hidden", 0o755)] {
+            std::fs::write(dir.join(name), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let names: Vec<String> = list(&dir).unwrap().iter().map(|p| name(p)).collect();
+        assert_eq!(names, ["10-a", "20-b"]);
+        assert_eq!(list(&dir.join("missing")).unwrap(), Vec::<PathBuf>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
