@@ -445,6 +445,16 @@ class Bench:
         os.rename(tmp, os.path.join(envdir, ".env"))
         return time.monotonic_ns()
 
+    def stop_run(self, p, events):
+        """Stops a `comfy-init run` (SIGTERM, SIGKILL after 15 s) and whatever stand-in is left."""
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        self.kill_standins(events)
+
     def kill_standins(self, events):
         """Whatever stand-in of this workspace still runs (after a failure): SIGKILL."""
         for line in self.starts(events):
@@ -541,13 +551,7 @@ class Bench:
             token = subprocess.run([self.bin, "token"], env=env, capture_output=True, text=True).stdout.strip()
             self.health(env, port, token)
         finally:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            self.kill_standins(events)
+            self.stop_run(p, events)
             th.join(timeout=2)
         self.token = {"detect": detect, "total": total, "stop": stop_part, "start": start_part}
         self.notes.append(
@@ -653,13 +657,7 @@ class Bench:
                     progress(f"    edit {i}: {times[-1]:.0f} ms, ComfyUI pid {before} -> {after}")
                     time.sleep(1.0)
             finally:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-                self.kill_standins(env["FAKE_COMFYUI_EVENTS"])
+                self.stop_run(p, env["FAKE_COMFYUI_EVENTS"])
             self.reload[mode] = {"times": times, "same_pid": same_pid}
         r, t = self.reload["reload"], self.reload["restart"]
         self.notes.append(

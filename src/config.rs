@@ -123,22 +123,6 @@ impl Settings {
 }
 
 impl ComfyUi {
-    /// The origin given with `--enable-cors-header` in COMFYUI_ARGS (bare: `*`): ComfyUI-Login
-    /// then only looks at tokens on requests that carry it.
-    pub fn cors_origin(&self) -> Option<String> {
-        let mut args = self.args.iter();
-        while let Some(arg) = args.next() {
-            if let Some(value) = arg.strip_prefix("--enable-cors-header=") {
-                return Some(value.to_string());
-            }
-            if arg == "--enable-cors-header" {
-                let value = args.next().filter(|v| !v.starts_with('-'));
-                return Some(value.cloned().unwrap_or_else(|| "*".into()));
-            }
-        }
-        None
-    }
-
     /// The command run when none is given: ComfyUI's main.py, listening on all interfaces.
     pub fn default_command(&self) -> Vec<std::ffi::OsString> {
         let mut cmd: Vec<std::ffi::OsString> = vec![
@@ -152,6 +136,22 @@ impl ComfyUi {
         cmd.extend(self.args.iter().map(Into::into));
         cmd
     }
+}
+
+/// The origin of `--enable-cors-header` among ComfyUI's flags (bare: `*`), in any spelling:
+/// ComfyUI-Login then only looks at tokens on requests that carry it.
+pub fn cors_origin(args: &[String]) -> Option<String> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if let Some(value) = arg.strip_prefix("--enable-cors-header=") {
+            return Some(value.to_string());
+        }
+        if arg == "--enable-cors-header" {
+            let value = args.next().filter(|v| !v.starts_with('-'));
+            return Some(value.cloned().unwrap_or_else(|| "*".into()));
+        }
+    }
+    None
 }
 
 fn supervisor_settings(get: Lookup) -> Result<supervisor::Settings, ConfigError> {
@@ -415,7 +415,7 @@ mod tests {
     fn the_cors_origin_is_read_from_comfyui_args_in_every_spelling() {
         let origin = |args: &'static str| {
             let pairs: &'static [(&str, &str)] = Box::leak(Box::new([("COMFYUI_ARGS", args)]));
-            Settings::from_lookup(&lookup(pairs)).unwrap().comfyui.cors_origin()
+            cors_origin(&Settings::from_lookup(&lookup(pairs)).unwrap().comfyui.args)
         };
         assert_eq!(
             origin("--cpu --enable-cors-header https://app.example.com"),

@@ -17,8 +17,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::config::{ConfigError, GuestMode, Settings, ENV_HEALTH_TIMEOUT as ENV_TIMEOUT};
+use std::path::Path;
+
+use crate::config::{self, ConfigError, GuestMode, Settings, ENV_HEALTH_TIMEOUT as ENV_TIMEOUT};
 use crate::credentials;
+use crate::fsutil::Links;
 use crate::gpu::{self, GpuPolicy};
 /// Docker keeps 4096 bytes of probe output; stay well under it.
 const MAX_LINE: usize = 1000;
@@ -440,7 +443,7 @@ pub fn prove_reload(settings: Result<Settings, ConfigError>, old: &str, new: &st
     let Ok(s) = settings else { return 1 };
     let deadline = Instant::now() + PROOF_WINDOW;
     let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let origin = s.comfyui.cors_origin();
+    let origin = origin(&s);
     let ask = |r: Request| fetch(&agent, s.comfyui.port, origin.as_deref(), deadline, r);
     let status = |reply: Reply| match reply {
         Reply::Answer { status, .. } => status.to_string(),
@@ -475,7 +478,7 @@ fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Proble
         .redirects(0) // a 302 to /login is an answer, not somewhere to go
         .user_agent(concat!("comfy-init-healthcheck/", env!("CARGO_PKG_VERSION")))
         .build();
-    let origin = s.comfyui.cors_origin();
+    let origin = origin(s);
     let mut http = |r: Request| fetch(&agent, s.comfyui.port, origin.as_deref(), deadline, r);
     let gpu_settings = s.gpu.clone();
     let gpu_check = move || {
@@ -484,6 +487,29 @@ fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Proble
     };
     let gpu: Option<&dyn Fn() -> Result<String, String>> = (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
     evaluate(auth, &mut http, gpu).map(|h| Healthy { guest_mode, token_logged, ..h })
+}
+
+/// The `--enable-cors-header` origin ComfyUI runs with: from COMFYUI_ARGS, or from the flags
+/// given to PID 1.
+fn origin(s: &Settings) -> Option<String> {
+    config::cors_origin(&[s.comfyui.args.clone(), pid1_comfyui_flags()].concat())
+}
+
+/// The ComfyUI flags PID 1 was given (`docker run IMAGE --enable-cors-header ORIGIN`), when PID 1
+/// is comfy-init: they are not in our environment, but ComfyUI-Login acts on them.
+fn pid1_comfyui_flags() -> Vec<String> {
+    use std::os::unix::ffi::OsStringExt;
+    let Ok(Some(raw)) = crate::fsutil::read_bounded(Path::new("/proc/1/cmdline"), 1 << 16, Links::Follow) else {
+        return Vec::new();
+    };
+    let mut args = raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| std::ffi::OsString::from_vec(a.to_vec()));
+    let is_us = args.next().is_some_and(|a| Path::new(&a).file_name().is_some_and(|n| n == "comfy-init"));
+    match crate::cli::parse(args.collect()) {
+        Ok(crate::cli::Command::Run { command, comfyui_args }) if is_us && command.is_empty() => {
+            comfyui_args.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// `comfy-init healthcheck`: prints one line, returns 0 (healthy) or 1.

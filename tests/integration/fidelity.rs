@@ -206,3 +206,28 @@ fn flags_after_the_image_name_reach_comfyuis_command_line() {
     let port = ws.port.to_string();
     assert_eq!(argv[1..], ["--listen", "0.0.0.0", "--port", &port, "--cpu", "--preview-method", "auto"], "{argv:?}");
 }
+
+#[test]
+fn a_cors_origin_given_after_the_image_name_reaches_the_healthcheck_too() {
+    root_only!("a_cors_origin_given_after_the_image_name_reaches_the_healthcheck_too");
+    let ws = Workspace::new("fid-cors-flag");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=cors-pass\n");
+    let mut launch = ws.launch();
+    launch.args = ["--enable-cors-header", "https://app.example.com"].map(String::from).to_vec();
+    let init = launch.start();
+    assert!(init.until(LONG, || ws.status(None) == 401), "{}", init.stderr());
+    // The healthcheck as Docker runs it: inside the container, where PID 1 is comfy-init.
+    let mut cmd = std::process::Command::new("nsenter");
+    scrub_env(&mut cmd);
+    let pid = init.init_pid().to_string();
+    let out = cmd
+        .args(["--target", &pid, "--pid", "--mount", "--"])
+        .arg(bin())
+        .arg("healthcheck")
+        .envs(ws.env())
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{line}");
+    assert!(line.starts_with("healthy:"), "{line}");
+}

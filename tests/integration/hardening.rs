@@ -71,14 +71,6 @@ fn assert_pid1_unharmed(ws: &Workspace, mut init: Running, token: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-macro_rules! root_only {
-    ($name:literal) => {
-        if !can_be_pid1($name) {
-            return;
-        }
-    };
-}
-
 // ------------------------------------------------------------ poisons under PID 1 ---
 
 /// What PID 1 must show after a poison, before the common checks.

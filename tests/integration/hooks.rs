@@ -25,14 +25,6 @@ fn with_hooks(tag: &str, scripts: &[(&str, &str)]) -> Workspace {
     ws.set("COMFY_INIT_PRE_START", &dir).set("FAKE_COMFYUI_START_DELAY", "0.3")
 }
 
-macro_rules! root_only {
-    ($name:literal) => {
-        if !can_be_pid1($name) {
-            return;
-        }
-    };
-}
-
 #[test]
 fn hooks_run_in_name_order_before_comfyui_once_as_its_user_with_their_output_prefixed() {
     root_only!("hooks_run_in_name_order_before_comfyui_once_as_its_user_with_their_output_prefixed");

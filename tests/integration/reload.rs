@@ -68,14 +68,6 @@ fn assert_no_token_in(text: &str, tokens: &[&str], what: &str) {
     }
 }
 
-macro_rules! root_only {
-    ($name:literal) => {
-        if !can_be_pid1($name) {
-            return;
-        }
-    };
-}
-
 #[test]
 fn a_new_password_in_env_is_reloaded_in_place_sessions_end_and_requests_in_flight_finish() {
     root_only!("a_new_password_in_env_is_reloaded_in_place_sessions_end_and_requests_in_flight_finish");
