@@ -5,7 +5,8 @@
 //! by its name, through `comfy-init __prefix` (a small parent in the hook's group).
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -68,17 +69,62 @@ pub fn prefix(name: &str, command: &[OsString]) -> u8 {
             return if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
         }
     };
-    let mut out = std::io::stdout().lock();
-    for line in BufReader::new(read).split(b'\n').map_while(Result::ok) {
-        let _ = out.write_all(format!("{tag} ").as_bytes());
-        let _ = out.write_all(&line);
+    // Lines until the hook itself exits: what it left in the background may hold the pipe open
+    // for as long as it lives (PID 1 stops those), so EOF is not awaited.
+    let mut printer = Printer { tag, pending: Vec::new() };
+    let mut read = read;
+    let mut drained = 0;
+    loop {
+        let exited = child.try_wait().ok().flatten();
+        let mut fds = [nix::poll::PollFd::new(read.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let timeout = if exited.is_some() { 0u16 } else { 50 };
+        let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(timeout)).unwrap_or(0) > 0;
+        let mut buf = [0u8; 8192];
+        let n = if ready { read.read(&mut buf).unwrap_or(0) } else { 0 };
+        printer.feed(&buf[..n]);
+        if let Some(status) = exited {
+            drained += 1;
+            // What was written before the exit, and no more than that much from a chatty leftover.
+            if n == 0 || drained > 64 {
+                printer.flush();
+                use std::os::unix::process::ExitStatusExt;
+                return status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8;
+            }
+        } else if ready && n == 0 {
+            // EOF while the hook runs (it closed its output): just wait for it.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// Writes complete lines with the hook's tag; a last line without its newline at the end.
+struct Printer {
+    tag: String,
+    pending: Vec<u8>,
+}
+
+impl Printer {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        while let Some(i) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            self.write(&line[..line.len() - 1]);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            let line = std::mem::take(&mut self.pending);
+            self.write(&line);
+        }
+    }
+
+    fn write(&self, line: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(format!("{} ", self.tag).as_bytes());
+        let _ = out.write_all(line);
         let _ = out.write_all(b"\n");
         let _ = out.flush();
-    }
-    use std::os::unix::process::ExitStatusExt;
-    match child.wait() {
-        Ok(status) => status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)) as u8,
-        Err(_) => 1,
     }
 }
 

@@ -140,14 +140,18 @@ impl Supervisor {
         // SIGCHLD: the reaper runs after every wake-up anyway.
     }
 
-    /// What the machine needs to know of a reaped process: for the main child, whether its group
-    /// lives on and whether it asked ComfyUI-Manager's restart.
+    /// What the machine needs to know of a reaped process: for the main child (ComfyUI, or the
+    /// pre-start hook that runs), whether its group lives on; for ComfyUI, whether it asked
+    /// ComfyUI-Manager's restart.
     fn on_reaped(&mut self, pid: i32, status: reaper::ExitStatus) {
-        let main = match self.machine.state() {
-            State::Running(c) | State::Stopping { child: c, .. } => c.pid == pid,
-            _ => false,
+        let (main, comfyui) = match self.machine.state() {
+            State::Running(c) | State::Stopping { child: c, .. } | State::Reloading { child: c, .. } => {
+                (c.pid == pid, c.pid == pid)
+            }
+            State::PreStart { hook, .. } => (hook.pid == pid, false),
+            _ => (false, false),
         };
-        let reboot = main && self.session.take_reboot_request();
+        let reboot = comfyui && self.session.take_reboot_request();
         let group_alive = main && child::group_alive(pid);
         self.feed(Event::Reaped { pid, exited: Exited { status, reboot }, group_alive });
     }

@@ -112,3 +112,18 @@ fn a_stop_during_a_long_hook_ends_it_within_the_grace() {
     eprintln!("stopped {:?} after SIGTERM, exit {code:?}", asked.elapsed());
     assert_eq!(ws.starts(), 0, "ComfyUI started after the stop");
 }
+
+#[test]
+fn what_a_hook_leaves_running_is_stopped_when_it_is_done() {
+    root_only!("what_a_hook_leaves_running_is_stopped_when_it_is_done");
+    let ws = with_hooks("hooks-leftover", &[("10-background", "sleep 60 &")]);
+    let init = ws.launch().start();
+    assert!(init.until(LONG, || ws.status(None) == 401), "{}", init.stderr());
+    // Orphaned when the hook exits, the sleep comes to PID 1; it must not live its 60 s.
+    let sleeping = || {
+        children_of(init.init_pid())
+            .iter()
+            .any(|p| fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap_or_default().starts_with(b"sleep"))
+    };
+    assert!(init.until(Duration::from_secs(5), || !sleeping()), "the hook's background sleep outlived it");
+}

@@ -229,7 +229,6 @@ pub fn wait_until(limit: Duration, cond: &mut dyn FnMut() -> bool) -> bool {
 /// A process as /proc/PID/stat tells it.
 #[derive(Debug, Clone)]
 pub struct Proc {
-    #[allow(dead_code)] // shown by Debug in failure messages
     pub pid: i32,
     pub state: char,
     pub ppid: i32,
