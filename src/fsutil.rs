@@ -104,6 +104,18 @@ pub struct NewFileAttrs {
 /// Replaces `path` with `content`. An existing file keeps its mode and owner; a new one gets
 /// `attrs`. Errors carry the file's name and the next step.
 pub fn write_atomic(path: &Path, content: &[u8], attrs: NewFileAttrs) -> Result<(), String> {
+    write_atomic_if(path, content, attrs, || Ok::<(), String>(()))
+}
+
+/// [`write_atomic`], with `still_wanted` asked once the new content is written and synced, just
+/// before the rename: an Err leaves `path` as it is (the temp file removed) and is returned. The
+/// fsync takes milliseconds; a check made before it would leave them open to a user's save.
+pub fn write_atomic_if<E: From<String>>(
+    path: &Path,
+    content: &[u8],
+    attrs: NewFileAttrs,
+    still_wanted: impl FnOnce() -> Result<(), E>,
+) -> Result<(), E> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (mode, owner) = match fs::metadata(path) {
@@ -113,22 +125,25 @@ pub fn write_atomic(path: &Path, content: &[u8], attrs: NewFileAttrs) -> Result<
     };
     remove_stale_temp_files(dir, &name);
     let tmp = dir.join(format!(".{name}.comfy-init-{}.tmp", std::process::id()));
-    let result = (|| -> io::Result<()> {
+    let written = (|| -> io::Result<()> {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         file.write_all(content)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
         }
-        file.sync_all()?;
-        crate::test_hook::pause("before rename");
-        fs::rename(&tmp, path)?;
-        open_dir(dir)?.sync_all()
+        file.sync_all()
     })();
-    result.map_err(|e| {
+    let abandon = |e: E| {
         let _ = fs::remove_file(&tmp);
-        explain_write_error(path, &e)
-    })
+        e
+    };
+    written.map_err(|e| abandon(explain_write_error(path, &e).into()))?;
+    still_wanted().map_err(abandon)?;
+    crate::test_hook::pause("before rename");
+    fs::rename(&tmp, path)
+        .and_then(|()| open_dir(dir)?.sync_all())
+        .map_err(|e| abandon(explain_write_error(path, &e).into()))
 }
 
 /// Opens a folder, and only a folder: a FIFO swapped in for it fails (ENOTDIR) instead of

@@ -507,12 +507,12 @@ fn settled(path: &Path) -> Result<(), Failure> {
     }
 }
 
-/// Carries a decision out, under the lock. Before each rename the files are read again: if one
-/// is not what the decision was made from (a user's save, an editor's rename), nothing more is
-/// written and the caller starts over from the new content; a `.env` saved in the last
-/// [`SETTLE`] is left to settle first. What remains is the window between that read and the
-/// rename, a few microseconds: a save landing exactly there is overwritten (no lock can stop an
-/// editor that does not take it).
+/// Carries a decision out, under the lock. Before each rename (after the new content is written
+/// and synced) the files are read again: if one is not what the decision was made from (a
+/// user's save, an editor's rename), nothing more is written and the caller starts over from the
+/// new content; a `.env` saved in the last [`SETTLE`] is left to settle first. What remains is
+/// the window between that read and the rename, a few microseconds: a save landing exactly
+/// there is overwritten (no lock can stop an editor that does not take it).
 fn apply(s: &Settings, snap: &Snapshot, d: &Decision) -> Result<(), Failure> {
     let mut expected = snap.clone();
     let unchanged = |expected: &Snapshot| -> Result<(), Failure> {
@@ -528,13 +528,16 @@ fn apply(s: &Settings, snap: &Snapshot, d: &Decision) -> Result<(), Failure> {
         settled(&target)?;
         unchanged(&expected)?;
         let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
-        fsutil::write_atomic(&target, text.as_bytes(), attrs)?;
+        fsutil::write_atomic_if(&target, text.as_bytes(), attrs, || {
+            settled(&target)?;
+            unchanged(&expected)
+        })?;
         expected.env = Some(text.as_bytes().to_vec());
         crate::test_hook::pause("between .env and PASSWORD");
     }
     if d.write_password {
         unchanged(&expected)?;
-        password_file::write(&s.password_path(), &d.out.token, &d.out.username, s.owner)?;
+        password_file::write(&s.password_path(), &d.out.token, &d.out.username, s.owner, || unchanged(&expected))?;
     }
     // The new PASSWORD is in place: a key that cannot be deleted (a read-only custom_nodes) only
     // means old browser sessions live on. Said, not fatal: ComfyUI must still get the new token.

@@ -74,10 +74,17 @@ pub fn parse(bytes: &[u8]) -> FileState {
 }
 
 /// Writes `hash\nusername` atomically, mode 0600, owned by `owner` when given.
-pub fn write(file: &Path, hash: &str, username: &str, owner: Option<(u32, u32)>) -> Result<(), String> {
+/// `still_wanted`: see [`fsutil::write_atomic_if`].
+pub fn write<E: From<String>>(
+    file: &Path,
+    hash: &str,
+    username: &str,
+    owner: Option<(u32, u32)>,
+    still_wanted: impl FnOnce() -> Result<(), E>,
+) -> Result<(), E> {
     create_login_dir(file.parent().unwrap_or(Path::new(".")), owner)?;
     let attrs = NewFileAttrs { mode: 0o600, owner, force: true };
-    fsutil::write_atomic(file, format!("{hash}\n{username}").as_bytes(), attrs)
+    fsutil::write_atomic_if(file, format!("{hash}\n{username}").as_bytes(), attrs, still_wanted)
 }
 
 /// The login folder, created (owned by `owner`: ComfyUI-Login writes there too) when missing.
