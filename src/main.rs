@@ -1,6 +1,9 @@
 //! comfy-init: parse the command line, set up logging, dispatch, map errors to exit codes.
 //! Nothing else lives here.
 
+// The C `main` below replaces std's start-up (issue 17: a fifth of a spawn's instructions).
+#![cfg_attr(not(test), no_main)]
+
 mod cli;
 mod companion;
 mod config;
@@ -17,8 +20,6 @@ mod supervisor;
 mod test_hook;
 mod watch;
 
-use std::process::ExitCode;
-
 use cli::{Command, Topic};
 use config::Settings;
 use error::{Error, EXIT_CONFIG, EXIT_USAGE};
@@ -27,7 +28,43 @@ use supervisor::guard::Guard;
 use supervisor::signals::Signals;
 use supervisor::Supervisor;
 
-fn main() -> ExitCode {
+/// The process entry point, without std's `lang_start`: that spends about 94k instructions (a
+/// fifth of a `comfy-init run -- /bin/true`) in `pthread_getattr_np` parsing /proc/self/maps,
+/// only to place the main thread's stack-overflow message. std still has argv (glibc hands it
+/// to std through .init_array). What `lang_start` did that matters is done here: SIGPIPE
+/// ignored (a closed pipe is an error, not a death), stdin/stdout/stderr open; stdout is flushed
+/// by the commands that print (`entry`), not by `run`, whose output is the log on stderr.
+#[cfg(not(test))]
+#[no_mangle]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    prepare_process();
+    libc::c_int::from(entry())
+}
+
+/// Under `cargo test` the test harness is the entry point; this `main` keeps the commands
+/// reachable, as the ordinary `main` of a test build is.
+#[cfg(test)]
+fn main() {
+    let _ = entry();
+}
+
+#[cfg(not(test))]
+fn prepare_process() {
+    for fd in 0..3 {
+        // SAFETY: fcntl and open on the standard descriptors; an open file takes the lowest free
+        // descriptor, which is `fd` when it was closed.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 && *libc::__errno_location() == libc::EBADF {
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            }
+        }
+    }
+    // SAFETY: setting a disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
+/// The command line, dispatched; comfy-init's exit code.
+fn entry() -> u8 {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
     let command = match cli::parse(args) {
         Ok(command) => command,
@@ -35,32 +72,35 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("comfy-init: {}", err.message);
             // Docker reads 2 from a healthcheck as "reserved": unhealthy is 1.
-            return ExitCode::from(if err.topic == Topic::Healthcheck { 1 } else { EXIT_USAGE });
+            return if err.topic == Topic::Healthcheck { 1 } else { EXIT_USAGE };
         }
     };
-    match command {
+    let code = match command {
+        Command::Run { command, comfyui_args } => return run(command, comfyui_args) as u8,
         Command::Help(topic) => {
             print!("{}", topic.help());
-            ExitCode::SUCCESS
+            0
         }
         Command::Version => {
             println!("comfy-init {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            0
         }
-        Command::Run { command, comfyui_args } => ExitCode::from(run(command, comfyui_args) as u8),
-        Command::Gpu { json } => ExitCode::from(gpu_report(json)),
-        Command::Sync { dry_run } => ExitCode::from(sync(dry_run)),
-        Command::Token => ExitCode::from(token()),
-        Command::Rotate => ExitCode::from(rotate()),
-        Command::Healthcheck => ExitCode::from(health::command(Settings::from_env())),
-        Command::Prefix { name, command } => ExitCode::from(supervisor::hooks::prefix(&name, &command)),
+        Command::Gpu { json } => gpu_report(json),
+        Command::Sync { dry_run } => sync(dry_run),
+        Command::Token => token(),
+        Command::Rotate => rotate(),
+        Command::Healthcheck => health::command(Settings::from_env()),
+        Command::Prefix { name, command } => supervisor::hooks::prefix(&name, &command),
         Command::ProbeReload => {
             // PID 1 hands the probe the two tokens in its environment, never on a command line.
             let token = |name| std::env::var(name).unwrap_or_default();
             let (old, new) = (token(supervisor::PROBE_OLD), token(supervisor::PROBE_NEW));
-            ExitCode::from(health::prove_reload(Settings::from_env(), &old, &new))
+            health::prove_reload(Settings::from_env(), &old, &new)
         }
-    }
+    };
+    // std's own start-up would flush at exit; without it, a `print!` left in the buffer is lost.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    code
 }
 
 /// `comfy-init gpu [--json]`: the report and the verdict, 0 when the policy is met, 1 otherwise.
@@ -179,6 +219,10 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
     let settings = Settings::from_env()?;
     let hooks = supervisor::hooks::list(&settings.pre_start).map_err(|e| Error::Config(config::ConfigError(e)))?;
     let for_child = gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
+    if settings.gpu.policy != gpu::GpuPolicy::Off {
+        // The NVML library ran in this process; whatever it set, ComfyUI starts with defaults.
+        supervisor::signals::reset_dispositions();
+    }
 
     let mut spec = ChildSpec::default();
     if let Some(devices) = for_child.visible_devices {

@@ -1,12 +1,11 @@
 //! Starting the child in its own process group, and signalling that group.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::signals;
 use super::state::Child;
+use super::vfork::{self, Stage};
 
 /// What to run and how.
 #[derive(Debug, Clone, Default)]
@@ -46,36 +45,33 @@ impl std::fmt::Display for SpawnError {
     }
 }
 
-/// Starts the child in a new process group with a clean signal state. Never waits on it: the
-/// reaper collects its status with everyone else's.
+/// Starts the child in a new process group with a clean signal state (vfork.rs says how). Never
+/// waits on it: the reaper collects its status with everyone else's.
 pub fn spawn(spec: &ChildSpec) -> Result<Child, SpawnError> {
-    let program = spec.argv.first().cloned().unwrap_or_default();
-    let mut cmd = std::process::Command::new(&program);
-    cmd.args(&spec.argv[1..]).process_group(0);
-    for name in &spec.env_remove {
-        cmd.env_remove(name);
-    }
-    for (name, value) in &spec.env_set {
-        cmd.env(name, value);
-    }
-    if let Some(dir) = &spec.cwd {
-        cmd.current_dir(dir);
-    }
-    if let Some((uid, gid)) = spec.user {
-        // std drops supplementary groups (setgroups(0)) when root changes uid.
-        cmd.uid(uid).gid(gid);
-    }
-    // Code between fork and exec keeps std off posix_spawn, which would be faster (vfork) but
-    // leaves glibc's internal signals 32 and 33 ignored in the child (its spawn helper does so
-    // on purpose): a child must start with nothing ignored.
-    // SAFETY: prepare_child only makes async-signal-safe calls.
-    unsafe {
-        cmd.pre_exec(signals::prepare_child);
-    }
-    match cmd.spawn() {
-        // Dropping std's Child neither waits nor kills: the pid is all we keep.
-        Ok(child) => Ok(Child { pid: child.id() as i32, started: Instant::now() }),
-        Err(source) => Err(SpawnError { program: program.to_string_lossy().into_owned(), source }),
+    let request = vfork::Request {
+        argv: &spec.argv,
+        env_set: &spec.env_set,
+        env_remove: &spec.env_remove,
+        cwd: spec.cwd.as_ref(),
+        user: spec.user,
+    };
+    let failed = |source| SpawnError {
+        program: spec.argv.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        source,
+    };
+    let job = vfork::Job::new(&request).map_err(failed)?;
+    match job.spawn() {
+        Ok(pid) => Ok(Child { pid, started: Instant::now() }),
+        Err((stage, e)) => Err(failed(match (stage, &spec.cwd, spec.user) {
+            (Stage::EnterFolder, Some(dir), _) => {
+                std::io::Error::new(e.kind(), format!("cannot enter {}: {e}", dir.display()))
+            }
+            (Stage::SetUser, _, Some((uid, gid))) => {
+                std::io::Error::new(e.kind(), format!("cannot become {uid}:{gid}: {e}"))
+            }
+            (Stage::NewGroup, ..) => std::io::Error::new(e.kind(), format!("cannot make its process group: {e}")),
+            _ => e,
+        })),
     }
 }
 

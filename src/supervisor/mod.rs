@@ -11,6 +11,7 @@ pub mod reaper;
 pub mod session;
 pub mod signals;
 pub mod state;
+pub mod vfork;
 
 use std::os::fd::BorrowedFd;
 use std::time::Instant;

@@ -60,7 +60,9 @@ pub fn is_forwardable(signo: i32) -> bool {
     !matches!(signo, libc::SIGCHLD | libc::SIGKILL | libc::SIGSTOP)
 }
 
-fn reset_dispositions() {
+/// Every disposition back to the default. Children inherit ours (vfork.rs resets none, to stay
+/// cheap), so this also runs again after foreign code (the NVML library) ran in this process.
+pub fn reset_dispositions() {
     for signo in 1..=libc::SIGRTMAX() {
         if signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;
@@ -102,32 +104,6 @@ fn set_default_raw(signo: i32) {
     }
 }
 
-/// Runs in the child between fork and exec: only async-signal-safe calls. Gives the terminal
-/// (if any) to the child's new process group, then restores default dispositions and an empty
-/// mask, whatever comfy-init itself was started with.
-pub fn prepare_child() -> std::io::Result<()> {
-    // SAFETY: isatty, tcsetpgrp, getpid, sigaction and sigprocmask are async-signal-safe.
-    // tcsetpgrp from a background group raises SIGTTOU: block it first, whatever the mask is.
-    unsafe {
-        if libc::isatty(libc::STDIN_FILENO) == 1 {
-            let mut ttou: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut ttou);
-            libc::sigaddset(&mut ttou, libc::SIGTTOU);
-            libc::sigprocmask(libc::SIG_BLOCK, &ttou, std::ptr::null_mut());
-            libc::tcsetpgrp(libc::STDIN_FILENO, libc::getpid());
-        }
-    }
-    reset_dispositions();
-    // SAFETY: an empty set built on the stack.
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
 /// `SIGINT`, `INT`, `int`, `2`, `SIGRTMIN+3`.
 pub fn parse_signal(value: &str) -> Option<i32> {
     let v = value.trim().to_ascii_uppercase();

@@ -221,6 +221,30 @@ fn a_file_that_is_not_executable_exits_126() {
 }
 
 #[test]
+fn the_program_is_looked_up_in_path_like_execvp() {
+    // The spawn is comfy-init's own (clone + exec, issue 17), so execvp's rules are checked here:
+    // PATH in order, a non-executable match skipped for a later executable one, a file without a
+    // `#!` line run by /bin/sh, arguments and environment passed, and only PATH dirs searched.
+    let dir = TempDir::new("path");
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    write(&first.join("greet"), "#!/bin/sh\necho wrong one\n");
+    write(&second.join("greet"), "echo \"hello $1 $GREETING\"\nexit 7\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(second.join("greet"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}:/usr/bin:/bin", first.display(), second.display());
+    let (code, out, err) =
+        Launch::init(&["greet", "world"]).env("PATH", &path).env("GREETING", "again").not_pid1().output(LONG);
+    assert_eq!((code, out.trim()), (7, "hello world again"), "{err}");
+    // Only the non-executable one: EACCES wins over the ENOENT of the later folders (126, not 127).
+    std::fs::remove_file(second.join("greet")).unwrap();
+    let (code, _, err) = Launch::init(&["greet"]).env("PATH", &path).not_pid1().output(LONG);
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("cannot run 'greet': Permission denied"), "{err}");
+}
+
+#[test]
 fn with_a_terminal_the_child_gets_the_foreground() {
     // `docker run -it`: the child's own process group must own the terminal, or reading from it
     // stops the child (SIGTTIN). script(1) gives comfy-init a pseudo-terminal.
