@@ -11,12 +11,17 @@
  *                               that exit at once, waits until they are zombies, exits; they are
  *                               orphaned to the init. Prints the ms until /proc (the namespace's)
  *                               is back to its process count from before: every zombie reaped.
+ *   helper spawn ROUNDS SEED CMD...  the spawn row, interleaved: each round runs every CMD (a
+ *                               command line split on spaces) once, in a new random order, with
+ *                               posix_spawnp + waitpid (its output to /dev/null); prints "INDEX NS"
+ *                               per run. A command that exits non-zero stops it (exit 1).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,10 +181,63 @@ static int reap(long n) {
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
 }
 
+static uint64_t rng_state;
+static uint64_t next_random(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+extern char **environ;
+
+static int spawn_rounds(long rounds, uint64_t seed, int n, char **cmds) {
+    char **argvs[64];
+    if (n < 1 || n > 64) return 2;
+    for (int i = 0; i < n; i++) {
+        argvs[i] = calloc(64, sizeof(char *));
+        int k = 0;
+        for (char *tok = strtok(strdup(cmds[i]), " "); tok && k < 63; tok = strtok(NULL, " ")) argvs[i][k++] = tok;
+    }
+    rng_state = seed ? seed : 88172645463325252ull;
+    /* The inits' own output (tini's warning, comfy-init's log) goes to /dev/null, as with hyperfine. */
+    posix_spawn_file_actions_t quiet;
+    posix_spawn_file_actions_init(&quiet);
+    posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
+    int order[64];
+    for (long r = 0; r < rounds; r++) {
+        for (int i = 0; i < n; i++) order[i] = i;
+        for (int i = n - 1; i > 0; i--) {
+            int j = (int)(next_random() % (uint64_t)(i + 1));
+            int t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+        for (int i = 0; i < n; i++) {
+            int c = order[i];
+            int status;
+            pid_t pid;
+            int64_t t0 = now_ns();
+            if (posix_spawnp(&pid, argvs[c][0], &quiet, NULL, argvs[c], environ) != 0) return 1;
+            if (waitpid(pid, &status, 0) != pid) return 1;
+            int64_t t1 = now_ns();
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+                fprintf(stderr, "'%s' did not exit 0 (status %d)\n", cmds[c], status);
+                return 1;
+            }
+            printf("%d %lld\n", c, (long long)(t1 - t0));
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 5 && strcmp(argv[1], "spawn") == 0)
+        return spawn_rounds(atol(argv[2]), strtoull(argv[3], NULL, 10), argc - 4, argv + 4);
     if (argc == 3 && strcmp(argv[1], "child") == 0) return child(argv[2]);
     if (argc == 5 && strcmp(argv[1], "send") == 0) return send(atoi(argv[2]), argv[3], atol(argv[4]));
     if (argc == 3 && strcmp(argv[1], "reap") == 0) return reap(atol(argv[2]));
-    fprintf(stderr, "usage: helper child FIFO | send PID FIFO N | reap N\n");
+    fprintf(stderr, "usage: helper child FIFO | send PID FIFO N | reap N | spawn ROUNDS SEED CMD...\n");
     return 2;
 }

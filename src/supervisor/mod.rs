@@ -87,15 +87,24 @@ impl Supervisor {
     pub fn run(mut self) -> i32 {
         loop {
             if let State::Done(code) = self.machine.state() {
-                let _ = std::fs::remove_file(companion::ready_file(self.session.path()));
+                self.forget_companion();
+                // The kernel closes our descriptors at exit; closing them ourselves costs a syscall.
+                std::mem::forget(self);
                 return code;
             }
-            self.wait_for_event();
+            let timed_out = self.wait_for_event();
+            let mut child_changed = timed_out;
             for received in self.signals.drain() {
+                child_changed |= received.signo == libc::SIGCHLD;
                 self.on_signal(received.signo);
             }
-            for (pid, status) in reaper::reap_all() {
-                self.on_reaped(pid, status);
+            // Every exit (ours and the orphans', whose exit signal the kernel makes SIGCHLD when
+            // it hands them to us) queues a SIGCHLD in the signalfd, so a wake-up without one has
+            // nothing to reap; a deadline's wake-up reaps anyway, as a safety net.
+            if child_changed {
+                for (pid, status) in reaper::reap_all() {
+                    self.on_reaped(pid, status);
+                }
             }
             self.on_credentials(Instant::now());
             if let Some(pgid) = self.machine.awaited_group() {
@@ -108,8 +117,8 @@ impl Supervisor {
     }
 
     /// Sleeps until a signal or a file event arrives, or the next deadline; no deadline, no
-    /// wake-up.
-    fn wait_for_event(&self) {
+    /// wake-up. True when it woke for the deadline (or poll failed).
+    fn wait_for_event(&self) -> bool {
         let now = Instant::now();
         let files = self.guard.as_ref().and_then(Guard::deadline);
         let timeout = match self.machine.deadline(now).into_iter().chain(files).min() {
@@ -125,9 +134,13 @@ impl Supervisor {
             let fd: BorrowedFd = guard.fd();
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
-        if let Err(e) = nix::poll::poll(&mut fds, timeout) {
-            if e != nix::errno::Errno::EINTR {
-                log::error!("poll failed: {e}");
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(ready) => ready == 0,
+            Err(e) => {
+                if e != nix::errno::Errno::EINTR {
+                    log::error!("poll failed: {e}");
+                }
+                true
             }
         }
     }
@@ -152,7 +165,8 @@ impl Supervisor {
             State::PreStart { hook, .. } => (hook.pid == pid, false),
             _ => (false, false),
         };
-        let reboot = comfyui && self.session.take_reboot_request();
+        // The Manager writes its marker, then exits 0: any other end is no restart request.
+        let reboot = comfyui && status.success() && self.session.take_reboot_request();
         let group_alive = main && child::group_alive(pid);
         self.feed(Event::Reaped { pid, exited: Exited { status, reboot }, group_alive });
     }
@@ -175,6 +189,13 @@ impl Supervisor {
             self.change = Some(change);
             let companion = self.ready_companion();
             self.feed(Event::TokenChanged { companion });
+        }
+    }
+
+    /// Removes the companion's ready file (written only when it may reload: no syscall otherwise).
+    fn forget_companion(&self) {
+        if self.reload {
+            let _ = std::fs::remove_file(companion::ready_file(self.session.path()));
         }
     }
 
@@ -238,7 +259,7 @@ impl Supervisor {
 
     fn spawn(&self) -> Event {
         // A ready file of the previous child must not vouch for the next one.
-        let _ = std::fs::remove_file(companion::ready_file(self.session.path()));
+        self.forget_companion();
         match child::spawn(&self.spec) {
             Ok(child) => {
                 log::info!("started {} (pid {})", self.spec.argv[0].to_string_lossy(), child.pid);
