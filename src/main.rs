@@ -16,6 +16,7 @@ mod gpu;
 mod health;
 mod logging;
 mod privileges;
+mod resident;
 mod supervisor;
 mod test_hook;
 mod watch;
@@ -195,7 +196,11 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
         Supervisor::start(p.settings.supervisor, p.spec, signals, p.guard, p.reload, p.hooks).map_err(Error::Spawn)
     });
     match started {
-        Ok(supervisor) => supervisor.run(),
+        Ok(supervisor) => {
+            // Start-up is over: the code it ran need not stay mapped for the container's life.
+            resident::release_startup_pages();
+            supervisor.run()
+        }
         Err(e) => {
             log::error!("{e}");
             i32::from(e.exit_code())
