@@ -250,3 +250,41 @@ unsafe fn exec(job: &mut Job) -> Result<(), (Stage, c_int)> {
     }
     Err((Stage::Exec, if eacces { libc::EACCES } else { last }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(c: &[CString]) -> Vec<String> {
+        c.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn candidates_follow_execvp() {
+        let path = |p: &str| Some(OsString::from(p));
+        assert_eq!(shown(&candidates(b"python3", path("/a:/b")).unwrap()), ["/a/python3", "/b/python3"]);
+        // An empty PATH entry is the current folder; a name with a slash is never searched.
+        assert_eq!(shown(&candidates(b"x", path("/a::")).unwrap()), ["/a/x", "./x", "./x"]);
+        assert_eq!(shown(&candidates(b"./run.sh", path("/a")).unwrap()), ["./run.sh"]);
+        assert_eq!(shown(&candidates(b"true", None).unwrap()), ["/bin/true", "/usr/bin/true"]);
+        assert!(candidates(b"a\0b", None).is_err());
+    }
+
+    #[test]
+    fn the_environment_drops_what_is_removed_or_set_again() {
+        let argv = [OsString::from("/bin/true")];
+        let set = [("COMFY_INIT_TEST_SET".to_string(), OsString::from("new"))];
+        let remove = ["PATH".to_string()];
+        let request = Request { argv: &argv, env_set: &set, env_remove: &remove, cwd: None, user: None };
+        let job = Job::new(&request).unwrap();
+        let env: Vec<String> = job.envp[..job.envp.len() - 1]
+            .iter()
+            // SAFETY: the entries point into `environ` or the job's own strings, alive here.
+            .map(|&p| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            .collect();
+        assert!(!env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
+        assert_eq!(env.iter().filter(|e| e.starts_with("COMFY_INIT_TEST_SET=")).count(), 1);
+        assert_eq!(env.last().map(String::as_str), Some("COMFY_INIT_TEST_SET=new"));
+        assert!(job.envp.last().unwrap().is_null() && job.argv.last().unwrap().is_null());
+    }
+}
