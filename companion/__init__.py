@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import types
 
 RELOAD_SIGNAL = signal.SIGRTMIN + 7
 # Where comfy-init looks for `<session>.companion`, which names this process once it is ready.
@@ -28,11 +29,31 @@ NODE_ATTRIBUTES = ("TOKEN", "user_cache", "password_path", "secret_key_path", "g
 NODE_CLASS_MAPPINGS = {}
 
 
+def holds_node_state(module):
+    """A real module whose own namespace has the node's names, of the node's types. Looked up in
+    the module's __dict__, never with hasattr: torch.ops and similar namespaces answer every
+    attribute (they are in sys.modules of any ComfyUI)."""
+    if not isinstance(module, types.ModuleType):
+        return False
+    names = vars(module)
+    return (
+        all(name in names for name in NODE_ATTRIBUTES)
+        and isinstance(names["TOKEN"], str)
+        and isinstance(names["user_cache"], dict)
+        and isinstance(names["password_path"], str)
+        and isinstance(names["get_or_refresh_key"], types.FunctionType)
+    )
+
+
 def login_node():
-    """ComfyUI-Login's module (or a fork's): the one module holding all of its state."""
+    """ComfyUI-Login's module (or a fork's) that DEFINES its state. Its package's `__init__.py`
+    does `from .password import *`, so the package (imported first) holds copies of the same
+    names: rebinding `TOKEN` there changes nothing its middleware reads. The defining module is
+    the one its functions belong to."""
     for module in list(sys.modules.values()):
-        if module is not None and all(hasattr(module, name) for name in NODE_ATTRIBUTES):
-            return module
+        if holds_node_state(module):
+            defining = sys.modules.get(vars(module)["get_or_refresh_key"].__module__)
+            return defining if holds_node_state(defining) else module
     raise RuntimeError("ComfyUI-Login is not loaded")
 
 
