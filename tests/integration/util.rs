@@ -206,6 +206,13 @@ impl Drop for Running {
             if self.pid1 {
                 // SAFETY: plain syscall; killing PID 1 of the namespace ends everything in it.
                 unsafe { libc::kill(self.init_pid(), libc::SIGKILL) };
+            } else {
+                // Outside a namespace a SIGKILL would orphan comfy-init's child (ComfyUI runs in
+                // its own process group) and leave it running after the test: ask comfy-init to
+                // stop, as `docker stop` does, and let it stop its group (its grace is 8 s).
+                // SAFETY: plain syscall on our own child.
+                unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+                let _ = self.wait(Duration::from_secs(12));
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
