@@ -235,8 +235,16 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
     }
     if let Some(owner) = settings.owner {
         // Hooks install things, often into custom_nodes/: it must be theirs too.
-        let changed = privileges::prepare_folders(&settings.comfyui.dir, owner, settings.chown, !hooks.is_empty())
-            .map_err(|e| Error::Config(config::ConfigError(e)))?;
+        // ComfyUI-Login writes its cookie key in its own folder: that folder must be the user's.
+        let login_nodes: Vec<_> = settings
+            .credentials
+            .session_key_paths()
+            .iter()
+            .filter_map(|key| key.parent().map(std::path::Path::to_path_buf))
+            .collect();
+        let changed =
+            privileges::prepare_folders(&settings.comfyui.dir, owner, settings.chown, !hooks.is_empty(), &login_nodes)
+                .map_err(|e| Error::Config(config::ConfigError(e)))?;
         for change in changed {
             log::info!("ownership: {change}");
         }

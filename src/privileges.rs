@@ -4,10 +4,14 @@
 //! symlink out and never crossing into another filesystem. `models` is never touched (often a
 //! huge read-only mount): only checked to be readable. What cannot be fixed (a read-only mount,
 //! a rootless engine) stops the start with the exact command to run. With pre-start hooks,
-//! `custom_nodes` is one of those folders (hooks install there).
+//! `custom_nodes` is one of those folders (hooks install there). A missing one is created for
+//! PUID: ComfyUI creates `temp` (and `user`, `input`) at every start, and dies when its own
+//! folder is root's. ComfyUI-Login's own folder is given too (the folder itself and its
+//! `.secret-key.txt`): the node writes its cookie key there at import, and a node that cannot
+//! fails to import, which leaves ComfyUI serving WITHOUT authentication.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The folders of ComfyUI that its user writes to.
 const WRITABLE: &[&str] = &["output", "input", "user", "temp"];
@@ -24,17 +28,23 @@ pub enum Chown {
 }
 
 /// Gives ComfyUI's folders to `owner` (and `custom_nodes`, for pre-start hooks that install
-/// there); returns what changed, for the log.
+/// there, and each ComfyUI-Login folder in `login_nodes`); returns what changed, for the log.
 pub fn prepare_folders(
     comfyui_dir: &Path,
     owner: (u32, u32),
     chown: Chown,
     custom_nodes: bool,
+    login_nodes: &[PathBuf],
 ) -> Result<Vec<String>, String> {
     let mut changed = Vec::new();
+    if comfyui_dir.is_dir() {
+        for name in WRITABLE {
+            changed.extend(create_missing(&comfyui_dir.join(name), owner));
+        }
+    }
     let names = WRITABLE.iter().copied().chain(custom_nodes.then_some("custom_nodes"));
-    for name in names {
-        let dir = comfyui_dir.join(name);
+    let folders = names.map(|name| comfyui_dir.join(name)).chain(login_nodes.iter().cloned());
+    for dir in folders {
         let Ok(meta) = std::fs::metadata(&dir) else { continue };
         if !meta.is_dir() {
             continue;
@@ -54,6 +64,9 @@ pub fn prepare_folders(
             }
         }
     }
+    for key in login_nodes.iter().map(|dir| dir.join(".secret-key.txt")) {
+        changed.extend(give_file(&key, owner));
+    }
     // login/ too, but a read-only one (a Kubernetes Secret holding a ready PASSWORD) is fine: only
     // ComfyUI-Login's first-login write would fail there, and comfy-init writes PASSWORD itself.
     let login = comfyui_dir.join("login");
@@ -69,6 +82,43 @@ pub fn prepare_folders(
         log::warn!("{warning}");
     }
     Ok(changed)
+}
+
+/// A folder ComfyUI creates at start, made beforehand for `owner` (ComfyUI, as PUID, cannot
+/// create it in a folder of root's). Not made: said, and ComfyUI is left to try.
+fn create_missing(dir: &Path, owner: (u32, u32)) -> Option<String> {
+    if std::fs::symlink_metadata(dir).is_ok() {
+        return None;
+    }
+    let made = std::fs::create_dir(dir).and_then(|()| std::os::unix::fs::chown(dir, Some(owner.0), Some(owner.1)));
+    match made {
+        Ok(()) => Some(format!("{}: created, owned by {}:{}", dir.display(), owner.0, owner.1)),
+        Err(e) => {
+            log::warn!(
+                "cannot create {} for {}:{} ({e}): ComfyUI may fail to create it",
+                dir.display(),
+                owner.0,
+                owner.1
+            );
+            None
+        }
+    }
+}
+
+/// A file the user's ComfyUI rewrites (ComfyUI-Login's key, renewed every 30 days), given to
+/// `owner`; never through a symlink. Failing is said, not fatal: the folder is what matters.
+fn give_file(file: &Path, owner: (u32, u32)) -> Option<String> {
+    let meta = std::fs::symlink_metadata(file).ok().filter(|m| m.is_file())?;
+    if (meta.uid(), meta.gid()) == owner {
+        return None;
+    }
+    match std::os::unix::fs::lchown(file, Some(owner.0), Some(owner.1)) {
+        Ok(()) => Some(format!("{}: now owned by {}:{}", file.display(), owner.0, owner.1)),
+        Err(e) => {
+            log::warn!("{} stays owned by uid {} ({e})", file.display(), meta.uid());
+            None
+        }
+    }
 }
 
 /// Everything below `dir` on the same filesystem, symlinks changed as links (lchown), never

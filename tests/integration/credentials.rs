@@ -338,6 +338,35 @@ fn sync_dry_run_says_what_it_would_change_and_writes_nothing() {
 }
 
 #[test]
+fn with_puid_comfyui_login_can_write_its_key_and_missing_folders_are_made_for_that_user() {
+    // The image's node folder belongs to its build user (1000); PUID=1001 (Unraid's 99, ...) could
+    // not write the node's cookie key: the node failed to import and ComfyUI served WITHOUT auth.
+    // And a ComfyUI folder of root's with no temp/: ComfyUI could not make it and died.
+    if !can_be_pid1("with_puid_comfyui_login_can_write_its_key_and_missing_folders_are_made_for_that_user") {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let ws = Workspace::new("chown-node").set("PUID", "1001").set("PGID", "1001");
+    let ws = ws.set("FAKE_COMFYUI_EVENTS", ""); // the workspace is root's: no event log
+    write(&ws.env_file(), "COMFYUI_PASSWORD=node-pass\n");
+    let node = ws.comfyui().join("custom_nodes/comfyui-login");
+    fs::create_dir_all(&node).unwrap();
+    write(&node.join("password.py"), "secret_key_path = os.path.join(node_dir, '.secret-key.txt')\n");
+    std::os::unix::fs::chown(&node, Some(1000), Some(1000)).unwrap();
+    assert!(!ws.comfyui().join("temp").exists());
+    let init = ws.launch().start();
+    // 401: ComfyUI-Login imported and enforces auth (200 would be a ComfyUI without it).
+    assert!(init.until(Duration::from_secs(20), || ws.status(None) == 401), "{}", init.stderr());
+    let owner = |p: &std::path::Path| fs::symlink_metadata(p).map(|m| m.uid()).unwrap_or(u32::MAX);
+    assert_eq!(owner(&node), 1001, "{}", init.stderr());
+    assert_eq!(owner(&node.join(".secret-key.txt")), 1001, "the node wrote its key as PUID");
+    assert_eq!(owner(&ws.comfyui().join("temp")), 1001, "{}", init.stderr());
+    assert!(init.stderr().contains("temp: created, owned by 1001:1001"), "{}", init.stderr());
+    let token = ws.token();
+    assert_eq!(ws.status(Some(&token)), 200);
+}
+
+#[test]
 fn with_puid_root_owned_folders_are_given_to_that_user_without_following_links_or_touching_models() {
     if !can_be_pid1("with_puid_root_owned_folders_are_given_to_that_user_without_following_links_or_touching_models") {
         return;
