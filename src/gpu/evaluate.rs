@@ -438,6 +438,7 @@ fn evaluate_devices(report: &GpuReport, settings: &GpuSettings, findings: &mut V
         });
     }
     check_torch(report.torch.as_ref(), &usable, findings);
+    check_torch_driver(report, findings);
 
     if report.device_count == Some(0) {
         let seen = match report.visible_devices.as_deref() {
@@ -616,44 +617,94 @@ fn check_driver_for_image(report: &GpuReport, image: CudaVersion, raw: &str, fin
         });
         return;
     };
-    if driver >= image {
-        return;
+    let subject = NeedsCuda {
+        version: image,
+        needs: format!("the image needs CUDA {image} (CUDA_VERSION={raw})"),
+        built: format!("the image was built for CUDA {image} (CUDA_VERSION={raw})"),
+        consequence: "",
+        instead: format!("use an image built for CUDA {}.x", driver.major),
+        codes: ("driver_too_old", "driver_older_than_image_cuda"),
+    };
+    findings.extend(check_driver_supports(report, driver, &subject));
+}
+
+/// The PyTorch ComfyUI imports brings its own CUDA runtime, which the host driver must run too:
+/// a cu130+ wheel (PyPI's default torch is one) on a CUDA 12 driver sees no GPU at all
+/// (`torch.cuda.is_available()` is False) and ComfyUI fails at start, whatever the image says.
+fn check_torch_driver(report: &GpuReport, findings: &mut Vec<Finding>) {
+    let Some(Found::Torch(t)) = &report.torch else { return };
+    let (Some(built), Some(driver)) = (t.cuda.as_deref().and_then(CudaVersion::parse), report.cuda_driver_version)
+    else {
+        return; // a CPU or ROCm build is judged by check_torch; an unknown driver, by check_cuda
+    };
+    if driver.major >= built.major {
+        return; // an older minor runs (minor-version compatibility); the image check says the rest
+    }
+    let wheel = match driver.major {
+        11 => "cu118",
+        12 => "cu128",
+        _ => "cu130",
+    };
+    let subject = NeedsCuda {
+        version: built,
+        needs: format!("PyTorch {} needs CUDA {built}", t.version),
+        consequence: ": it would see no GPU (torch.cuda.is_available() is False) and ComfyUI would not start",
+        built: format!("PyTorch {} was built for CUDA {built}", t.version),
+        instead: format!(
+            "install a PyTorch built for CUDA {}.x (pip install --force-reinstall torch torchvision torchaudio \
+             --index-url https://download.pytorch.org/whl/{wheel})",
+            driver.major
+        ),
+        codes: ("driver_too_old_for_torch", "driver_too_old_for_torch"),
+    };
+    findings.extend(check_driver_supports(report, driver, &subject));
+}
+
+/// Something that needs a CUDA version from the driver (the image, the PyTorch build), in words.
+struct NeedsCuda {
+    version: CudaVersion,
+    needs: String,
+    /// What an older major means, after the facts.
+    consequence: &'static str,
+    built: String,
+    /// The other way out, besides a newer driver.
+    instead: String,
+    /// (older major: an error, older minor: a warning)
+    codes: (&'static str, &'static str),
+}
+
+fn check_driver_supports(report: &GpuReport, driver: CudaVersion, subject: &NeedsCuda) -> Option<Finding> {
+    let needed = subject.version;
+    if driver >= needed {
+        return None;
     }
     let driver_name = report.driver_version.as_deref().unwrap_or("of unknown version");
-    if driver.major < image.major {
-        let need = driver_for_cuda_major(image.major)
+    if driver.major < needed.major {
+        let need = driver_for_cuda_major(needed.major)
             .map(driver_phrase)
-            .unwrap_or_else(|| format!("one that supports CUDA {}.x", image.major));
-        findings.push(Finding {
+            .unwrap_or_else(|| format!("one that supports CUDA {}.x", needed.major));
+        return Some(Finding {
             severity: Severity::Error,
-            code: "driver_too_old",
+            code: subject.codes.0,
             message: format!(
-                "the image needs CUDA {image} (CUDA_VERSION={raw}) but the host driver {driver_name} \
-                 supports CUDA {driver} at most"
+                "{} but the host driver {driver_name} supports CUDA {driver} at most{}",
+                subject.needs, subject.consequence
             ),
-            advice: format!(
-                "update the host NVIDIA driver to {need}, or use an image built for CUDA {}.x",
-                driver.major
-            ),
-        });
-    } else {
-        let need =
-            driver_for_cuda(image).map(driver_phrase).unwrap_or_else(|| format!("one that supports CUDA {image}"));
-        findings.push(Finding {
-            severity: Severity::Warning,
-            code: "driver_older_than_image_cuda",
-            message: format!(
-                "the image was built for CUDA {image} (CUDA_VERSION={raw}) but the host driver \
-                 {driver_name} supports CUDA {driver}"
-            ),
-            advice: format!(
-                "update the host NVIDIA driver to {need}. CUDA minor-version compatibility lets most \
-                 {}.x programs run on any driver >= {}, but PTX JIT and new GPUs need the matching driver",
-                image.major,
-                driver_for_cuda_major(image.major).unwrap_or("the major's minimum")
-            ),
+            advice: format!("update the host NVIDIA driver to {need}, or {}", subject.instead),
         });
     }
+    let need = driver_for_cuda(needed).map(driver_phrase).unwrap_or_else(|| format!("one that supports CUDA {needed}"));
+    Some(Finding {
+        severity: Severity::Warning,
+        code: subject.codes.1,
+        message: format!("{} but the host driver {driver_name} supports CUDA {driver}", subject.built),
+        advice: format!(
+            "update the host NVIDIA driver to {need}. CUDA minor-version compatibility lets most \
+             {}.x programs run on any driver >= {}, but PTX JIT and new GPUs need the matching driver",
+            needed.major,
+            driver_for_cuda_major(needed.major).unwrap_or("the major's minimum")
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -489,6 +489,23 @@ fn with_torch(cards: &str, torch: &TempDir, extra: &[(&str, &str)]) -> (Value, O
 }
 
 #[test]
+fn a_cuda_13_torch_on_a_cuda_12_driver_is_refused_naming_the_driver_and_a_cu128_wheel() {
+    // PyPI's default torch is a CUDA 13 build (2.15.0+cu132 when this was written): on a driver
+    // for CUDA 12 it sees no GPU at all, whatever its kernels.
+    let torch = fake_torch("2.15.0+cu132", Some("13.2"), None);
+    let (j, out, saw) = with_torch("NVIDIA GeForce RTX 4090:24:8.9", &torch, &[]);
+    assert!(codes(&j).contains(&"driver_too_old_for_torch".to_string()), "{j}");
+    assert_eq!(out.code, Some(69), "{}", out.all());
+    assert!(saw.is_none(), "ComfyUI's command ran");
+    for phrase in ["needs CUDA 13.2", "supports CUDA 12.8 at most", ">= 580", "whl/cu128", "would see no GPU"] {
+        assert!(out.stderr.contains(phrase), "missing {phrase}: {}", out.stderr);
+    }
+    // The same build on a CUDA 13 driver: no driver finding (the table may not know the build).
+    let (j, _, _) = with_torch("NVIDIA GeForce RTX 4090:24:8.9", &torch, &[("FAKE_NVML_CUDA", "13000")]);
+    assert!(!codes(&j).contains(&"driver_too_old_for_torch".to_string()), "{j}");
+}
+
+#[test]
 fn rtx_5090_with_a_cu124_torch_is_refused_naming_cu128_and_driver_570() {
     let torch = fake_torch("2.6.0+cu124", Some("12.4"), None);
     let (j, out, saw) = with_torch("NVIDIA GeForce RTX 5090:32:12.0", &torch, &[]);
@@ -548,8 +565,9 @@ fn no_torch_or_an_unknown_build_is_a_warning_never_a_guess() {
     assert_eq!(j["findings"][0]["severity"], "warning");
     assert_eq!(out.code, Some(0), "{}", out.all());
 
+    // On a driver that runs CUDA 14 (on a CUDA 12 one it is refused for the driver instead).
     let future = fake_torch("2.12.0+cu140", Some("14.0"), None);
-    let (j, out, _) = with_torch("NVIDIA GeForce RTX 3090:24:8.6", &future, &[]);
+    let (j, out, _) = with_torch("NVIDIA GeForce RTX 3090:24:8.6", &future, &[("FAKE_NVML_CUDA", "14000")]);
     assert_eq!(codes(&j), vec!["torch_build_unknown"], "{j}");
     assert_eq!(j["gpus"][0]["torch_covered"], Value::Null);
     assert_eq!(out.code, Some(0), "{}", out.all());
