@@ -620,10 +620,13 @@ fn check_driver_for_image(report: &GpuReport, image: CudaVersion, raw: &str, fin
     let subject = NeedsCuda {
         version: image,
         needs: format!("the image needs CUDA {image} (CUDA_VERSION={raw})"),
-        built: format!("the image was built for CUDA {image} (CUDA_VERSION={raw})"),
         consequence: "",
         instead: format!("use an image built for CUDA {}.x", driver.major),
-        codes: ("driver_too_old", "driver_older_than_image_cuda"),
+        code: "driver_too_old",
+        older_minor: Some((
+            format!("the image was built for CUDA {image} (CUDA_VERSION={raw})"),
+            "driver_older_than_image_cuda",
+        )),
     };
     findings.extend(check_driver_supports(report, driver, &subject));
 }
@@ -637,9 +640,6 @@ fn check_torch_driver(report: &GpuReport, findings: &mut Vec<Finding>) {
     else {
         return; // a CPU or ROCm build is judged by check_torch; an unknown driver, by check_cuda
     };
-    if driver.major >= built.major {
-        return; // an older minor runs (minor-version compatibility); the image check says the rest
-    }
     let wheel = match driver.major {
         11 => "cu118",
         12 => "cu128",
@@ -649,13 +649,14 @@ fn check_torch_driver(report: &GpuReport, findings: &mut Vec<Finding>) {
         version: built,
         needs: format!("PyTorch {} needs CUDA {built}", t.version),
         consequence: ": it would see no GPU (torch.cuda.is_available() is False) and ComfyUI would not start",
-        built: format!("PyTorch {} was built for CUDA {built}", t.version),
         instead: format!(
             "install a PyTorch built for CUDA {}.x (pip install --force-reinstall torch torchvision torchaudio \
              --index-url https://download.pytorch.org/whl/{wheel})",
             driver.major
         ),
-        codes: ("driver_too_old_for_torch", "driver_too_old_for_torch"),
+        code: "driver_too_old_for_torch",
+        // An older minor runs (minor-version compatibility), and the image check already says it.
+        older_minor: None,
     };
     findings.extend(check_driver_supports(report, driver, &subject));
 }
@@ -666,11 +667,13 @@ struct NeedsCuda {
     needs: String,
     /// What an older major means, after the facts.
     consequence: &'static str,
-    built: String,
     /// The other way out, besides a newer driver.
     instead: String,
-    /// (older major: an error, older minor: a warning)
-    codes: (&'static str, &'static str),
+    /// The error's code, for a driver of an older CUDA major.
+    code: &'static str,
+    /// For a driver of the same major but an older minor: the warning's subject and code (None:
+    /// no finding).
+    older_minor: Option<(String, &'static str)>,
 }
 
 fn check_driver_supports(report: &GpuReport, driver: CudaVersion, subject: &NeedsCuda) -> Option<Finding> {
@@ -685,7 +688,7 @@ fn check_driver_supports(report: &GpuReport, driver: CudaVersion, subject: &Need
             .unwrap_or_else(|| format!("one that supports CUDA {}.x", needed.major));
         return Some(Finding {
             severity: Severity::Error,
-            code: subject.codes.0,
+            code: subject.code,
             message: format!(
                 "{} but the host driver {driver_name} supports CUDA {driver} at most{}",
                 subject.needs, subject.consequence
@@ -693,11 +696,12 @@ fn check_driver_supports(report: &GpuReport, driver: CudaVersion, subject: &Need
             advice: format!("update the host NVIDIA driver to {need}, or {}", subject.instead),
         });
     }
+    let (built, code) = subject.older_minor.as_ref()?;
     let need = driver_for_cuda(needed).map(driver_phrase).unwrap_or_else(|| format!("one that supports CUDA {needed}"));
     Some(Finding {
         severity: Severity::Warning,
-        code: subject.codes.1,
-        message: format!("{} but the host driver {driver_name} supports CUDA {driver}", subject.built),
+        code,
+        message: format!("{built} but the host driver {driver_name} supports CUDA {driver}"),
         advice: format!(
             "update the host NVIDIA driver to {need}. CUDA minor-version compatibility lets most \
              {}.x programs run on any driver >= {}, but PTX JIT and new GPUs need the matching driver",
