@@ -483,7 +483,7 @@ fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Proble
     let gpu_settings = s.gpu.clone();
     let gpu_check = move || {
         STAGE.store(STAGE_GPU, Ordering::SeqCst);
-        gpu::check_alive(&gpu_settings)
+        gpu::check_alive(&gpu_settings, deadline)
     };
     let gpu: Option<&dyn Fn() -> Result<String, String>> = (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
     evaluate(auth, &mut http, gpu).map(|h| Healthy { guest_mode, token_logged, ..h })

@@ -4,24 +4,9 @@
 // The C `main` below replaces std's start-up (issue 17: a fifth of a spawn's instructions).
 #![cfg_attr(not(test), no_main)]
 
-mod cli;
-mod companion;
-mod config;
-mod credentials;
-mod error;
-mod fsutil;
-#[cfg(test)]
-mod fuzz;
-mod gpu;
-mod health;
-mod logging;
-mod privileges;
-mod resident;
-mod supervisor;
-mod test_hook;
-mod watch;
+use comfy_init::{companion, config, credentials, error, gpu, health, logging, privileges, resident, supervisor};
 
-use cli::{Command, Topic};
+use comfy_init::cli::{self, Command, Topic};
 use config::Settings;
 use error::{Error, EXIT_CONFIG, EXIT_USAGE};
 use supervisor::child::ChildSpec;
@@ -223,11 +208,8 @@ struct Prepared {
 fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) -> Result<Prepared, Error> {
     let settings = Settings::from_env()?;
     let hooks = supervisor::hooks::list(&settings.pre_start).map_err(|e| Error::Config(config::ConfigError(e)))?;
+    // NVML runs in a helper process (gpu::helper), so nothing foreign ever ran in PID 1.
     let for_child = gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
-    if settings.gpu.policy != gpu::GpuPolicy::Off {
-        // The NVML library ran in this process; whatever it set, ComfyUI starts with defaults.
-        supervisor::signals::reset_dispositions();
-    }
 
     let mut spec = ChildSpec::default();
     if let Some(devices) = for_child.visible_devices {

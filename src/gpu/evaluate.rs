@@ -305,6 +305,24 @@ pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
                 .to_string(),
         ),
         ProbeError::Nvml { stage, failure, detail } => describe_nvml(stage, failure, detail),
+        ProbeError::Helper { path, detail, missing: true } => (
+            "nvml_helper_missing",
+            format!("the GPU check cannot run: {path} {detail}"),
+            "comfy-init-nvml is part of comfy-init (it loads the NVIDIA library, which the \
+             statically linked comfy-init cannot): install both files of one build side by side \
+             (e.g. /usr/local/bin), or set COMFY_INIT_NVML_HELPER to its path; \
+             COMFY_INIT_GPU=off skips the check"
+                .to_string(),
+        ),
+        ProbeError::Helper { path, detail, missing: false } => (
+            "nvml_helper_failed",
+            format!("the GPU check failed: {path} {detail}"),
+            "a hang or crash inside NVML is the driver's: run `nvidia-smi` on the host (a hung \
+             `nvidia-smi` means the driver needs a reset or a reboot) and enable persistence mode \
+             (`nvidia-smi -pm 1`); a version mismatch: install comfy-init and comfy-init-nvml from \
+             one build; RUST_LOG=debug shows what the helper did"
+                .to_string(),
+        ),
     }
 }
 
@@ -739,7 +757,7 @@ mod tests {
             library: Some("libnvidia-ml.so.1".into()),
             driver_version: Some("550.54.14".into()),
             cuda_driver_version: Some(CudaVersion { major: 12, minor: 4 }),
-            cuda_driver_version_source: Some("v2"),
+            cuda_driver_version_source: Some("v2".into()),
             device_count: Some(gpus.len() as u32),
             gpus,
             ..GpuReport::default()
@@ -842,7 +860,7 @@ mod tests {
     #[test]
     fn unknown_outside_init_is_generic() {
         let (code, _, _) = describe(&ProbeError::Nvml {
-            stage: Stage::Query { index: 0, what: "name" },
+            stage: Stage::Query { index: 0, what: "name".into() },
             failure: NvmlFailure::Unknown,
             detail: "unknown".into(),
         });
@@ -921,7 +939,7 @@ mod tests {
     fn gpu_lost_during_a_query_fails() {
         let mut g = rtx3090();
         g.problems.push(ProbeError::Nvml {
-            stage: Stage::Query { index: 0, what: "memory" },
+            stage: Stage::Query { index: 0, what: "memory".into() },
             failure: NvmlFailure::GpuLost,
             detail: "GPU is lost".into(),
         });
@@ -967,7 +985,7 @@ mod tests {
         g.vram_total_bytes = None;
         g.vram_free_bytes = None;
         g.problems.push(ProbeError::Nvml {
-            stage: Stage::Query { index: 0, what: "memory" },
+            stage: Stage::Query { index: 0, what: "memory".into() },
             failure: NvmlFailure::NoPermission,
             detail: "Insufficient Permissions".into(),
         });

@@ -1,7 +1,8 @@
 //! GPU preflight: is there a usable NVIDIA (RTX) GPU before ComfyUI starts?
 //!
 //! * [`probe`] does the I/O through NVML (nvml-wrapper 0.13), after pre-checking the library
-//!   with `dlopen`/`dlsym` so that no library can make PID 1 panic.
+//!   with `dlopen`/`dlsym` so that no library can make it panic. It runs only in the helper
+//!   process `comfy-init-nvml`; [`helper`] runs that and [`wire`] carries its answer back.
 //! * [`evaluate`] is pure: it turns a [`GpuReport`] and the [`GpuSettings`] into a [`Verdict`]
 //!   (findings with severity, message and advice).
 //! * [`model`] is the data the probe fills; [`report`] renders it as text, JSON and log lines.
@@ -12,10 +13,12 @@
 //! the driver's CUDA version).
 
 pub mod evaluate;
+pub mod helper;
 pub mod model;
 pub mod probe;
 pub mod report;
 pub mod torch;
+pub mod wire;
 
 pub use evaluate::{evaluate, Severity, Verdict};
 pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Select, Stage};
@@ -32,9 +35,17 @@ pub struct ForChild {
     pub visible_devices: Option<String>,
 }
 
+/// How NVML is asked: [`helper::probe`] everywhere but in unit tests, which call [`probe::probe`]
+/// in their own (dynamically linked) process.
+type Probe = fn(&GpuSettings) -> GpuReport;
+
 /// Probes NVML and the PyTorch ComfyUI will import, applies COMFY_INIT_GPU_SELECT, evaluates.
 pub fn check(settings: &GpuSettings) -> (GpuReport, Verdict) {
-    let mut report = probe::probe(settings);
+    check_with(settings, helper::probe)
+}
+
+fn check_with(settings: &GpuSettings, probe: Probe) -> (GpuReport, Verdict) {
+    let mut report = probe(settings);
     if report.fatal.is_none() {
         if let Some((python, dir)) = &settings.torch_probe {
             report.torch = Some(torch::find(python, dir));
@@ -69,6 +80,10 @@ fn log_verdict(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) {
 /// met (always under warn; off touches nothing), with what the child gets. Err: one short line
 /// (the details were just logged).
 pub fn preflight(settings: &GpuSettings) -> Result<ForChild, String> {
+    preflight_with(settings, helper::probe)
+}
+
+fn preflight_with(settings: &GpuSettings, probe: Probe) -> Result<ForChild, String> {
     if settings.policy == GpuPolicy::Off {
         log::info!("gpu: check skipped ({ENV_POLICY}=off)");
         return match &settings.select {
@@ -80,7 +95,7 @@ pub fn preflight(settings: &GpuSettings) -> Result<ForChild, String> {
             }
         };
     }
-    let (report, verdict) = check(settings);
+    let (report, verdict) = check_with(settings, probe);
     log_verdict(&report, &verdict, settings);
     let selected = match evaluate::select(&report, settings) {
         Ok(selected) => selected,
@@ -116,26 +131,30 @@ pub fn command(settings: &GpuSettings, json: bool) -> i32 {
 
 /// For the healthcheck: can NVML still be initialised and each device opened? Ok(name of GPU 0) or Err(problem + advice, one line).
 /// Under `off` it answers Ok without touching NVML; `warn` is not special here (the caller decides).
-pub fn check_alive(settings: &GpuSettings) -> Result<String, String> {
+pub fn check_alive(settings: &GpuSettings, deadline: std::time::Instant) -> Result<String, String> {
     if settings.policy == GpuPolicy::Off {
         return Ok(format!("GPU check off ({ENV_POLICY}=off)"));
     }
-    probe::alive(settings).map_err(|e| {
-        let (_, message, advice) = evaluate::describe(&e);
-        let message = match &e {
-            ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => {
-                "no GPU is visible in the container".to_string()
-            }
-            _ => message,
-        };
-        let advice = match &e {
-            ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => {
-                "check NVIDIA_VISIBLE_DEVICES (use `all`) and `--gpus all`".to_string()
-            }
-            _ => advice,
-        };
-        format!("{message}: {advice}").replace('\n', " ")
-    })
+    let timeout = deadline.saturating_duration_since(std::time::Instant::now());
+    helper::alive(settings, timeout).map_err(|e| alive_problem(&e))
+}
+
+/// The healthcheck's one line for a failed light check: problem and advice.
+fn alive_problem(e: &ProbeError) -> String {
+    let (_, message, advice) = evaluate::describe(e);
+    let message = match e {
+        ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => {
+            "no GPU is visible in the container".to_string()
+        }
+        _ => message,
+    };
+    let advice = match e {
+        ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => {
+            "check NVIDIA_VISIBLE_DEVICES (use `all`) and `--gpus all`".to_string()
+        }
+        _ => advice,
+    };
+    format!("{message}: {advice}").replace('\n', " ")
 }
 
 #[cfg(test)]
@@ -152,7 +171,7 @@ mod tests {
             ..GpuSettings::default()
         };
         assert_eq!(preflight(&s), Ok(ForChild::default()));
-        assert!(check_alive(&s).is_ok());
+        assert!(check_alive(&s, std::time::Instant::now()).is_ok());
     }
 
     #[test]
@@ -160,12 +179,12 @@ mod tests {
         let mut s =
             GpuSettings { nvml_lib: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")), ..GpuSettings::default() };
         // The advice is logged once, with the report; the error only says where to look.
-        let e = preflight(&s).unwrap_err();
+        let e = preflight_with(&s, probe::probe).unwrap_err();
         assert!(e.contains("see above") && e.contains("COMFY_INIT_GPU=warn") && !e.contains('\n'), "{e}");
-        let e = check_alive(&s).unwrap_err();
+        let e = alive_problem(&probe::alive(&s).unwrap_err());
         assert!(e.contains("--gpus all") && !e.contains('\n'), "{e}");
         s.policy = GpuPolicy::Warn;
-        assert_eq!(preflight(&s), Ok(ForChild::default()));
+        assert_eq!(preflight_with(&s, probe::probe), Ok(ForChild::default()));
     }
 
     #[test]
@@ -175,7 +194,7 @@ mod tests {
             image_cuda_version: Some("12.8.1".into()),
             ..GpuSettings::default()
         };
-        let (r, v) = check(&s);
+        let (r, v) = check_with(&s, probe::probe);
         let j = report::json(&r, &v, &s);
         assert_eq!(j["ok"], false);
         assert_eq!(j["policy"], "require");
@@ -193,7 +212,7 @@ mod tests {
             library: Some("libnvidia-ml.so.1".into()),
             driver_version: Some("550.54.14".into()),
             cuda_driver_version: Some(CudaVersion { major: 12, minor: 4 }),
-            cuda_driver_version_source: Some("v2"),
+            cuda_driver_version_source: Some("v2".into()),
             device_count: Some(1),
             gpus: vec![GpuInfo {
                 index: 0,

@@ -95,7 +95,7 @@ pub enum Stage {
     Init,
     DeviceCount,
     Handle(u32),
-    Query { index: u32, what: &'static str },
+    Query { index: u32, what: String },
 }
 
 /// NVML's answer, reduced to what the advice table distinguishes.
@@ -127,6 +127,9 @@ pub enum ProbeError {
     SymbolsMissing { path: String, symbols: Vec<String> },
     /// An NVML call failed.
     Nvml { stage: Stage, failure: NvmlFailure, detail: String },
+    /// `comfy-init-nvml`, which asks NVML for comfy-init, could not be run (`missing`) or gave no
+    /// answer (a timeout, a crash, a garbled reply: `detail` says which).
+    Helper { path: String, detail: String, missing: bool },
 }
 
 /// A CUDA version as NVML reports it (12040 = 12.4).
@@ -217,7 +220,7 @@ pub struct GpuReport {
     pub driver_version: Option<String>,
     pub cuda_driver_version: Option<CudaVersion>,
     /// Which NVML call answered the CUDA version: "v2" or "v1" (fallback).
-    pub cuda_driver_version_source: Option<&'static str>,
+    pub cuda_driver_version_source: Option<String>,
     pub device_count: Option<u32>,
     pub gpus: Vec<GpuInfo>,
     /// Devices whose handle could not be obtained (`Stage::Handle`).

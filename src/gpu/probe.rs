@@ -249,7 +249,7 @@ fn keep<T>(info: &mut GpuInfo, what: &'static str, essential: bool, r: Result<T,
         Err(e) => {
             let failure = failure_of(&e);
             if essential || failure == NvmlFailure::GpuLost {
-                info.problems.push(nvml_error(Stage::Query { index: info.index, what }, &e));
+                info.problems.push(nvml_error(Stage::Query { index: info.index, what: what.to_string() }, &e));
             } else {
                 log::debug!("GPU {}: {what} not available: {e}", info.index);
             }
@@ -305,7 +305,7 @@ pub fn probe(settings: &GpuSettings) -> GpuReport {
     report.driver_version = nvml.sys_driver_version().ok();
     if let Some((v, source)) = cuda_driver_version(&nvml) {
         report.cuda_driver_version = CudaVersion::from_nvml(v);
-        report.cuda_driver_version_source = report.cuda_driver_version.map(|_| source);
+        report.cuda_driver_version_source = report.cuda_driver_version.map(|_| source.to_string());
     }
     let count = match nvml.device_count() {
         Ok(c) => c,
@@ -333,7 +333,7 @@ pub fn alive(settings: &GpuSettings) -> Result<String, ProbeError> {
     for index in 0..count {
         let device = nvml.device_by_index(index).map_err(|e| nvml_error(Stage::Handle(index), &e))?;
         if index == 0 {
-            let name = device.name().map_err(|e| nvml_error(Stage::Query { index, what: "name" }, &e))?;
+            let name = device.name().map_err(|e| nvml_error(Stage::Query { index, what: "name".into() }, &e))?;
             first = Some(name);
         }
     }

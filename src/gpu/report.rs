@@ -94,7 +94,7 @@ pub fn report_lines(report: &GpuReport, settings: &GpuSettings) -> Vec<String> {
     }
     if report.fatal.is_none() {
         let driver = report.driver_version.as_deref().unwrap_or("unknown");
-        let cuda = match (&report.cuda_driver_version, report.cuda_driver_version_source) {
+        let cuda = match (&report.cuda_driver_version, report.cuda_driver_version_source.as_deref()) {
             (Some(v), Some("v1")) => format!("{v} (from the v1 NVML call)"),
             (Some(v), _) => v.to_string(),
             (None, _) => "unknown".into(),

@@ -16,6 +16,8 @@ impl Session {
     /// A session path in the temporary folder, which any user (PUID too) may write. Its name is
     /// random: our pid is 1 in every container, and containers may share a /tmp. Nothing is
     /// created until the Manager writes its marker, so starting and stopping cost nothing.
+    /// (No `Default`: every call gives another, random, session.)
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Session {
         let name = format!("comfy-init-session-{:016x}", rand::rng().random::<u64>());
         Session { base: std::env::temp_dir().join(name) }

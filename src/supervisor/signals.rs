@@ -77,7 +77,7 @@ pub fn is_forwardable(signo: i32) -> bool {
 }
 
 /// Every disposition back to the default. Children inherit ours (vfork.rs resets none, to stay
-/// cheap), so this also runs again after foreign code (the NVML library) ran in this process.
+/// cheap); no foreign code runs in this process later (NVML has a process of its own).
 pub fn reset_dispositions() {
     for signo in 1..=libc::SIGRTMAX() {
         if signo == libc::SIGKILL || signo == libc::SIGSTOP {
