@@ -1,17 +1,19 @@
 # comfy-init: the two commands a newcomer needs are `make demo` and `make test`.
 
 CARGO ?= cargo
-BIN   := target/release/comfy-init
+# What ships: comfy-init (static) and comfy-init-nvml (dynamic), side by side (scripts/build.sh).
+BIN   := target/dist/comfy-init
 
 .PHONY: build test test-unit test-integration test-docker demo bench fuzz fmt lint clean
 
 build:
-	$(CARGO) build --release
+	bash scripts/build.sh
 
 # Everything: unit tests, integration tests (as PID 1 in a fresh PID namespace when root),
 # and the Docker end-to-end test (skipped with a reason where no engine runs).
+# The integration tests drive the shipped binary ($(BIN)), not cargo's debug build of it.
 test: build
-	$(CARGO) test --no-fail-fast
+	COMFY_INIT_BIN=$(CURDIR)/$(BIN) $(CARGO) test --no-fail-fast
 	$(MAKE) --no-print-directory test-docker
 
 test-docker: build
@@ -27,7 +29,7 @@ bench: build
 # 20,000). A failure prints the seed that replays it: COMFY_INIT_FUZZ_SEED=<seed> make fuzz.
 FUZZ_CASES ?= 5000000
 fuzz:
-	COMFY_INIT_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --bin comfy-init fuzz::
+	COMFY_INIT_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --release --lib fuzz::
 
 fmt:
 	$(CARGO) fmt --all

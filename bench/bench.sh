@@ -12,7 +12,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
-bin="${1:-$repo/target/release/comfy-init}"
+bin="${1:-$repo/target/dist/comfy-init}"
 
 say() { echo "[bench] $*" >&2; }
 
@@ -21,8 +21,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 if [ ! -x "$bin" ]; then
-    say "$bin missing: cargo build --release"
-    (cd "$repo" && cargo build --release)
+    say "$bin missing: make build"
+    (cd "$repo" && bash scripts/build.sh)
 fi
 
 missing=()

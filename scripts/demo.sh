@@ -6,7 +6,7 @@
 # clean stop. Runs as PID 1 of a fresh PID namespace when root.
 set -euo pipefail
 
-BIN=$(realpath "${1:-target/release/comfy-init}")
+BIN=$(realpath "${1:-target/dist/comfy-init}")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d /tmp/comfy-init-demo.XXXXXX)
 LOG="$WORK/comfy-init.log"

@@ -186,6 +186,8 @@ Settings (environment; an invalid value stops comfy-init naming the variable):
     COMFY_INIT_MIN_VRAM_GB               minimum total VRAM
     COMFY_INIT_GPU_SELECT                a card index, UUID or best: ComfyUI's CUDA_VISIBLE_DEVICES
     COMFY_INIT_NVML_LIB                  path of libnvidia-ml.so.1
+    COMFY_INIT_GPU_TIMEOUT=30s           how long NVML may take (a hung driver is killed)
+    COMFY_INIT_NVML_HELPER               path of comfy-init-nvml (default: beside comfy-init)
     CUDA_VERSION                         the image's CUDA (nvidia/cuda images set it)
   Process
     PUID, PGID                           run ComfyUI as this user; what we create is theirs

@@ -290,9 +290,19 @@ fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
             (n > 0.0).then_some(n)
         }
     };
+    let timeout = match non_empty(crate::gpu::ENV_TIMEOUT) {
+        None => crate::gpu::helper::TIMEOUT,
+        Some(v) => match parse_duration(crate::gpu::ENV_TIMEOUT, &v)? {
+            d if d.is_zero() => {
+                return Err(ConfigError(format!("{}='{v}' must be more than 0", crate::gpu::ENV_TIMEOUT)))
+            }
+            d => d,
+        },
+    };
     Ok(GpuSettings {
         policy,
         min_vram_gb,
+        timeout,
         nvml_lib: non_empty(ENV_NVML_LIB).map(|v| PathBuf::from(v.trim())),
         image_cuda_version: non_empty(ENV_CUDA_VERSION).map(|v| v.trim().to_string()),
         visible_devices: get("NVIDIA_VISIBLE_DEVICES"),

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 
 use super::model::{GpuReport, GpuSettings, ProbeError};
 use super::wire;
+use super::ENV_TIMEOUT;
 
 pub const HELPER_NAME: &str = "comfy-init-nvml";
 pub const ENV_HELPER: &str = "COMFY_INIT_NVML_HELPER";
 
-/// How long NVML may take. `nvmlInit` without persistence mode wakes every GPU, about a second
-/// each on large boxes; a driver that has not answered in this time is hung.
+/// How long NVML may take by default (`COMFY_INIT_GPU_TIMEOUT`). `nvmlInit` without persistence
+/// mode wakes every GPU, about a second each on large boxes; a driver that has not answered in
+/// this time is hung.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An answer longer than this is not one (a report is about 1 KiB a GPU).
@@ -34,7 +36,7 @@ const MAX_ANSWER: usize = 1 << 20;
 
 /// The full probe, by the helper. Every failure to get an answer is the report's `fatal`.
 pub fn probe(settings: &GpuSettings) -> GpuReport {
-    let answer = ask("probe", settings, TIMEOUT)
+    let answer = ask("probe", settings, settings.timeout)
         .and_then(|text| wire::decode_report(&text).map_err(|e| helper_error(format!("answered nonsense: {e}"))));
     let mut report = answer.unwrap_or_else(|fatal| GpuReport { fatal: Some(fatal), ..GpuReport::default() });
     report.visible_devices = settings.visible_devices.clone();
@@ -100,7 +102,7 @@ fn ask(mode: &str, settings: &GpuSettings, timeout: Duration) -> Result<String, 
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        let detail = format!("did not answer within {} s (killed): NVML hangs", timeout.as_secs());
+        let detail = format!("did not answer within {timeout:?} (killed; {ENV_TIMEOUT} allows more): NVML hangs");
         return Err(ProbeError::Helper { path, detail, missing: false });
     };
     let answer = answer.map_err(|detail| ProbeError::Helper { path: path.clone(), detail, missing: false })?;

@@ -9,8 +9,9 @@
 //!
 //! Settings (read in `config.rs`): `COMFY_INIT_GPU` = `require` (default) | `warn` | `off`,
 //! `COMFY_INIT_MIN_VRAM_GB` (GiB, compared with the total VRAM, 1 % tolerance),
-//! `COMFY_INIT_NVML_LIB` (library path), `CUDA_VERSION` (set by nvidia/cuda images; compared with
-//! the driver's CUDA version).
+//! `COMFY_INIT_NVML_LIB` (library path), `COMFY_INIT_GPU_TIMEOUT` (how long NVML may take,
+//! default 30 s), `CUDA_VERSION` (set by nvidia/cuda images; compared with the driver's CUDA
+//! version).
 
 pub mod evaluate;
 pub mod helper;
@@ -26,6 +27,7 @@ pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Sele
 pub const ENV_POLICY: &str = "COMFY_INIT_GPU";
 pub const ENV_MIN_VRAM: &str = "COMFY_INIT_MIN_VRAM_GB";
 pub const ENV_NVML_LIB: &str = "COMFY_INIT_NVML_LIB";
+pub const ENV_TIMEOUT: &str = "COMFY_INIT_GPU_TIMEOUT";
 pub const ENV_CUDA_VERSION: &str = "CUDA_VERSION";
 
 /// What the preflight decided for the child.

@@ -35,6 +35,8 @@ impl GpuPolicy {
 pub struct GpuSettings {
     pub policy: GpuPolicy,
     pub min_vram_gb: Option<f64>,
+    /// `COMFY_INIT_GPU_TIMEOUT`: how long NVML may take to answer the preflight.
+    pub timeout: std::time::Duration,
     pub nvml_lib: Option<PathBuf>,
     pub image_cuda_version: Option<String>,
     /// `NVIDIA_VISIBLE_DEVICES`, shown in the report (the NVIDIA runtime acts on it, not us).
@@ -77,6 +79,7 @@ impl Default for GpuSettings {
         GpuSettings {
             policy: GpuPolicy::Require,
             min_vram_gb: None,
+            timeout: crate::gpu::helper::TIMEOUT,
             nvml_lib: None,
             image_cuda_version: None,
             visible_devices: None,

@@ -3,7 +3,8 @@
 # registry needed) with a prebuilt comfy-init and the stand-in ComfyUI, then drives the image with
 # docker run / restart / stop, an atomic .env edit, docker-compose and `docker run --init`.
 #
-# usage: tests/docker/e2e.sh [PATH/TO/comfy-init]     (default target/release/comfy-init)
+# usage: tests/docker/e2e.sh [PATH/TO/comfy-init]     (default target/dist/comfy-init; the
+#                                                     comfy-init-nvml beside it goes in too)
 #
 # Prints `ok - ...` / `not ok - ...` per check and `N passed, N failed` last; exits non-zero on
 # any failure. With no Docker engine it says why and exits 0, unless COMFY_INIT_TESTS_MANDATORY=1.
@@ -16,7 +17,7 @@ set -euo pipefail
 T0=$SECONDS
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-BIN=${1:-$ROOT/target/release/comfy-init}
+BIN=${1:-$ROOT/target/dist/comfy-init}
 [[ $BIN == /* ]] || BIN=$PWD/$BIN
 STANDIN=$ROOT/tests/fixtures/fake_comfyui.py
 BASE_IMAGE=${COMFY_INIT_TEST_BASE_IMAGE:-comfy-init-test-base:bookworm}
@@ -204,6 +205,7 @@ docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0
 
 mkdir -p "$WORK/ctx"
 cp "$BIN" "$WORK/ctx/comfy-init"
+cp "$(dirname "$BIN")/comfy-init-nvml" "$WORK/ctx/comfy-init-nvml"
 cp "$STANDIN" "$WORK/ctx/fake_comfyui.py"
 mapfile -t images_before < <(docker images -aq --no-trunc)
 t=$SECONDS
@@ -242,6 +244,16 @@ if out=$(docker run --rm --label "$LABEL" "$IMG" --version 2>&1); then
     ok "image: comfy-init --version runs in the image (glibc matches): $(head -n 1 <<<"$out")"
 else
     not_ok "image: comfy-init --version runs in the image (glibc matches)"
+    note <<<"$out"
+fi
+# No GPU here: the answer must be NVML's absence, found by comfy-init-nvml in the image (a missing
+# or unloadable helper would be nvml_helper_missing / nvml_helper_failed instead).
+out=$(docker run --rm --label "$LABEL" "$IMG" gpu --json 2>/dev/null || true)
+code=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["findings"][0]["code"])' <<<"$out" 2>/dev/null || true)
+if [[ $code == library_missing ]]; then
+    ok "image: comfy-init gpu --json asks NVML through comfy-init-nvml (no GPU here: library_missing)"
+else
+    not_ok "image: comfy-init gpu --json asks NVML through comfy-init-nvml (got '${code:-no JSON}')"
     note <<<"$out"
 fi
 

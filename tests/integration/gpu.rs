@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{comfy_init, fake_torch, nvml_fixtures, Output as Out, TempDir};
+use crate::util::{comfy_init, fake_torch, nvml_fixtures, Launch, Output as Out, TempDir};
 
 /// A PyTorch 2.8 built for CUDA 12.8 (kernels for compute capability 7.0 to 12.0), the default
 /// under every test here: each fake card is covered unless a test says otherwise.
@@ -597,4 +597,116 @@ fn a_selected_card_is_the_one_the_child_sees_and_the_only_one_judged() {
     assert_eq!(out.code, Some(69), "{}", out.all());
     assert!(saw.is_none());
     assert!(out.stderr.contains("names no usable GPU here: 0 (NVIDIA GeForce GTX 1080"), "{}", out.stderr);
+}
+
+// ---- NVML in a process of its own, comfy-init-nvml (issue 17) --------------------------------
+
+/// The library is loaded, used and shut down, but never in PID 1: the helper did it, and PID 1
+/// maps neither it nor, in the shipped (static) binary, the dynamic loader or a shared libc.
+#[test]
+fn pid1_never_maps_the_nvidia_library_its_helper_process_loads_it() {
+    if !crate::util::can_be_pid1("pid1_never_maps_the_nvidia_library_its_helper_process_loads_it") {
+        return;
+    }
+    let f = nvml_fixtures();
+    let calls = TempDir::new("nvml-calls");
+    let log = calls.join("calls");
+    let running = Launch::init(&["sleep", "30"])
+        .env("COMFY_INIT_GPU", "require")
+        .env("COMFY_INIT_NVML_LIB", &f.full)
+        .env("PYTHONPATH", default_torch())
+        .env("FAKE_NVML_LOG", &log)
+        .start();
+    let pid = running.init_pid();
+    assert!(
+        running.until(Duration::from_secs(20), || running.stderr().contains("started sleep")),
+        "the preflight passes and the child starts:\n{}",
+        running.stderr()
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(!maps.contains("nvidia-ml"), "PID 1 maps the NVIDIA library:\n{maps}");
+    let calls = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(calls.contains("nvmlInit_v2") && calls.contains("nvmlShutdown"), "the helper asked NVML: {calls}");
+    if crate::util::testing_the_shipped_binary() {
+        for shared in ["ld-linux", "libc.so", "libgcc_s"] {
+            assert!(!maps.contains(shared), "the shipped comfy-init is static, yet maps {shared}:\n{maps}");
+        }
+    }
+}
+
+/// The NVIDIA library hangs in nvmlInit: PID 1 is not stuck with it. The helper is killed at
+/// COMFY_INIT_GPU_TIMEOUT, the report names the hang and what to do, and under `warn` ComfyUI
+/// starts anyway; no helper is left behind.
+#[test]
+fn a_hung_nvml_is_killed_at_the_timeout_and_reported() {
+    let f = nvml_fixtures();
+    let env = [("FAKE_NVML_HANG", "1"), ("COMFY_INIT_GPU_TIMEOUT", "1s")];
+    let started = std::time::Instant::now();
+    let j = gpu_json(&f.full, &env);
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert_eq!(codes(&j)[0], "nvml_helper_failed", "{j}");
+    let message = j["findings"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("did not answer within 1s") && message.contains("COMFY_INIT_GPU_TIMEOUT"), "{j}");
+    assert!(j["findings"][0]["advice"].as_str().unwrap_or_default().contains("nvidia-smi"), "{j}");
+    let (out, ran) = run_with(&f.full, &[env[0], env[1], ("COMFY_INIT_GPU", "warn")], "hang-warn");
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(ran, "under warn the command starts after the timeout");
+    let (out, ran) = run_with(&f.full, &env, "hang-require");
+    assert_eq!((out.code, ran), (Some(69), false), "{}", out.all());
+    let helpers = std::process::Command::new("pgrep").args(["-f", "comfy-init-nvml probe"]).output();
+    if let Ok(p) = helpers {
+        assert!(String::from_utf8_lossy(&p.stdout).trim().is_empty(), "a hung helper was left running");
+    }
+}
+
+/// A crash inside the NVIDIA library kills the helper, not comfy-init: a finding with the signal.
+#[test]
+fn a_crash_inside_nvml_is_a_finding_not_a_dead_init() {
+    let f = nvml_fixtures();
+    let j = gpu_json(&f.full, &[("FAKE_NVML_CRASH", "1")]);
+    assert_eq!(codes(&j)[0], "nvml_helper_failed", "{j}");
+    assert!(j["findings"][0]["message"].as_str().unwrap_or_default().contains("killed by signal 11"), "{j}");
+    let (out, ran) = run_with(&f.full, &[("FAKE_NVML_CRASH", "1"), ("COMFY_INIT_GPU", "warn")], "crash-warn");
+    assert_eq!((out.code, ran), (Some(0), true), "{}", out.all());
+}
+
+/// comfy-init copied alone, without comfy-init-nvml: the GPU check says which file is missing,
+/// where it was looked for and what to do; COMFY_INIT_NVML_HELPER names another place.
+#[test]
+fn comfy_init_copied_without_its_helper_says_what_is_missing() {
+    let alone = TempDir::new("alone");
+    let copy = alone.join("comfy-init");
+    std::fs::copy(crate::util::bin(), &copy).unwrap();
+    let f = nvml_fixtures();
+    let out = std::process::Command::new(&copy)
+        .args(["gpu", "--json"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("COMFY_INIT_NVML_LIB", &f.full)
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(codes(&j)[0], "nvml_helper_missing", "{j}");
+    let message = j["findings"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&alone.join("comfy-init-nvml").display().to_string()), "names where: {message}");
+    assert!(j["findings"][0]["advice"].as_str().unwrap_or_default().contains("side by side"), "{j}");
+
+    let helper = crate::util::bin().with_file_name("comfy-init-nvml");
+    let out = std::process::Command::new(&copy)
+        .args(["gpu", "--json"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("COMFY_INIT_NVML_LIB", &f.full)
+        .env("COMFY_INIT_NVML_HELPER", &helper)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let (out, ran) = run_with(&f.full, &[("COMFY_INIT_NVML_HELPER", "/nonexistent/comfy-init-nvml")], "no-helper");
+    assert_eq!((out.code, ran), (Some(69), false), "{}", out.all());
+    assert!(
+        out.all().contains("/nonexistent/comfy-init-nvml (from COMFY_INIT_NVML_HELPER): no such file"),
+        "{}",
+        out.all()
+    );
 }
