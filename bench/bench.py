@@ -38,6 +38,7 @@ IDLE_SECONDS = 10
 REAP_ORPHANS = 10_000
 REAP_ROUNDS = 7
 SIGNAL_ITERATIONS = 3000
+SIGNAL_PER_ROUND = 50
 STOP_ROUNDS = 40
 TOKEN_ROUNDS = 5
 HEALTH_RUNS = 40
@@ -329,34 +330,35 @@ class Bench:
             self._signal_latency()
 
     def _signal_latency(self):
-        p50, p99 = {}, {}
-
-        def measure(pid, fifo):
-            r = subprocess.run([self.helper, "send", str(pid), fifo, str(SIGNAL_ITERATIONS)], capture_output=True,
-                               text=True, timeout=120)
-            if r.returncode != 0:
-                return None, r.stderr.strip()
-            lat = [int(x) / 1000 for x in r.stdout.split()]
-            return lat, None
-
-        # The floor: the same child signalled directly, no init in between.
+        # Every init runs at once over its own child, and the child alone is the floor; one
+        # helper run then signals them in turns (SIGNAL_PER_ROUND each, a new random order every
+        # round), so that the machine's drift reaches all of them alike.
+        names, targets, started = ["floor"], [], []
         fifo = self.fifo()
         direct = subprocess.Popen([self.helper, "child", fifo], stdin=subprocess.DEVNULL)
         STARTED.append((direct, None))
-        lat, err = measure(direct.pid, fifo)
-        direct.kill()
-        direct.wait()
-        if lat is None:
-            die(f"direct signal: {err}")
-        p50["floor"], p99["floor"] = median(lat), pct(lat, 99)
+        targets += [str(direct.pid), fifo]
         for name in self.inits:
             fifo = self.fifo()
             p, pid = self.start_pid1(name, [self.helper, "child", fifo])
-            lat, err = measure(pid, fifo)
+            started.append((p, pid))
+            names.append(name)
+            targets += [str(pid), fifo]
+        rounds = SIGNAL_ITERATIONS // SIGNAL_PER_ROUND
+        r = subprocess.run([self.helper, "send", str(rounds), str(SIGNAL_PER_ROUND), "5"] + targets,
+                           capture_output=True, text=True, timeout=300)
+        for p, pid in started:
             self.stop(p, pid)
-            if lat is None:
-                die(f"signal forwarding through {name}: {err}")
-            p50[name], p99[name] = median(lat), pct(lat, 99)
+        direct.kill()
+        direct.wait()
+        if r.returncode != 0:
+            die(f"signal forwarding: {r.stderr.strip()}")
+        lat = {n: [] for n in names}
+        for line in r.stdout.splitlines():
+            index, ns = line.split()
+            lat[names[int(index)]].append(int(ns) / 1000)
+        p50 = {n: median(v) for n, v in lat.items()}
+        p99 = {n: pct(v, 99) for n, v in lat.items()}
         self.add("5. signal forwarding latency kill(init) -> child handler, p50", "µs", p50, ("tini", "<="))
         self.add("5. signal forwarding latency, p99", "µs", p99, ("tini", "<="))
 
@@ -940,8 +942,9 @@ class Bench:
             f"1 s after start and {IDLE_SECONDS} s later.",
             "- 5-6: everything (sender, init, child) pinned to one CPU, see `pinned` in bench.py.",
             f"- 5: bench/helper.c: the sender takes CLOCK_MONOTONIC, kill(init, SIGUSR1), then waits for the "
-            f"child's handler to write its own CLOCK_MONOTONIC to a FIFO; {SIGNAL_ITERATIONS} iterations, one at "
-            "a time.",
+            f"child's handler to write its own CLOCK_MONOTONIC to a FIFO; {SIGNAL_ITERATIONS} signals per init, "
+            f"one at a time, interleaved: all inits run at once, and each round signals each of them "
+            f"{SIGNAL_PER_ROUND} times in a new random order.",
             f"- 6: {STOP_ROUNDS} rounds, inits interleaved in a new random order each round; the child dies on SIGTERM (default action); the clock "
             "stops when the init's pidfd turns readable.",
             "",

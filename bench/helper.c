@@ -5,8 +5,10 @@
  *                               CLOCK_MONOTONIC arrival time (8 bytes) to FIFO; writes 8 zero
  *                               bytes once ready; then sleeps in pause(). SIGTERM/SIGINT keep
  *                               their default action (the child dies at once).
- *   helper send PID FIFO N      kill(PID, SIGUSR1) N times, one at a time, each time waiting for
- *                               the child's timestamp; prints one latency (ns) per line.
+ *   helper send ROUNDS PER_ROUND SEED PID FIFO...  the signal row, interleaved: each round
+ *                               sends PER_ROUND SIGUSR1 to each PID (in a new random order),
+ *                               one at a time, each time waiting for that child's timestamp on
+ *                               its FIFO; prints "INDEX NS" per signal.
  *   helper reap N               run as the init's direct child: an intermediate forks N children
  *                               that exit at once, waits until they are zombies, exits; they are
  *                               orphaned to the init. Prints the ms until /proc (the namespace's)
@@ -89,36 +91,60 @@ static void on_alarm(int sig) {
     _exit(3);
 }
 
-static int send(pid_t pid, const char *fifo, long n) {
+/* Interleaved: every round sends PER_ROUND signals to each target in a new random order, so
+ * that the machine's drift reaches every init alike. */
+static uint64_t rng_state;
+static uint64_t next_random(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+static int send(long rounds, long per_round, uint64_t seed, int n, char **targets) {
+    if (n < 1 || n > 16) return 2;
+    pid_t pids[16];
+    int fds[16];
     signal(SIGALRM, on_alarm);
-    alarm(10);
-    int fd = open(fifo, O_RDONLY);
-    if (fd < 0) {
-        perror("helper send: open fifo");
-        return 1;
-    }
-    int64_t ready;
-    if (read_full(fd, &ready, sizeof ready) != 0) {
-        fprintf(stderr, "helper send: the child never got ready\n");
-        return 1;
-    }
-    int64_t *lat = calloc((size_t)n, sizeof *lat);
-    for (long i = 0; i < n; i++) {
+    for (int t = 0; t < n; t++) {
+        pids[t] = (pid_t)atoi(targets[2 * t]);
         alarm(10);
-        int64_t t0 = now_ns();
-        if (kill(pid, SIGUSR1) != 0) {
-            perror("helper send: kill");
+        fds[t] = open(targets[2 * t + 1], O_RDONLY);
+        int64_t ready;
+        if (fds[t] < 0 || read_full(fds[t], &ready, sizeof ready) != 0) {
+            fprintf(stderr, "helper send: target %d never got ready\n", t);
             return 1;
         }
-        int64_t t1;
-        if (read_full(fd, &t1, sizeof t1) != 0) {
-            fprintf(stderr, "helper send: the child went away after %ld signals\n", i);
-            return 1;
+    }
+    rng_state = seed ? seed : 88172645463325252ull;
+    int order[16];
+    for (long r = 0; r < rounds; r++) {
+        for (int i = 0; i < n; i++) order[i] = i;
+        for (int i = n - 1; i > 0; i--) {
+            int j = (int)(next_random() % (uint64_t)(i + 1));
+            int tmp = order[i];
+            order[i] = order[j];
+            order[j] = tmp;
         }
-        lat[i] = t1 - t0;
+        for (int i = 0; i < n; i++) {
+            int t = order[i];
+            for (long k = 0; k < per_round; k++) {
+                alarm(10);
+                int64_t t0 = now_ns();
+                if (kill(pids[t], SIGUSR1) != 0) {
+                    perror("helper send: kill");
+                    return 1;
+                }
+                int64_t t1;
+                if (read_full(fds[t], &t1, sizeof t1) != 0) {
+                    fprintf(stderr, "helper send: target %d went away\n", t);
+                    return 1;
+                }
+                printf("%d %lld\n", t, (long long)(t1 - t0));
+            }
+        }
     }
     alarm(0);
-    for (long i = 0; i < n; i++) printf("%lld\n", (long long)lat[i]);
     return 0;
 }
 
@@ -181,13 +207,6 @@ static int reap(long n) {
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
 }
 
-static uint64_t rng_state;
-static uint64_t next_random(void) {
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return rng_state;
-}
 
 extern char **environ;
 
@@ -236,8 +255,9 @@ int main(int argc, char **argv) {
     if (argc >= 5 && strcmp(argv[1], "spawn") == 0)
         return spawn_rounds(atol(argv[2]), strtoull(argv[3], NULL, 10), argc - 4, argv + 4);
     if (argc == 3 && strcmp(argv[1], "child") == 0) return child(argv[2]);
-    if (argc == 5 && strcmp(argv[1], "send") == 0) return send(atoi(argv[2]), argv[3], atol(argv[4]));
+    if (argc >= 7 && argc % 2 == 1 && strcmp(argv[1], "send") == 0)
+        return send(atol(argv[2]), atol(argv[3]), strtoull(argv[4], NULL, 10), (argc - 5) / 2, argv + 5);
     if (argc == 3 && strcmp(argv[1], "reap") == 0) return reap(atol(argv[2]));
-    fprintf(stderr, "usage: helper child FIFO | send PID FIFO N | reap N | spawn ROUNDS SEED CMD...\n");
+    fprintf(stderr, "usage: helper child FIFO | send ROUNDS PER_ROUND SEED PID FIFO... | reap N | spawn ROUNDS SEED CMD...\n");
     return 2;
 }

@@ -29,6 +29,7 @@ cargo build --release "$@" --bin comfy-init-nvml
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
     cargo build --release "$@" --target "$host" --bin comfy-init
 
+out=${CARGO_TARGET_DIR:-target}
 mkdir -p target/dist
-install -m 0755 "target/$host/release/comfy-init" target/dist/comfy-init
-install -m 0755 target/release/comfy-init-nvml target/dist/comfy-init-nvml
+install -m 0755 "$out/$host/release/comfy-init" target/dist/comfy-init
+install -m 0755 "$out/release/comfy-init-nvml" target/dist/comfy-init-nvml

@@ -172,7 +172,7 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
     let signals = match Signals::install() {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("comfy-init: {}", Error::System { about: "set up signal handling", source: e.into() });
+            eprintln!("comfy-init: {}", Error::System { about: "set up signal handling", source: e });
             return 1;
         }
     };

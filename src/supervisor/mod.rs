@@ -1,7 +1,7 @@
-//! The supervisor's shell: one single-threaded loop that sleeps in `poll` until a signal, a file
-//! event or the machine's next deadline, turns what it saw into events for the pure state
-//! machine (`state.rs`) and carries out the effects it returns: signalling the child's group,
-//! starting the child, exiting. Every zombie is reaped on every wake-up.
+//! The supervisor's shell: one single-threaded loop that sleeps in `sigtimedwait` until a
+//! signal, a file event (SIGIO from inotify) or the machine's next deadline, turns what it saw
+//! into events for the pure state machine (`state.rs`) and carries out the effects it returns:
+//! signalling the child's group, starting the child, exiting. Every SIGCHLD reaps every zombie.
 
 pub mod child;
 pub mod guard;
@@ -13,16 +13,13 @@ pub mod signals;
 pub mod state;
 pub mod vfork;
 
-use std::os::fd::BorrowedFd;
 use std::time::Instant;
-
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::companion;
 use child::ChildSpec;
 use guard::Guard;
 use session::Session;
-use signals::{signal_name, Signals};
+use signals::{signal_name, Received, Signals};
 use state::{Effect, Event, Exited, Machine, State};
 
 pub use state::Settings;
@@ -44,6 +41,8 @@ pub struct Supervisor {
     change: Option<(String, String)>,
     /// The pre-start hooks of this start.
     hooks: Vec<std::path::PathBuf>,
+    /// The credential folders may hold unread events (SIGIO came, or we just started).
+    files_ready: bool,
 }
 
 impl Supervisor {
@@ -64,6 +63,11 @@ impl Supervisor {
                 );
             }
         }
+        if let Some(guard) = &guard {
+            if let Err(e) = signals::signal_when_readable(guard.fd()) {
+                log::error!("cannot be told of changes to the credential files ({e}): a new password needs a restart");
+            }
+        }
         let session = Session::new();
         spec.env_set.push((session::ENV.into(), session.path().into()));
         if reload {
@@ -80,7 +84,7 @@ impl Supervisor {
                 Machine::pre_start(settings, hooks.iter().map(|h| hooks::name(h)).collect(), first)
             }
         };
-        Ok(Supervisor { spec, signals, guard, session, machine, reload, change: None, hooks })
+        Ok(Supervisor { spec, signals, guard, session, machine, reload, change: None, hooks, files_ready: true })
     }
 
     /// The loop. Returns the exit code for comfy-init.
@@ -92,18 +96,21 @@ impl Supervisor {
                 std::mem::forget(self);
                 return code;
             }
-            let timed_out = self.wait_for_event();
-            let mut child_changed = timed_out;
-            for received in self.signals.drain() {
-                child_changed |= received.signo == libc::SIGCHLD;
-                self.on_signal(received.signo);
-            }
+            let received = self.wait_for_event();
             // Every exit (ours and the orphans', whose exit signal the kernel makes SIGCHLD when
-            // it hands them to us) queues a SIGCHLD in the signalfd, so a wake-up without one has
-            // nothing to reap; a deadline's wake-up reaps anyway, as a safety net.
-            if child_changed {
-                for (pid, status) in reaper::reap_all() {
-                    self.on_reaped(pid, status);
+            // it hands them to us) leaves a SIGCHLD pending, so another signal has nothing to
+            // reap; a deadline's wake-up reaps anyway, as a safety net.
+            let mut reap = received.is_none();
+            match received {
+                Some(Received { file_ready: true, .. }) => self.files_ready = true,
+                Some(Received { signo: libc::SIGCHLD, .. }) => reap = true,
+                Some(Received { signo, .. }) => self.on_signal(signo),
+                None => {}
+            }
+            if reap {
+                let (reaped, none_left) = reaper::reap_all();
+                for (pid, status) in reaped {
+                    self.on_reaped(pid, status, none_left);
                 }
             }
             self.on_credentials(Instant::now());
@@ -116,33 +123,16 @@ impl Supervisor {
         }
     }
 
-    /// Sleeps until a signal or a file event arrives, or the next deadline; no deadline, no
-    /// wake-up. True when it woke for the deadline (or poll failed).
-    fn wait_for_event(&self) -> bool {
+    /// Sleeps until a signal (a file event is one too) or the next deadline; no deadline, no
+    /// wake-up. None: it woke for the deadline.
+    fn wait_for_event(&self) -> Option<Received> {
         let now = Instant::now();
         let files = self.guard.as_ref().and_then(Guard::deadline);
-        let timeout = match self.machine.deadline(now).into_iter().chain(files).min() {
-            None => PollTimeout::NONE,
-            Some(at) => {
-                let ms = at.saturating_duration_since(now).as_millis().min(i32::MAX as u128);
-                // Round up so we never wake a hair before the deadline and spin.
-                PollTimeout::try_from(ms as i32 + 1).unwrap_or(PollTimeout::MAX)
-            }
-        };
-        let mut fds: Vec<PollFd> = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-        if let Some(guard) = &self.guard {
-            let fd: BorrowedFd = guard.fd();
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(ready) => ready == 0,
-            Err(e) => {
-                if e != nix::errno::Errno::EINTR {
-                    log::error!("poll failed: {e}");
-                }
-                true
-            }
-        }
+        let timeout = self.machine.deadline(now).into_iter().chain(files).min().map(|at| {
+            // A millisecond late rather than a hair early: waking before the deadline would spin.
+            at.saturating_duration_since(now) + std::time::Duration::from_millis(1)
+        });
+        self.signals.wait(timeout)
     }
 
     fn on_signal(&mut self, signo: i32) {
@@ -157,7 +147,9 @@ impl Supervisor {
     /// What the machine needs to know of a reaped process: for the main child (ComfyUI, or the
     /// pre-start hook that runs), whether its group lives on; for ComfyUI, whether it asked
     /// ComfyUI-Manager's restart.
-    fn on_reaped(&mut self, pid: i32, status: reaper::ExitStatus) {
+    /// `none_left`: the reaper found no child at all, so the group is gone too (its members are
+    /// our descendants, and every descendant of ours is our child or a child's descendant).
+    fn on_reaped(&mut self, pid: i32, status: reaper::ExitStatus, none_left: bool) {
         let (main, comfyui) = match self.machine.state() {
             State::Running(c) | State::Stopping { child: c, .. } | State::Reloading { child: c, .. } => {
                 (c.pid == pid, c.pid == pid)
@@ -167,7 +159,7 @@ impl Supervisor {
         };
         // The Manager writes its marker, then exits 0: any other end is no restart request.
         let reboot = comfyui && status.success() && self.session.take_reboot_request();
-        let group_alive = main && child::group_alive(pid);
+        let group_alive = main && !none_left && child::group_alive(pid);
         self.feed(Event::Reaped { pid, exited: Exited { status, reboot }, group_alive });
     }
 
@@ -176,7 +168,9 @@ impl Supervisor {
     /// they overlap. Then the reconciliation decides (and restarts if it was not known before).
     fn on_credentials(&mut self, now: Instant) {
         let Some(guard) = &mut self.guard else { return };
-        guard.on_readable(now);
+        if std::mem::take(&mut self.files_ready) {
+            guard.on_readable(now);
+        }
         if !guard.due(now) {
             return;
         }

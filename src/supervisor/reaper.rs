@@ -33,8 +33,9 @@ impl std::fmt::Display for ExitStatus {
 }
 
 /// `waitpid(-1, WNOHANG)` until nothing is left to collect. Never blocks. Uses libc directly
-/// because a child killed by a real-time signal is a status nix cannot represent.
-pub fn reap_all() -> Vec<(i32, ExitStatus)> {
+/// because a child killed by a real-time signal is a status nix cannot represent. Also true
+/// when no child at all is left (ECHILD), running or not.
+pub fn reap_all() -> (Vec<(i32, ExitStatus)>, bool) {
     let mut reaped = Vec::new();
     loop {
         let mut raw = 0;
@@ -51,6 +52,6 @@ pub fn reap_all() -> Vec<(i32, ExitStatus)> {
         if pid < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
             continue;
         }
-        return reaped; // 0: children left but none exited; -1/ECHILD: no children at all
+        return (reaped, pid < 0); // 0: children left but none exited; -1/ECHILD: no children at all
     }
 }

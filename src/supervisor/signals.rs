@@ -1,69 +1,97 @@
-//! Signals as events: every signal is blocked and read from a signalfd, so the one event loop
-//! sees them as readable data next to inotify. Nothing runs in signal-handler context.
+//! Signals as events: every signal is blocked and taken with `sigtimedwait`, the one place the
+//! loop sleeps. File events come the same way: the inotify descriptor raises SIGIO when it turns
+//! readable (`signal_when_readable`). One syscall wakes and dequeues, as in tini and dumb-init,
+//! where `poll` on a signalfd and inotify, then `read`, took two and a poll table (issue 17:
+//! signal forwarding and stop latency). Nothing runs in signal-handler context.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::Duration;
 
-use nix::sys::signal::{SigSet, SigmaskHow};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
-
-/// A signal taken from the signalfd.
+/// A signal taken from the pending set.
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
     pub signo: i32,
     /// Who sent it (0 for the kernel).
     pub sender: i32,
+    /// SIGIO raised by the kernel for a descriptor of ours that turned readable (not sent by
+    /// anyone: those are forwarded like any other signal).
+    pub file_ready: bool,
 }
 
 pub struct Signals {
-    fd: SignalFd,
+    all: libc::sigset_t,
     /// Our pid, to tell our own SIGPIPEs from others'.
     me: i32,
 }
 
 impl Signals {
-    /// Resets every disposition to default (a signal we inherited as ignored would never reach
-    /// the signalfd), blocks every signal and opens the signalfd. Call before any thread exists:
+    /// Resets every disposition to default (children inherit ignored ones) and blocks every
+    /// signal, so that each stays pending until `wait` takes it. Call before any thread exists:
     /// threads inherit the mask, so none of them can take a signal meant for the loop.
-    pub fn install() -> nix::Result<Signals> {
+    pub fn install() -> std::io::Result<Signals> {
         reset_dispositions();
-        let all = SigSet::all();
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None)?;
-        let fd = SignalFd::with_flags(&all, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        Ok(Signals { fd, me: std::process::id() as i32 })
+        // SAFETY: sigfillset fills the set it is given; sigprocmask reads it.
+        let all = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            if libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            all
+        };
+        Ok(Signals { all, me: std::process::id() as i32 })
     }
 
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-
-    /// Everything pending, in arrival order. SIGPIPE raised by our own writes is dropped: it is
-    /// ours, not the operator's. One read takes up to 16 at a time, and a short read means
-    /// nothing is left (no second read to hear EAGAIN: the stop path is measured, issue 17).
-    pub fn drain(&mut self) -> Vec<Received> {
-        const BATCH: usize = 16;
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        let mut out = Vec::new();
+    /// Sleeps until a signal is pending or `timeout` passed (None: no timeout), and takes it.
+    /// None: the timeout passed (or the wait was interrupted: the caller re-checks its clocks).
+    /// SIGPIPE raised by our own writes is not returned: it is ours, not the operator's.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<Received> {
+        let ts = timeout.map(|d| libc::timespec {
+            tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: d.subsec_nanos() as libc::c_long, // below 10^9: fits
+        });
+        let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
         loop {
-            // SAFETY: signalfd_siginfo is plain data; zeroed is a valid value.
-            let mut buf: [libc::signalfd_siginfo; BATCH] = unsafe { std::mem::zeroed() };
-            // SAFETY: read into a buffer of exactly that many bytes; the fd is non-blocking.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), BATCH * size) };
-            if n <= 0 {
-                return out; // EAGAIN: nothing pending (EINTR cannot happen: every signal is blocked)
+            // SAFETY: zeroed siginfo_t is valid; the set and the timespec outlive the call.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let signo = unsafe { libc::sigtimedwait(&self.all, &mut info, ts_ptr) };
+            if signo < 0 {
+                return None; // EAGAIN: the timeout; EINTR: a stop/continue of this process
             }
-            let count = n as usize / size;
-            for info in &buf[..count] {
-                let received = Received { signo: info.ssi_signo as i32, sender: info.ssi_pid as i32 };
-                if received.signo == libc::SIGPIPE && received.sender == self.me {
-                    continue;
-                }
-                out.push(received);
+            // SAFETY: si_pid is set for every signal sigtimedwait returns (0 from the kernel).
+            let sender = unsafe { info.si_pid() };
+            if signo == libc::SIGPIPE && sender == self.me {
+                continue;
             }
-            if count < BATCH {
-                return out;
-            }
+            // si_code > 0: the kernel's (POLL_IN for O_ASYNC); kill, sigqueue, tkill are <= 0.
+            let file_ready = signo == libc::SIGIO && info.si_code > 0;
+            return Some(Received { signo, sender, file_ready });
         }
     }
+}
+
+/// `F_SETSIG` (fcntl.h, `_GNU_SOURCE`): 10 on x86_64 and aarch64; the libc crate lacks it. Set,
+/// the kernel fills in si_code (POLL_IN) and si_fd.
+const F_SETSIG: libc::c_int = 10;
+
+/// Makes `fd` raise SIGIO at this process whenever it turns readable (O_ASYNC), so that the loop
+/// hears of it in `Signals::wait`. Only for a process whose signals are blocked (`install`):
+/// SIGIO's default action is to terminate.
+pub fn signal_when_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) < 0
+            || libc::fcntl(fd, F_SETSIG, libc::SIGIO) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_ASYNC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// SIGTERM, SIGINT and SIGQUIT ask us to stop: the child gets the configured stop signal.

@@ -10,7 +10,7 @@
 //! or exits), so everything it needs is prepared here first: it allocates nothing, takes no lock,
 //! calls no glibc wrapper that keeps state, only raw syscalls. Its one write to our memory is the
 //! failure report, read after it is gone. Signal handlers are not shared (no CLONE_SIGHAND), and
-//! PID 1 has none anyway: every signal is blocked and read from a signalfd.
+//! PID 1 has none anyway: every signal is blocked and taken with sigtimedwait.
 
 use std::ffi::{c_char, c_int, c_void, CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
