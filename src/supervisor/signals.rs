@@ -81,9 +81,7 @@ pub fn signal_when_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     let fd = fd.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own, with integer arguments.
     unsafe {
-        if libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) < 0
-            || libc::fcntl(fd, F_SETSIG, libc::SIGIO) < 0
-        {
+        if libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) < 0 || libc::fcntl(fd, F_SETSIG, libc::SIGIO) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let flags = libc::fcntl(fd, libc::F_GETFL);
