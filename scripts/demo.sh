@@ -72,6 +72,8 @@ else
 fi
 wait_for 30 "$BIN" healthcheck
 sed 's/^/  | /' "$LOG"
+libs=$(awk '$6 ~ /\.so/ {print $6}' "/proc/$INIT_PID/maps" | sort -u | xargs -r -n1 basename | tr '\n' ' ')
+echo "shared libraries PID 1 maps: ${libs:-none (statically linked: no dynamic loader at start; NVML is asked by comfy-init-nvml)}"
 
 bold "The .env now holds the generated password and the token, single-quoted"
 sed 's/^/  | /' "$WORK/.env"
@@ -120,6 +122,10 @@ if command -v cc >/dev/null; then
   PYTHONPATH="$WORK/site" COMFY_INIT_NVML_LIB="$WORK/libnvidia-ml-fake.so" COMFY_INIT_GPU=require \
     FAKE_NVML_GPUS="NVIDIA GeForce RTX 5090:32:12.0" FAKE_NVML_DRIVER=570.86 FAKE_NVML_CUDA=12080 \
     "$BIN" gpu | grep -E "PyTorch|GPU 0|ERROR|^  |Verdict" | sed 's/^/  | /' || true
+
+  bold "A wedged driver: nvmlInit never returns (fake NVML); comfy-init-nvml is killed at COMFY_INIT_GPU_TIMEOUT"
+  COMFY_INIT_NVML_LIB="$WORK/libnvidia-ml-fake.so" COMFY_INIT_GPU_TIMEOUT=1s FAKE_NVML_HANG=1 \
+    "$BIN" gpu | grep -E "ERROR|Verdict" | sed 's/^/  | /' || true
 fi
 
 bold "Stopping: SIGTERM to comfy-init (it sends SIGINT to ComfyUI, ComfyUI's clean stop)"
