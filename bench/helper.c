@@ -101,6 +101,17 @@ static uint64_t next_random(void) {
     return rng_state;
 }
 
+/* order[] = 0..n-1 in a random order (Fisher-Yates). */
+static void shuffled(int *order, int n) {
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(next_random() % (uint64_t)(i + 1));
+        int t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+}
+
 static int send(long rounds, long per_round, uint64_t seed, int n, char **targets) {
     if (n < 1 || n > 16) return 2;
     pid_t pids[16];
@@ -119,13 +130,7 @@ static int send(long rounds, long per_round, uint64_t seed, int n, char **target
     rng_state = seed ? seed : 88172645463325252ull;
     int order[16];
     for (long r = 0; r < rounds; r++) {
-        for (int i = 0; i < n; i++) order[i] = i;
-        for (int i = n - 1; i > 0; i--) {
-            int j = (int)(next_random() % (uint64_t)(i + 1));
-            int tmp = order[i];
-            order[i] = order[j];
-            order[j] = tmp;
-        }
+        shuffled(order, n);
         for (int i = 0; i < n; i++) {
             int t = order[i];
             for (long k = 0; k < per_round; k++) {
@@ -226,13 +231,7 @@ static int spawn_rounds(long rounds, uint64_t seed, int n, char **cmds) {
     posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
     int order[64];
     for (long r = 0; r < rounds; r++) {
-        for (int i = 0; i < n; i++) order[i] = i;
-        for (int i = n - 1; i > 0; i--) {
-            int j = (int)(next_random() % (uint64_t)(i + 1));
-            int t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-        }
+        shuffled(order, n);
         for (int i = 0; i < n; i++) {
             int c = order[i];
             int status;

@@ -73,6 +73,10 @@ fn ask(mode: &str, settings: &GpuSettings, timeout: Duration) -> Result<String, 
     let path = helper_path();
     let mut cmd = Command::new(&path);
     cmd.arg(mode).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // The driver's library runs there: it has no use for the credentials.
+    for secret in [crate::credentials::KEY_PASSWORD, crate::credentials::KEY_TOKEN] {
+        cmd.env_remove(secret);
+    }
     if let Some(lib) = &settings.nvml_lib {
         cmd.arg(lib);
     }
