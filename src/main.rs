@@ -4,7 +4,7 @@
 // The C `main` below replaces std's start-up (issue 17: a fifth of a spawn's instructions).
 #![cfg_attr(not(test), no_main)]
 
-use comfy_init::{companion, config, credentials, error, gpu, health, logging, privileges, resident, supervisor};
+use comfy_init::{companion, config, credentials, error, gpu, health, logging, privileges, supervisor};
 
 use comfy_init::cli::{self, Command, Topic};
 use config::Settings;
@@ -181,11 +181,7 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
         Supervisor::start(p.settings.supervisor, p.spec, signals, p.guard, p.reload, p.hooks).map_err(Error::Spawn)
     });
     match started {
-        Ok(supervisor) => {
-            // Start-up is over: the code it ran need not stay mapped for the container's life.
-            resident::release_startup_pages();
-            supervisor.run()
-        }
+        Ok(supervisor) => supervisor.run(),
         Err(e) => {
             log::error!("{e}");
             i32::from(e.exit_code())

@@ -73,17 +73,24 @@ impl Supervisor {
         if reload {
             spec.env_set.push((companion::ENV_SESSION.into(), session.path().into()));
         }
-        let machine = match hooks.first() {
+        let (machine, started) = match hooks.first() {
             None => {
                 let first = child::spawn(&spec)?;
-                log::info!("started {} (pid {})", spec.argv[0].to_string_lossy(), first.pid);
-                Machine::new(settings, first)
+                (Machine::new(settings, first), Some(first.pid))
             }
             Some(hook) => {
                 let first = spawn_hook(hook, &spec)?;
-                Machine::pre_start(settings, hooks.iter().map(|h| hooks::name(h)).collect(), first)
+                (Machine::pre_start(settings, hooks.iter().map(|h| hooks::name(h)).collect(), first), None)
             }
         };
+        // Start-up is over: the code it ran need not stay mapped for the container's life. Dropped
+        // before the first line is logged, so that the logging code, which every later event
+        // uses, is mapped back now and not on the way of the first signal or stop (issue 17:
+        // about 5 % of tini's whole stop; idle RSS stays under 1.3x tini's).
+        crate::resident::release_startup_pages();
+        if let Some(pid) = started {
+            log::info!("started {} (pid {pid})", spec.argv[0].to_string_lossy());
+        }
         Ok(Supervisor { spec, signals, guard, session, machine, reload, change: None, hooks, files_ready: true })
     }
 
