@@ -94,8 +94,20 @@ fn ask(mode: &str, settings: &GpuSettings, timeout: Duration) -> Result<String, 
         Err(e) => return Err(ProbeError::Helper { path, detail: format!("cannot be run: {e}"), missing: true }),
     };
     let deadline = Instant::now() + timeout;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let answer = read_until(stdout, deadline);
+    let read = match child.stdout.take() {
+        Some(stdout) => read_until(stdout, deadline).map_err(|e| e.unwrap_or_else(|| hung(timeout))),
+        None => Err("has no stdout".to_string()), // cannot happen: it is piped above
+    };
+    let answer = match read {
+        Ok(answer) => answer,
+        Err(detail) => {
+            // It may be blocked writing to a pipe nobody reads any more: no use waiting.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ProbeError::Helper { path, detail, missing: false });
+        }
+    };
+    // EOF: it is exiting (it prints once NVML is shut down); a hang in its exit is a hang too.
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -106,10 +118,8 @@ fn ask(mode: &str, settings: &GpuSettings, timeout: Duration) -> Result<String, 
     let Some(status) = status else {
         let _ = child.kill();
         let _ = child.wait();
-        let detail = format!("did not answer within {timeout:?} (killed; {ENV_TIMEOUT} allows more): NVML hangs");
-        return Err(ProbeError::Helper { path, detail, missing: false });
+        return Err(ProbeError::Helper { path, detail: hung(timeout), missing: false });
     };
-    let answer = answer.map_err(|detail| ProbeError::Helper { path: path.clone(), detail, missing: false })?;
     if !status.success() {
         let detail = match std::os::unix::process::ExitStatusExt::signal(&status) {
             Some(sig) => format!("was killed by signal {sig} inside NVML"),
@@ -120,8 +130,13 @@ fn ask(mode: &str, settings: &GpuSettings, timeout: Duration) -> Result<String, 
     Ok(answer)
 }
 
-/// The pipe's content up to EOF, within the deadline and MAX_ANSWER.
-fn read_until(mut pipe: std::process::ChildStdout, deadline: Instant) -> Result<String, String> {
+fn hung(timeout: Duration) -> String {
+    format!("did not answer within {timeout:?} (killed; {ENV_TIMEOUT} allows more): NVML hangs")
+}
+
+/// The pipe's content up to EOF, within the deadline and MAX_ANSWER. Err(None): the deadline
+/// passed; Err(Some(why)): anything else.
+fn read_until(mut pipe: std::process::ChildStdout, deadline: Instant) -> Result<String, Option<String>> {
     let mut out = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -131,21 +146,21 @@ fn read_until(mut pipe: std::process::ChildStdout, deadline: Instant) -> Result<
         // SAFETY: one valid pollfd for a descriptor we own.
         let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
         if ready == 0 {
-            return Err("did not answer in time".into());
+            return Err(None);
         }
         if ready < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(format!("cannot be read: {}", std::io::Error::last_os_error()));
+            return Err(Some(format!("cannot be read: {}", std::io::Error::last_os_error())));
         }
         match pipe.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) if out.len() + n <= MAX_ANSWER => out.extend_from_slice(&chunk[..n]),
-            Ok(_) => return Err(format!("answered more than {} KiB", MAX_ANSWER / 1024)),
+            Ok(_) => return Err(Some(format!("answered more than {} KiB", MAX_ANSWER / 1024))),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("cannot be read: {e}")),
+            Err(e) => return Err(Some(format!("cannot be read: {e}"))),
         }
     }
-    String::from_utf8(out).map_err(|_| "answered with bytes that are not text".into())
+    String::from_utf8(out).map_err(|_| Some("answered with bytes that are not text".into()))
 }

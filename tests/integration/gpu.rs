@@ -710,3 +710,24 @@ fn comfy_init_copied_without_its_helper_says_what_is_missing() {
         out.all()
     );
 }
+
+/// A helper that answers nonsense, or floods its pipe, is refused with what it did; the flood is
+/// cut at 1 MiB and killed at once, not waited for until the timeout.
+#[test]
+fn a_helper_that_answers_nonsense_or_floods_its_pipe_is_refused() {
+    let dir = TempDir::new("helpers");
+    let f = nvml_fixtures();
+    for (name, script, phrase) in [
+        ("nonsense", "#!/bin/sh\necho 'Segmentation fault'\n", "answered nonsense"),
+        ("flood", "#!/bin/sh\nexec yes\n", "answered more than 1024 KiB"),
+    ] {
+        let helper = dir.join(name);
+        std::fs::write(&helper, script).unwrap();
+        std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        let j = gpu_json(&f.full, &[("COMFY_INIT_NVML_HELPER", helper.to_str().unwrap())]);
+        assert!(started.elapsed() < Duration::from_secs(10), "{name}: took {:?}", started.elapsed());
+        assert_eq!(codes(&j)[0], "nvml_helper_failed", "{name}: {j}");
+        assert!(j["findings"][0]["message"].as_str().unwrap_or_default().contains(phrase), "{name}: {j}");
+    }
+}
