@@ -565,7 +565,9 @@ hook_container() { # NAME SCRIPT: a container whose only hook is NAME; prints it
     docker run -d --name "comfy-init-$RUN_ID-hook-$1" --label "$LABEL" -p 127.0.0.1::8188 \
         -v "$dir:/config" -e COMFY_INIT_GPU=off "${HEALTH_OPTS[@]}" "$IMG"
 }
-logs_have() { docker logs "$1" 2>&1 | grep -qF -- "$2"; }
+# grep reads to the end: with -q it would quit at the first match, docker logs would die of
+# SIGPIPE, and pipefail would fail the check though the line is there (a flake seen once).
+logs_have() { docker logs "$1" 2>&1 | grep -F -- "$2" >/dev/null; }
 line_of() { docker logs "$1" 2>&1 | grep -nF -- "$2" | head -n 1 | cut -d: -f1; }
 
 C6=$(hook_container 10-marker 'echo marker written; touch /tmp/hook-ran')
