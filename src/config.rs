@@ -270,7 +270,7 @@ fn credential_settings(get: Lookup, owner: Option<(u32, u32)>) -> credentials::S
 /// COMFY_INIT_GPU, COMFY_INIT_MIN_VRAM_GB, COMFY_INIT_NVML_LIB, CUDA_VERSION. Blank values mean
 /// the default.
 fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
-    use crate::gpu::{ENV_CUDA_VERSION, ENV_MIN_VRAM, ENV_NVML_LIB, ENV_POLICY};
+    use crate::gpu::{ENV_CUDA_VERSION, ENV_MIN_VRAM, ENV_NVML_LIB, ENV_POLICY, ENV_TIMEOUT};
     let non_empty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
     let policy = match non_empty(ENV_POLICY) {
         None => GpuPolicy::Require,
@@ -290,15 +290,7 @@ fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
             (n > 0.0).then_some(n)
         }
     };
-    let timeout = match non_empty(crate::gpu::ENV_TIMEOUT) {
-        None => crate::gpu::helper::TIMEOUT,
-        Some(v) => match parse_duration(crate::gpu::ENV_TIMEOUT, &v)? {
-            d if d.is_zero() => {
-                return Err(ConfigError(format!("{}='{v}' must be more than 0", crate::gpu::ENV_TIMEOUT)))
-            }
-            d => d,
-        },
-    };
+    let timeout = positive_duration(ENV_TIMEOUT, non_empty(ENV_TIMEOUT), crate::gpu::helper::TIMEOUT)?;
     Ok(GpuSettings {
         policy,
         min_vram_gb,
@@ -322,12 +314,15 @@ fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
 pub const ENV_HEALTH_TIMEOUT: &str = "COMFY_INIT_HEALTH_TIMEOUT";
 
 fn health_timeout(get: Lookup) -> Result<Duration, ConfigError> {
-    match get(ENV_HEALTH_TIMEOUT) {
-        None => Ok(Duration::from_secs(5)),
-        Some(v) => match parse_duration(ENV_HEALTH_TIMEOUT, &v)? {
-            d if d.is_zero() => Err(ConfigError(format!("{ENV_HEALTH_TIMEOUT}='{v}' must be more than 0"))),
-            d => Ok(d),
-        },
+    positive_duration(ENV_HEALTH_TIMEOUT, get(ENV_HEALTH_TIMEOUT), Duration::from_secs(5))
+}
+
+/// A deadline from `var`: `default` when unset, never 0 (a deadline of 0 could never be met).
+fn positive_duration(var: &str, value: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    match parse_duration(var, &v)? {
+        d if d.is_zero() => Err(ConfigError(format!("{var}='{v}' must be more than 0"))),
+        d => Ok(d),
     }
 }
 
@@ -410,6 +405,8 @@ mod tests {
             ("COMFY_INIT_CHOWN", "yes"),
             ("COMFY_INIT_PRE_START_FAILURE", "ignore"),
             ("COMFY_INIT_HEALTH_TIMEOUT", "0"),
+            ("COMFY_INIT_GPU_TIMEOUT", "0"),
+            ("COMFY_INIT_GPU_TIMEOUT", "soon"),
             ("PUID", "4294967295"),
             ("PUID", "root"),
         ] {

@@ -4,9 +4,8 @@
 // The C `main` below replaces std's start-up (issue 17: a fifth of a spawn's instructions).
 #![cfg_attr(not(test), no_main)]
 
-use comfy_init::{companion, config, credentials, error, gpu, health, logging, privileges, supervisor};
-
 use comfy_init::cli::{self, Command, Topic};
+use comfy_init::{companion, config, credentials, error, gpu, health, logging, privileges, supervisor};
 use config::Settings;
 use error::{Error, EXIT_CONFIG, EXIT_USAGE};
 use supervisor::child::ChildSpec;
@@ -204,7 +203,7 @@ struct Prepared {
 fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) -> Result<Prepared, Error> {
     let settings = Settings::from_env()?;
     let hooks = supervisor::hooks::list(&settings.pre_start).map_err(|e| Error::Config(config::ConfigError(e)))?;
-    // NVML runs in a helper process (gpu::helper), so nothing foreign ever ran in PID 1.
+    // NVML is asked by a process of its own (gpu::helper): nothing foreign runs in PID 1.
     let for_child = gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
 
     let mut spec = ChildSpec::default();

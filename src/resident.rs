@@ -1,16 +1,14 @@
 //! PID 1's resident code, trimmed once the child runs (issue 17). Start-up (settings, GPU,
 //! credentials, the first spawn) touches about 1 MB of this binary's code and read-only data,
 //! which would otherwise stay mapped for the container's life: dropping it took the static
-//! binary's idle VmRSS from 1.8 MB to 1.1-1.6 MB (0.8-1.2x tini). What the loop runs later is
-//! mapped back on its first use, 64 KiB a fault (fault-around): the supervisor drops the pages
-//! before it logs that the child started, so that the logging code every event uses is mapped
-//! back then, not on the way of the first stop (measured: 5 % of tini's whole stop).
+//! binary's idle VmRSS from 1.8 MB to 1.1-1.6 MB (0.8-1.2x tini).
 //!
 //! `MADV_DONTNEED` on our own read-only segments drops those mappings; the page cache keeps the
-//! pages, and what the loop runs later is mapped again on its first use, from the file, as after
-//! any eviction under memory pressure (the kernel may drop clean text pages at any time, so this
-//! adds no new way to fail). Only segments without write permission are touched: their content
-//! is the file's (no text relocations), unlike RELRO data, which the loader relocated in memory.
+//! pages, and what the loop runs later is mapped again on its first use (64 KiB a fault), from
+//! the file, as after any eviction under memory pressure (the kernel may drop clean text pages
+//! at any time, so this adds no new way to fail). Only segments without write permission are
+//! touched: their content is the file's (no text relocations), unlike RELRO data, which the
+//! loader relocated in memory.
 
 /// Drops the mappings of this executable's read-only segments. Errors are ignored: it only
 /// saves memory.

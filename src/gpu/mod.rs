@@ -143,18 +143,15 @@ pub fn check_alive(settings: &GpuSettings, deadline: std::time::Instant) -> Resu
 
 /// The healthcheck's one line for a failed light check: problem and advice.
 fn alive_problem(e: &ProbeError) -> String {
-    let (_, message, advice) = evaluate::describe(e);
-    let message = match e {
-        ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => {
-            "no GPU is visible in the container".to_string()
+    let (message, advice) = match e {
+        ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => (
+            "no GPU is visible in the container".to_string(),
+            "check NVIDIA_VISIBLE_DEVICES (use `all`) and `--gpus all`".to_string(),
+        ),
+        _ => {
+            let (_, message, advice) = evaluate::describe(e);
+            (message, advice)
         }
-        _ => message,
-    };
-    let advice = match e {
-        ProbeError::Nvml { stage: Stage::DeviceCount, failure: NvmlFailure::Other, .. } => {
-            "check NVIDIA_VISIBLE_DEVICES (use `all`) and `--gpus all`".to_string()
-        }
-        _ => advice,
     };
     format!("{message}: {advice}").replace('\n', " ")
 }

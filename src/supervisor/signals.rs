@@ -11,8 +11,6 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
     pub signo: i32,
-    /// Who sent it (0 for the kernel).
-    pub sender: i32,
     /// SIGIO raised by the kernel for a descriptor of ours that turned readable (not sent by
     /// anyone: those are forwarded like any other signal).
     pub file_ready: bool,
@@ -59,13 +57,12 @@ impl Signals {
                 return None; // EAGAIN: the timeout; EINTR: a stop/continue of this process
             }
             // SAFETY: si_pid is set for every signal sigtimedwait returns (0 from the kernel).
-            let sender = unsafe { info.si_pid() };
-            if signo == libc::SIGPIPE && sender == self.me {
+            if signo == libc::SIGPIPE && unsafe { info.si_pid() } == self.me {
                 continue;
             }
             // si_code > 0: the kernel's (POLL_IN for O_ASYNC); kill, sigqueue, tkill are <= 0.
             let file_ready = signo == libc::SIGIO && info.si_code > 0;
-            return Some(Received { signo, sender, file_ready });
+            return Some(Received { signo, file_ready });
         }
     }
 }
@@ -104,7 +101,7 @@ pub fn is_forwardable(signo: i32) -> bool {
 
 /// Every disposition back to the default. Children inherit ours (vfork.rs resets none, to stay
 /// cheap); no foreign code runs in this process later (NVML has a process of its own).
-pub fn reset_dispositions() {
+fn reset_dispositions() {
     for signo in 1..=libc::SIGRTMAX() {
         if signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;

@@ -12,15 +12,16 @@ use std::time::{Duration, Instant};
 /// The comfy-init under test: `COMFY_INIT_BIN` (what `make test` builds and ships, with
 /// comfy-init-nvml beside it), else cargo's build of this package.
 pub fn bin() -> PathBuf {
-    match std::env::var_os("COMFY_INIT_BIN") {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => PathBuf::from(env!("CARGO_BIN_EXE_comfy-init")),
-    }
+    shipped_binary().unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_comfy-init")))
+}
+
+fn shipped_binary() -> Option<PathBuf> {
+    std::env::var_os("COMFY_INIT_BIN").filter(|p| !p.is_empty()).map(PathBuf::from)
 }
 
 /// True when the binary under test is the shipped, statically linked one.
 pub fn testing_the_shipped_binary() -> bool {
-    std::env::var_os("COMFY_INIT_BIN").is_some_and(|p| !p.is_empty())
+    shipped_binary().is_some()
 }
 
 pub fn fixtures() -> PathBuf {
