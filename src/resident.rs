@@ -1,41 +1,115 @@
 //! PID 1's resident code, trimmed once the child runs (issue 17). Start-up (settings, GPU,
 //! credentials, the first spawn) touches about 1 MB of this binary's code and read-only data,
-//! which would otherwise stay mapped for the container's life: dropping it took the static
-//! binary's idle VmRSS from 1.8 MB to 1.1-1.6 MB (0.8-1.2x tini).
+//! which would otherwise stay mapped for the container's life.
 //!
 //! `MADV_DONTNEED` on our own read-only segments drops those mappings; the page cache keeps the
-//! pages, and what the loop runs later is mapped again on its first use (64 KiB a fault), from
-//! the file, as after any eviction under memory pressure (the kernel may drop clean text pages
-//! at any time, so this adds no new way to fail). Only segments without write permission are
-//! touched: their content is the file's (no text relocations), unlike RELRO data, which the
-//! loader relocated in memory.
+//! pages, and what runs later is mapped again on its first use, from the file, as after any
+//! eviction under memory pressure (the kernel may drop clean text pages at any time, so this
+//! adds no new way to fail). Only segments without write permission are touched: their content
+//! is the file's (no text relocations), unlike RELRO data, which the loader relocated in memory.
+//!
+//! The hot text is kept: scripts/build.sh lays out the functions that PID 1 runs after start-up
+//! (scripts/hot-text.txt: the loop, a forwarded signal, a reap, a stop, the exit) together,
+//! between the two markers below. Those pages stay mapped, so an event maps nothing back: a
+//! fault maps 64 KiB around it (fault-around), and the scattered functions of a stop used to cost
+//! six such faults, and their pages made the exit unmap more. A build without that order (cargo
+//! alone, or a linker other than lld) leaves the markers side by side: nothing beyond their page
+//! is kept, and the loop's code is mapped back on use, as before.
 
-/// Drops the mappings of this executable's read-only segments. Errors are ignored: it only
-/// saves memory.
+use std::ops::Range;
+
+/// The first function of the hot text (scripts/build.sh). Its body differs from the end marker's
+/// so that no optimisation folds the two into one address.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn comfy_init_hot_text_begin() -> u32 {
+    0x686f74
+}
+
+/// The last function of the hot text.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn comfy_init_hot_text_end() -> u32 {
+    0x656e64
+}
+
+/// More than the hot text can be: markers this far apart were not laid out by the order.
+const MAX_HOT_TEXT: usize = 512 * 1024;
+
+/// Drops the mappings of this executable's read-only segments, except the hot text, whose pages
+/// are mapped now instead (nothing that PID 1 does later then waits for a fault). Errors are
+/// ignored: it only saves memory and faults.
 pub fn release_startup_pages() {
-    // SAFETY: dl_iterate_phdr with a callback that only reads the headers it is given and makes
-    // madvise calls on page ranges inside the main program's non-writable PT_LOAD segments.
+    let hot = hot_text(page_size());
+    // SAFETY: dl_iterate_phdr with a callback that only reads the headers it is given and the
+    // range passed by pointer (alive for the call), and makes madvise calls on page ranges inside
+    // the main program's non-writable PT_LOAD segments.
     unsafe {
-        libc::dl_iterate_phdr(Some(release_readonly_segments), std::ptr::null_mut());
+        libc::dl_iterate_phdr(Some(release_readonly_segments), (&hot as *const Range<usize>).cast_mut().cast());
     }
+    for page in hot.step_by(page_size()) {
+        // SAFETY: the range lies inside our own mapped, readable text (the two markers, whole
+        // pages around them); a read of a code byte has no effect but to map its page.
+        unsafe { std::ptr::read_volatile(page as *const u8) };
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize
+}
+
+/// The whole pages from the begin marker to the end marker; empty when they were not laid out.
+fn hot_text(page: usize) -> Range<usize> {
+    let begin = comfy_init_hot_text_begin as *const () as usize;
+    let end = comfy_init_hot_text_end as *const () as usize + 16; // the end marker's own bytes
+    if end <= begin || end - begin > MAX_HOT_TEXT {
+        return 0..0;
+    }
+    begin / page * page..end.div_ceil(page) * page
+}
+
+/// `ranges` without `hole`: what is left on each side.
+fn without(range: Range<usize>, hole: &Range<usize>) -> [Range<usize>; 2] {
+    [range.start..range.end.min(hole.start).max(range.start), range.start.max(hole.end).min(range.end)..range.end]
 }
 
 unsafe extern "C" fn release_readonly_segments(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
-    _data: *mut libc::c_void,
+    hot: *mut libc::c_void,
 ) -> libc::c_int {
     let info = &*info;
-    let page = libc::sysconf(libc::_SC_PAGESIZE).max(4096) as usize;
+    let hot = &*(hot as *const Range<usize>);
+    let page = page_size();
     let headers = std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum));
     for header in headers.iter().filter(|h| h.p_type == libc::PT_LOAD && h.p_flags & libc::PF_W == 0) {
         let start = info.dlpi_addr as usize + header.p_vaddr as usize;
         let end = start + header.p_memsz as usize;
         // Whole pages inside the segment only: a page shared with a writable neighbour is kept.
         let (first, last) = (start.div_ceil(page) * page, end / page * page);
-        if last > first {
-            libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_DONTNEED);
+        for part in without(first..last.max(first), hot) {
+            if !part.is_empty() {
+                libc::madvise(part.start as *mut libc::c_void, part.len(), libc::MADV_DONTNEED);
+            }
         }
     }
     1 // the first object is the main program: stop there
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hole_splits_a_range_and_a_hole_outside_leaves_it_whole() {
+        assert_eq!(without(0..100, &(20..30)), [0..20, 30..100]);
+        assert_eq!(without(0..100, &(0..0)), [0..0, 0..100]);
+        assert_eq!(without(0..100, &(200..300)), [0..100, 100..100]);
+        assert_eq!(without(50..100, &(0..60)), [50..50, 60..100]);
+        assert_eq!(without(50..100, &(0..200)), [50..50, 100..100]);
+        for parts in [without(0..100, &(20..30)), without(50..100, &(0..200))] {
+            assert!(parts.iter().all(|p| p.start <= p.end), "{parts:?}");
+        }
+    }
 }

@@ -73,6 +73,10 @@ impl Supervisor {
         if reload {
             spec.env_set.push((companion::ENV_SESSION.into(), session.path().into()));
         }
+        // Start-up is over (resident.rs): its pages go now, before the child starts, so that a
+        // signal sent as soon as the child runs finds the loop waiting, not this release under
+        // way. What the spawn and the loop run is the hot text, which stays.
+        crate::resident::release_startup_pages();
         let (machine, started) = match hooks.first() {
             None => {
                 let first = child::spawn(&spec)?;
@@ -83,10 +87,6 @@ impl Supervisor {
                 (Machine::pre_start(settings, hooks.iter().map(|h| hooks::name(h)).collect(), first), None)
             }
         };
-        // Start-up is over (resident.rs). Its pages go before the first line is logged, so that
-        // the logging code every later event uses is mapped back now, not on the way of the
-        // first stop (issue 17: about 5 % of tini's whole stop).
-        crate::resident::release_startup_pages();
         if let Some(pid) = started {
             log::info!("started {} (pid {pid})", spec.argv[0].to_string_lossy());
         }

@@ -265,3 +265,38 @@ fn with_a_terminal_the_child_gets_the_foreground() {
     assert_eq!(ids[0], ids[1], "the child's group is not the terminal's foreground group: {text}");
     assert_eq!(out.status.code(), Some(0), "{text}");
 }
+
+/// Once the child runs, PID 1 keeps only its hot text mapped (issue 17): the loop's functions,
+/// laid out together by scripts/build.sh, and nothing of start-up's code. Without the order,
+/// the log line and the loop map about 800 KiB of text back, 64 KiB a fault.
+#[test]
+fn an_idle_pid1_keeps_only_its_hot_text_mapped() {
+    if !can_be_pid1("an_idle_pid1_keeps_only_its_hot_text_mapped") {
+        return;
+    }
+    if !testing_the_shipped_binary() {
+        eprintln!("SKIP an_idle_pid1_keeps_only_its_hot_text_mapped: the hot-text order is made by scripts/build.sh (make test sets COMFY_INIT_BIN)");
+        return;
+    }
+    let mut init = Launch::init(&["sleep", "30"]).env("RUST_LOG", "info").start();
+    let pid = init.init_pid();
+    assert!(init.until(LONG, || init.stderr().contains("started sleep")), "{}", init.stderr());
+    std::thread::sleep(Duration::from_millis(200));
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let name = bin().file_name().unwrap().to_string_lossy().into_owned();
+    let (mut text_kib, mut in_text) = (0u64, false);
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let range =
+            fields.first().is_some_and(|r| r.contains('-') && r.chars().all(|c| c.is_ascii_hexdigit() || c == '-'));
+        if range {
+            in_text = fields.get(1) == Some(&"r-xp") && fields.last().is_some_and(|p| p.ends_with(&format!("/{name}")));
+        } else if let Some(rss) = line.strip_prefix("Rss:").filter(|_| in_text) {
+            text_kib += rss.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    assert!(text_kib > 0, "no text mapping of {name} in:\n{smaps}");
+    assert!(text_kib <= 384, "PID 1 keeps {text_kib} KiB of its text mapped (the hot text is about 150 KiB)");
+    init.signal(libc::SIGTERM);
+    assert!(init.wait(LONG).is_some(), "{}", init.stderr());
+}
