@@ -1,6 +1,6 @@
-//! PID 1's resident code, trimmed once the child runs (issue 17). Start-up (settings, GPU,
-//! credentials, the first spawn) touches about 1 MB of this binary's code and read-only data,
-//! which would otherwise stay mapped for the container's life.
+//! PID 1's resident code, trimmed before the child starts (issue 17). Start-up (settings, GPU,
+//! credentials) touches about 1 MB of this binary's code and read-only data, which would
+//! otherwise stay mapped for the container's life.
 //!
 //! `MADV_DONTNEED` on our own read-only segments drops those mappings; the page cache keeps the
 //! pages, and what runs later is mapped again on its first use, from the file, as after any
@@ -69,7 +69,7 @@ fn hot_text(page: usize) -> Range<usize> {
     begin / page * page..end.div_ceil(page) * page
 }
 
-/// `ranges` without `hole`: what is left on each side.
+/// `range` without `hole`: what is left on each side (either may be empty).
 fn without(range: Range<usize>, hole: &Range<usize>) -> [Range<usize>; 2] {
     [range.start..range.end.min(hole.start).max(range.start), range.start.max(hole.end).min(range.end)..range.end]
 }

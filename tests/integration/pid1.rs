@@ -275,7 +275,7 @@ fn an_idle_pid1_keeps_only_its_hot_text_mapped() {
         return;
     }
     if !testing_the_shipped_binary() {
-        eprintln!("SKIP an_idle_pid1_keeps_only_its_hot_text_mapped: the hot-text order is made by scripts/build.sh (make test sets COMFY_INIT_BIN)");
+        eprintln!("SKIPPED an_idle_pid1_keeps_only_its_hot_text_mapped: the hot-text order is made by scripts/build.sh (make test sets COMFY_INIT_BIN)");
         return;
     }
     let mut init = Launch::init(&["sleep", "30"]).env("RUST_LOG", "info").start();
