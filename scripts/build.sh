@@ -55,6 +55,7 @@ order_from_map() { # writes the order that $map calls for, named by its content;
 if printf 'fn main() {}' | rustc -C link-arg=-Wl,--symbol-ordering-file=/dev/null -o "$hot/probe" - 2>/dev/null; then
     used=$(cat "$hot/used" 2>/dev/null || true)
     [ -f "$used" ] || used=
+    [ -f "$map" ] || rm -f "$out/$host/release/comfy-init" # no map of the last link: link again
     link_static "$used" "$@"
     order=$(order_from_map)
     if [ "$order" != "$used" ]; then
