@@ -156,6 +156,10 @@ impl Supervisor {
     /// `none_left`: the reaper found no child at all, so the group is gone too (its members are
     /// our descendants, and every descendant of ours is our child or a child's descendant).
     fn on_reaped(&mut self, pid: i32, status: reaper::ExitStatus, none_left: bool) {
+        if !self.machine.awaits(pid) {
+            log::debug!("reaped orphan pid {pid}: {status}");
+            return;
+        }
         let (main, comfyui) = match self.machine.state() {
             State::Running(c) | State::Stopping { child: c, .. } | State::Reloading { child: c, .. } => {
                 (c.pid == pid, c.pid == pid)

@@ -170,6 +170,18 @@ impl Machine {
         self.state
     }
 
+    /// Whether the end of `pid` is the machine's business: the child, a pre-start hook, the reload
+    /// probe. Any other pid reaped is an orphan, of which only the log hears (10,000 of them at
+    /// once must cost no more than their `waitpid`s).
+    pub fn awaits(&self, pid: i32) -> bool {
+        match self.state {
+            State::PreStart { hook, .. } => hook.pid == pid,
+            State::Running(child) | State::Stopping { child, .. } => child.pid == pid,
+            State::Reloading { child, probe, .. } => child.pid == pid || probe == Some(pid),
+            _ => false,
+        }
+    }
+
     /// The group the loop must watch for its last member: the child has exited, its group not.
     pub fn awaited_group(&self) -> Option<i32> {
         match self.state {
@@ -267,7 +279,7 @@ impl Machine {
                     self.after_stop(child, exited, then, now, fx);
                 }
             }
-            _ => fx.push(log(log::Level::Debug, format!("reaped orphan pid {pid}: {}", exited.status))),
+            _ => {} // an orphan: the loop does not feed those (`awaits`)
         }
     }
 
@@ -885,6 +897,17 @@ mod tests {
             acts(m.step(leftovers, t0)),
             [Effect::SignalGroup { pgid: 500, signo: libc::SIGTERM }, Effect::SpawnHook { index: 1 }]
         );
+    }
+
+    #[test]
+    fn the_machine_awaits_its_child_through_a_stop_and_no_orphan() {
+        let (mut m, t0) = running(RestartMode::Never);
+        assert!(m.awaits(PID) && !m.awaits(PID + 1));
+        m.step(Event::StopRequested(libc::SIGTERM), t0);
+        assert!(m.awaits(PID) && !m.awaits(PID + 1), "stopping: {:?}", m.state());
+        m.step(reaped(0, false), t0);
+        assert_eq!(m.state(), State::Done(0));
+        assert!(!m.awaits(PID), "done: nothing is awaited");
     }
 
     #[test]
