@@ -38,12 +38,13 @@ out=${CARGO_TARGET_DIR:-target}
 hot=$out/hot-text
 map=$hot/comfy-init.map
 mkdir -p "$hot"
+# COMFY_INIT_KEEP_SYMBOLS=1 keeps the symbol table (scripts/hot-text.sh profiles that build).
 link_static() { # ORDER_FILE CARGO_ARGS...: links comfy-init in that order (none: ''), writes $map
     local order=$1
     shift
     RUSTFLAGS=$static_flags cargo rustc --release "$@" --target "$host" --bin comfy-init -- \
         ${order:+-C link-arg=-Wl,--symbol-ordering-file="$order" -C link-arg=-Wl,--no-warn-symbol-ordering} \
-        -C link-arg=-Wl,-Map="$map"
+        ${COMFY_INIT_KEEP_SYMBOLS:+-C strip=none} -C link-arg=-Wl,-Map="$map"
 }
 order_from_map() { # writes the order that $map calls for, named by its content; prints its path
     local order file

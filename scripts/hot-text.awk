@@ -4,6 +4,7 @@
 # the list's order, then the end marker. src/resident.rs keeps the pages between the markers.
 #
 #   awk -v list=scripts/hot-text.txt -f scripts/hot-text.awk MAP
+#   awk -v names=1 -f scripts/hot-text.awk MAP    every function: "MANGLED<tab>NAME" (hot-text.sh)
 #
 # A map line is "VMA LMA SIZE ALIGN NAME": NAME is an output section (".text"), an input section
 # ("file.o:(.text._ZN...E)") or a symbol defined in the input section above it (demangled).
@@ -27,17 +28,19 @@ BEGIN {
     if (section !~ /^\.text/) next
     key = name
     sub(/::h[0-9a-f]+$/, "", key)
-    if (!(key in rank)) next
     # Rust functions have a section of their own, named after the mangled symbol; a C function
     # (glibc) is named as it is printed.
     symbol = section
     sub(/^\.text\.(unlikely\.|hot\.)?/, "", symbol)
     if (symbol !~ /^_(ZN|R)/) symbol = name
+    if (names) { print symbol "\t" key; next }
+    if (!(key in rank)) next
     if (symbol in seen) next
     seen[symbol] = 1
     found[rank[key]] = found[rank[key]] symbol "\n"
 }
 END {
+    if (names) exit
     print "comfy_init_hot_text_begin"
     for (i = 1; i <= wanted; i++) printf "%s", found[i]
     print "comfy_init_hot_text_end"

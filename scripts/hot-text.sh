@@ -12,17 +12,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v valgrind >/dev/null || { echo "scripts/hot-text.sh: needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 
-bash scripts/build.sh >/dev/null
-host=$(rustc -vV | sed -n 's/^host: //p')
-out=${CARGO_TARGET_DIR:-target}
 work=$(mktemp -d /tmp/comfy-init-hot-text.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
-# The same link with symbols kept, so that callgrind can name what runs.
-RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\"" \
-    cargo rustc --release --target "$host" --bin comfy-init -- -C strip=none \
-    -C link-arg=-Wl,-Map="$work/map" 2>/dev/null
-cp "$out/$host/release/comfy-init" "$work/comfy-init"
+# The shipped link with its symbols kept, so that callgrind can name what runs.
+COMFY_INIT_KEEP_SYMBOLS=1 bash scripts/build.sh >/dev/null
+cp target/dist/comfy-init "$work/comfy-init"
+awk -v names=1 -f scripts/hot-text.awk "${CARGO_TARGET_DIR:-target}/hot-text/comfy-init.map" >"$work/names"
 
 # One life under callgrind. Everything after the first madvise (the page release that ends
 # start-up) is dumped apart from start-up, which is what the list is made of.
@@ -59,8 +55,8 @@ life auth COMFY_INIT_GPU=off COMFYUI_DIR="$work/ComfyUI" COMFY_INIT_ENV_FILE="$e
 envfile=
 
 # Self cost per function, every part but start-up's (the first), mangled names made readable
-# through the map (as hot-text.awk reads them back).
-names=$(for f in "$work"/plain.* "$work"/auth.*; do
+# as hot-text.awk reads them back.
+hot=$(for f in "$work"/plain.* "$work"/auth.*; do
     case $f in *.log | *.1) continue ;; esac
     awk '
         /^c?fn=\([0-9]+\)/ {
@@ -70,23 +66,14 @@ names=$(for f in "$work"/plain.* "$work"/auth.*; do
         }
         /^calls=/ { skip = 1; next }
         /^[+-]?[0-9]/ { if (skip) { skip = 0; next } if (fn != "" && $2 > 0) hot[fn] = 1 }
-        END { for (f in hot) print f }' "$f"
+        END { for (f in hot) { sub(/\x27[0-9]+$/, "", f); print f } } # drop callgrind recursion marks
+    ' "$f"
 done | sort -u)
 {
     echo "# What PID 1 runs after start-up: scripts/hot-text.sh wrote it (do not edit by hand)."
     echo "# scripts/build.sh lays these functions out together; names as lld's map prints them."
-    printf '%s\n' "$names" | awk -v map="$work/map" '
-        BEGIN {
-            while ((getline line < map) > 0) {
-                if (line ~ /:\(/) { s = line; sub(/^.*:\(\.text\.(unlikely\.|hot\.)?/, "", s); sub(/\)$/, "", s); continue }
-                n = line
-                if (!sub(/^ *[0-9a-f]+ +[0-9a-f]+ +[0-9a-f]+ +[0-9]+ +/, "", n)) continue
-                sub(/::h[0-9a-f]+$/, "", n)
-                if (s ~ /^_(ZN|R)/) readable[s] = n
-                else readable[n] = n
-            }
-        }
-        { sub(/\x27[0-9]+$/, "") } # callgrind marks recursion so
+    printf '%s\n' "$hot" | awk -F '\t' -v names="$work/names" '
+        BEGIN { while ((getline line < names) > 0) { split(line, f, "\t"); readable[f[1]] = f[2] } }
         $0 in readable { print readable[$0] }' | sort -u
     # What the child runs between clone(CLONE_VM | CLONE_VFORK) and exec, in our memory (so its
     # pages are ours) but out of callgrind's sight.

@@ -102,7 +102,8 @@ unsafe extern "C" fn release_readonly_segments(
         let start = info.dlpi_addr as usize + header.p_vaddr as usize;
         let end = start + header.p_memsz as usize;
         // Whole pages inside the segment only: a page shared with a writable neighbour is kept.
-        let (first, last) = (start.div_ceil(page) * page, (end / page * page).max(start.div_ceil(page) * page));
+        let first = start.div_ceil(page) * page;
+        let last = (end / page * page).max(first);
         let tail = if (start..end).contains(&kept.tail) { kept.tail / page * page..end } else { 0..0 };
         for part in without(first..last, [kept.hot.clone(), tail.clone()]) {
             if !part.is_empty() {

@@ -150,9 +150,9 @@ impl Supervisor {
         // SIGCHLD: the reaper runs after every wake-up anyway.
     }
 
-    /// What the machine needs to know of a reaped process: for the main child (ComfyUI, or the
-    /// pre-start hook that runs), whether its group lives on; for ComfyUI, whether it asked
-    /// ComfyUI-Manager's restart.
+    /// What the machine needs to know of a reaped process it awaits (an orphan is only logged):
+    /// for the main child (ComfyUI, or the pre-start hook that runs), whether its group lives on;
+    /// for ComfyUI, whether it asked ComfyUI-Manager's restart.
     /// `none_left`: the reaper found no child at all, so the group is gone too (its members are
     /// our descendants, and every descendant of ours is our child or a child's descendant).
     fn on_reaped(&mut self, pid: i32, status: reaper::ExitStatus, none_left: bool) {
