@@ -98,7 +98,7 @@ impl Settings {
             guest_mode: guest_mode(get)?,
             companion: on_off(get, "COMFY_INIT_COMPANION")?,
             on_token_change: on_token_change(get)?,
-            gpu: gpu_settings(get)?,
+            gpu: gpu_settings(get, owner)?,
             health_timeout: health_timeout(get)?,
             owner,
             pre_start: get("COMFY_INIT_PRE_START").map(PathBuf::from).unwrap_or_else(|| "/config/pre-start.d".into()),
@@ -268,8 +268,8 @@ fn credential_settings(get: Lookup, owner: Option<(u32, u32)>) -> credentials::S
 }
 
 /// COMFY_INIT_GPU, COMFY_INIT_MIN_VRAM_GB, COMFY_INIT_NVML_LIB, CUDA_VERSION. Blank values mean
-/// the default.
-fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
+/// the default. `owner` (PUID:PGID) is whom the PyTorch probe runs as.
+fn gpu_settings(get: Lookup, owner: Option<(u32, u32)>) -> Result<GpuSettings, ConfigError> {
     use crate::gpu::{ENV_CUDA_VERSION, ENV_MIN_VRAM, ENV_NVML_LIB, ENV_POLICY, ENV_TIMEOUT};
     let non_empty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
     let policy = match non_empty(ENV_POLICY) {
@@ -298,7 +298,7 @@ fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
         nvml_lib: non_empty(ENV_NVML_LIB).map(|v| PathBuf::from(v.trim())),
         image_cuda_version: non_empty(ENV_CUDA_VERSION).map(|v| v.trim().to_string()),
         visible_devices: get("NVIDIA_VISIBLE_DEVICES"),
-        torch_probe: Some((get("COMFYUI_PYTHON").unwrap_or_else(|| "python3".into()), comfyui_dir(get))),
+        torch_probe: Some(torch_probe(get, owner)),
         select: match non_empty("COMFY_INIT_GPU_SELECT") {
             None => None,
             Some(v) => Some(crate::gpu::Select::parse(&v).ok_or_else(|| {
@@ -309,6 +309,17 @@ fn gpu_settings(get: Lookup) -> Result<GpuSettings, ConfigError> {
             })?),
         },
     })
+}
+
+/// ComfyUI's interpreter, asked as ComfyUI's user with only the variables that decide what it
+/// imports (issue 22: never the credentials, never as root when PUID is set).
+fn torch_probe(get: Lookup, owner: Option<(u32, u32)>) -> crate::gpu::TorchProbe {
+    crate::gpu::TorchProbe {
+        python: get("COMFYUI_PYTHON").unwrap_or_else(|| "python3".into()),
+        dir: comfyui_dir(get),
+        user: owner,
+        env: crate::gpu::torch::PROBE_ENV.iter().filter_map(|&name| Some((name.to_string(), get(name)?))).collect(),
+    }
 }
 
 pub const ENV_HEALTH_TIMEOUT: &str = "COMFY_INIT_HEALTH_TIMEOUT";
@@ -442,6 +453,29 @@ mod tests {
     }
 
     #[test]
+    fn the_torch_probe_runs_as_puid_with_only_what_decides_the_imports() {
+        let s = Settings::from_lookup(&lookup(&[
+            ("PUID", "1000"),
+            ("PGID", "100"),
+            ("COMFYUI_PYTHON", "/venv/bin/python"),
+            ("COMFYUI_PASSWORD", "secret"),
+            ("COMFYUI_BEARER_TOKEN", "token"),
+            ("HOME", "/root"),
+            ("PYTHONPATH", "/site"),
+            ("PATH", "/venv/bin:/usr/bin"),
+        ]))
+        .unwrap();
+        let probe = s.gpu.torch_probe.unwrap();
+        assert_eq!(probe.python, "/venv/bin/python");
+        assert_eq!(probe.user, Some((1000, 100)));
+        assert_eq!(probe.dir, s.comfyui.dir);
+        let names: Vec<&str> = probe.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["PATH", "PYTHONPATH"], "{probe:?}");
+        let probe = Settings::from_lookup(&lookup(&[])).unwrap().gpu.torch_probe.unwrap();
+        assert_eq!((probe.python.as_str(), probe.user), ("python3", None));
+    }
+
+    #[test]
     fn comfyui_args_split_on_whitespace_and_cli_args_is_an_alias() {
         let s = Settings::from_lookup(&lookup(&[("CLI_ARGS", "--cpu  --preview-method auto")])).unwrap();
         assert_eq!(s.comfyui.args, ["--cpu", "--preview-method", "auto"]);
@@ -452,7 +486,7 @@ mod tests {
     fn gpu(pairs: &[(&str, &str)]) -> Result<GpuSettings, String> {
         let map: std::collections::HashMap<String, String> =
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        gpu_settings(&move |k| map.get(k).cloned()).map_err(|e| e.0)
+        gpu_settings(&move |k| map.get(k).cloned(), None).map_err(|e| e.0)
     }
 
     #[test]

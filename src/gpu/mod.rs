@@ -22,7 +22,7 @@ pub mod torch;
 pub mod wire;
 
 pub use evaluate::{evaluate, Severity, Verdict};
-pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Select, Stage};
+pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Select, Stage, TorchProbe};
 
 pub const ENV_POLICY: &str = "COMFY_INIT_GPU";
 pub const ENV_MIN_VRAM: &str = "COMFY_INIT_MIN_VRAM_GB";
@@ -49,8 +49,8 @@ pub fn check(settings: &GpuSettings) -> (GpuReport, Verdict) {
 fn check_with(settings: &GpuSettings, probe: Probe) -> (GpuReport, Verdict) {
     let mut report = probe(settings);
     if report.fatal.is_none() {
-        if let Some((python, dir)) = &settings.torch_probe {
-            report.torch = Some(torch::find(python, dir));
+        if let Some(probe) = &settings.torch_probe {
+            report.torch = Some(torch::find(probe));
         }
     }
     report.selected = evaluate::select(&report, settings).ok().flatten().map(|(indices, _)| indices);

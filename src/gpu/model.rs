@@ -41,12 +41,27 @@ pub struct GpuSettings {
     pub image_cuda_version: Option<String>,
     /// `NVIDIA_VISIBLE_DEVICES`, shown in the report (the NVIDIA runtime acts on it, not us).
     pub visible_devices: Option<String>,
-    /// ComfyUI's interpreter and folder: where to ask which PyTorch ComfyUI will import. None:
-    /// PyTorch is not looked at (the healthcheck, unit tests).
-    pub torch_probe: Option<(String, PathBuf)>,
+    /// How to ask which PyTorch ComfyUI will import. None: PyTorch is not looked at (the
+    /// healthcheck, unit tests).
+    pub torch_probe: Option<TorchProbe>,
     /// `COMFY_INIT_GPU_SELECT`: the card(s) ComfyUI gets (CUDA_VISIBLE_DEVICES) and the verdict
     /// judges.
     pub select: Option<Select>,
+}
+
+/// ComfyUI's interpreter, asked where `torch` is (`gpu::torch::find`), the way ComfyUI runs:
+/// its user, its folder, the part of its environment that decides what Python imports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TorchProbe {
+    /// `COMFYUI_PYTHON` (default `python3`, looked up in `PATH`).
+    pub python: String,
+    /// ComfyUI's folder, the probe's working directory (main.py's folder is first on its path).
+    pub dir: PathBuf,
+    /// `PUID`/`PGID`: whom the probe runs as when comfy-init is root (the interpreter's venv may
+    /// belong to that user: its `.pth` files must never run as root). None: as ourselves.
+    pub user: Option<(u32, u32)>,
+    /// The probe's whole environment, from `gpu::torch::PROBE_ENV` only: never a credential.
+    pub env: Vec<(String, String)>,
 }
 
 /// `COMFY_INIT_GPU_SELECT`.

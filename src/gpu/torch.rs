@@ -3,10 +3,14 @@
 //! (`importlib.util.find_spec`, no import) and reads `torch/version.py`; `kernels` and `covers`
 //! are pure: PyTorch's published support matrix and CUDA's compatibility rule.
 
+use std::io::{ErrorKind, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::model::TorchProbe;
 use crate::fsutil::{self, Links};
 
 /// What `torch/version.py` says.
@@ -138,50 +142,196 @@ pub fn advice_for(cc: (i32, i32)) -> String {
 /// How long ComfyUI's Python may take to say where torch is (its start-up, no import of torch).
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Asks `python` (ComfyUI's interpreter, run in ComfyUI's folder) where `torch` is, then reads
-/// its version.py. Never imports torch.
-pub fn find(python: &str, comfyui_dir: &Path) -> Found {
+/// The most the probe may print: one folder. More is not an answer (and is not read).
+const MAX_ANSWER: usize = 4096;
+
+/// The only variables the probe gets (issue 22): those that decide which Python runs and what it
+/// imports, as ComfyUI would see them. Never a credential (COMFYUI_PASSWORD, tokens) nor
+/// anything else of root's environment. Not HOME: root's HOME would point the user site
+/// (`~/.local`) at root's home; unset, Python takes the running user's home from the password
+/// database.
+pub const PROBE_ENV: &[&str] = &[
+    "PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONPLATLIBDIR",
+    "PYTHONNOUSERSITE",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+];
+
+/// PATH when the environment has none (to find a bare `python3`).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Asks ComfyUI's interpreter, run in ComfyUI's folder, where `torch` is, then reads its
+/// version.py. Never imports torch.
+///
+/// The interpreter, its venv and their `.pth` files or `sitecustomize.py` may belong to ComfyUI's
+/// user: whatever they run, runs as that user (`probe.user`, when we are root), in a process
+/// group of its own (no terminal, killed whole), with `probe.env` only and no bytecode written.
+pub fn find(probe: &TorchProbe) -> Found {
     const ASK: &str = "import importlib.util as u\n\
                        s = u.find_spec('torch')\n\
                        print(list(s.submodule_search_locations)[0] if s and s.submodule_search_locations else '')";
+    let python = probe.python.as_str();
     // ComfyUI's environment (PYTHONPATH, a venv) decides what it imports: not isolated (-I).
     let mut cmd = Command::new(python);
     cmd.args(["-c", ASK]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-    if comfyui_dir.is_dir() {
-        cmd.current_dir(comfyui_dir); // main.py's folder is first on ComfyUI's sys.path
+    cmd.env_clear();
+    // The allowlist is applied here too: whatever filled `env`, nothing else gets through.
+    cmd.envs(probe.env.iter().filter(|(name, _)| PROBE_ENV.contains(&name.as_str())).map(|(n, v)| (n, v)));
+    if !probe.env.iter().any(|(name, _)| name == "PATH") {
+        cmd.env("PATH", DEFAULT_PATH); // the program is looked up in the child's PATH
     }
-    let child = cmd.spawn();
-    let mut child = match child {
+    cmd.env("PYTHONDONTWRITEBYTECODE", "1"); // no __pycache__ of ours left in ComfyUI's tree
+    cmd.process_group(0);
+    // SAFETY: geteuid cannot fail.
+    let as_user = probe.user.filter(|_| unsafe { libc::geteuid() } == 0);
+    if let Some((uid, gid)) = as_user {
+        // std sets the group, then drops every supplementary group (setgroups(0), as we name
+        // none), then the user, before exec; the integration tests check all three.
+        cmd.uid(uid).gid(gid);
+    }
+    if probe.dir.is_dir() {
+        cmd.current_dir(&probe.dir); // main.py's folder is first on ComfyUI's sys.path
+    }
+    let who = as_user.map(|(uid, gid)| format!(" as {uid}:{gid}")).unwrap_or_default();
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Found::Unknown(format!("cannot run {python} to find torch: {e}")),
+        Err(e) => return Found::Unknown(format!("cannot run {python}{who} to find torch: {e}")),
     };
+    let answer = ask(&mut child);
+    // Its group (the leader not reaped yet, so the id is still its own): nothing it started
+    // outlives the question.
+    // SAFETY: a signal to the process group the child leads.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    let status = child.wait();
+    let out = match answer {
+        Ok(out) => out,
+        Err(Asked::Timeout) => {
+            return Found::Unknown(format!("{python} did not say where torch is within {ASK_TIMEOUT:?}"))
+        }
+        Err(Asked::TooLong) => {
+            return Found::Unknown(format!("{python} printed more than {MAX_ANSWER} bytes, not where torch is"))
+        }
+    };
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            let how = match std::os::unix::process::ExitStatusExt::signal(&s) {
+                Some(sig) => format!("was killed by signal {sig}"),
+                None => format!("exited with status {}", s.code().unwrap_or(-1)),
+            };
+            return Found::Unknown(format!("{python}{who} {how} before saying where torch is"));
+        }
+        Err(e) => return Found::Unknown(format!("{python}{who} could not be waited for: {e}")),
+    }
+    match String::from_utf8_lossy(&out).trim() {
+        "" => Found::Missing { python: python.to_string() },
+        dir => read_version(&probe.dir.join(dir)), // an absolute folder stays as it is
+    }
+}
+
+enum Asked {
+    Timeout,
+    TooLong,
+}
+
+/// What the child printed before it exited (not reaped: `waitid` with WNOWAIT), read as it comes
+/// so that it never blocks on a full pipe, and bounded: more than MAX_ANSWER bytes is not an
+/// answer. A descendant that keeps the pipe open after the child exited is not waited for.
+fn ask(child: &mut Child) -> Result<Vec<u8>, Asked> {
     let deadline = Instant::now() + ASK_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Found::Unknown(format!("{python} did not say where torch is within {ASK_TIMEOUT:?}"));
-            }
+    let mut out = Vec::new();
+    let mut pipe = child.stdout.take();
+    if let Some(p) = &pipe {
+        // SAFETY: fcntl on a descriptor we own.
+        let nonblocking = unsafe {
+            let flags = libc::fcntl(p.as_raw_fd(), libc::F_GETFL);
+            flags >= 0 && libc::fcntl(p.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+        };
+        if !nonblocking {
+            pipe = None; // cannot happen on a fresh pipe; unread, it cannot block us either
         }
     }
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        use std::io::Read;
-        let _ = stdout.by_ref().take(4096).read_to_string(&mut out);
+    loop {
+        if let Some(p) = pipe.as_mut() {
+            if !drain(p, &mut out) {
+                pipe = None; // EOF
+            }
+        }
+        if out.len() > MAX_ANSWER {
+            return Err(Asked::TooLong);
+        }
+        if exited(child.id()) {
+            // Whatever it wrote before exiting is in the pipe now.
+            if let Some(p) = pipe.as_mut() {
+                drain(p, &mut out);
+            }
+            return if out.len() > MAX_ANSWER { Err(Asked::TooLong) } else { Ok(out) };
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Asked::Timeout);
+        }
+        let wait = left.min(Duration::from_millis(5));
+        match &pipe {
+            Some(p) => {
+                let mut pfd = libc::pollfd { fd: p.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd for a descriptor we own.
+                unsafe { libc::poll(&mut pfd, 1, wait.as_millis().max(1) as libc::c_int) };
+            }
+            None => std::thread::sleep(wait),
+        }
     }
-    match out.trim() {
-        "" => Found::Missing { python: python.to_string() },
-        dir => read_version(Path::new(dir)),
+}
+
+/// Reads what the non-blocking pipe holds into `out`, stopping past MAX_ANSWER. False at EOF (or
+/// an error: nothing more will be read).
+fn drain(pipe: &mut ChildStdout, out: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 4096];
+    while out.len() <= MAX_ANSWER {
+        match pipe.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Whether the child has exited, leaving it a zombie (its pid, and so its process group id, is
+/// not reused until `wait`). An error (nothing to wait for) counts as exited: `wait` says more.
+fn exited(pid: u32) -> bool {
+    // SAFETY: siginfo_t is plain data; waitid writes it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: waitid on our own child, into a valid siginfo_t.
+    match unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) } {
+        // SAFETY: si_pid is valid after waitid filled it (0 while the child runs).
+        0 => (unsafe { info.si_pid() }) != 0,
+        _ => std::io::Error::last_os_error().kind() != ErrorKind::Interrupted,
     }
 }
 
 /// `torch/version.py`, read (bounded) and parsed, not run.
+///
+/// `dir` is what the probe printed: ComfyUI's user may choose it, and we may be root. Reading it
+/// is still safe: the file is opened with O_NONBLOCK and O_NOFOLLOW (Links::Refuse: a symlink to
+/// a root-only file is refused, not followed), checked with fstat on the open file (a FIFO, a
+/// device or a folder is refused, and never read, so nothing can block us), and read up to 64 KiB
+/// (a bigger file is refused). Its content is only parsed for three quoted values, never run.
+/// The folders above it are resolved as usual: at most those three values of a file named
+/// `version.py` that the user cannot read could be shown in the report.
 pub fn read_version(dir: &Path) -> Found {
     let path = dir.join("version.py");
-    let text = match fsutil::read_bounded(&path, 64 * 1024, Links::Follow) {
+    let text = match fsutil::read_bounded(&path, 64 * 1024, Links::Refuse) {
         Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
         Ok(None) => return Found::Unknown(format!("{} is missing", path.display())),
         Err(e) => return Found::Unknown(e),
@@ -242,6 +392,97 @@ mod tests {
         assert!(covers(cu128, (12, 1)), "a cubin for 12.0 runs on a 12.1 card");
         assert_eq!(kernels((2, 12), "14.0"), None, "an unknown build is not guessed");
         assert_eq!(kernels((2, 9), "12.8"), None);
+    }
+
+    /// A fake interpreter: a shell script in a folder of its own (removed by the caller).
+    fn fake_python(tag: &str, script: &str) -> (PathBuf, TorchProbe) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("comfy-init-torch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let python = dir.join("python");
+        std::fs::write(&python, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let env = vec![
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("COMFYUI_PASSWORD".to_string(), "leaked".to_string()), // never in `env`, refused anyway
+        ];
+        let probe = TorchProbe { python: python.to_str().unwrap().into(), dir: dir.clone(), user: None, env };
+        (dir, probe)
+    }
+
+    #[test]
+    fn the_probe_gets_only_the_allowed_environment_and_its_own_process_group() {
+        let script = "d=$(dirname \"$0\"); env > \"$d/env\"; cut -d' ' -f5 /proc/$$/stat > \"$d/pgid\"";
+        let (dir, probe) = fake_python("env", script);
+        let found = find(&probe);
+        let env = std::fs::read_to_string(dir.join("env")).unwrap();
+        let pgid = std::fs::read_to_string(dir.join("pgid")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(found, Found::Missing { .. }), "{found:?}");
+        assert!(!env.contains("leaked"), "{env}");
+        for line in env.lines() {
+            let name = line.split('=').next().unwrap();
+            // sh itself sets PWD (and some shells SHLVL, _).
+            let expected =
+                PROBE_ENV.contains(&name) || ["PYTHONDONTWRITEBYTECODE", "PWD", "SHLVL", "_"].contains(&name);
+            assert!(expected, "{name} in the probe's environment:\n{env}");
+        }
+        assert!(env.contains("PYTHONDONTWRITEBYTECODE=1\n"), "{env}");
+        // SAFETY: getpgrp cannot fail.
+        let ours = unsafe { libc::getpgrp() };
+        assert_ne!(pgid.trim().parse::<i32>().unwrap(), ours, "the probe is in a process group of its own");
+    }
+
+    #[test]
+    fn a_probe_that_prints_too_much_or_lingers_never_holds_us() {
+        let started = Instant::now();
+        let (dir, probe) = fake_python("flood", "head -c 1000000 /dev/zero | tr '\\0' a; sleep 30");
+        let found = find(&probe);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(&found, Found::Unknown(why) if why.contains("more than 4096 bytes")), "{found:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+        // It exits, but something it started keeps the pipe open: not waited for, and killed.
+        let started = Instant::now();
+        let (dir, probe) = fake_python("linger", "sleep 30 & echo $! > \"$(dirname \"$0\")/bg\"; echo");
+        let found = find(&probe);
+        let bg: i32 = std::fs::read_to_string(dir.join("bg")).unwrap().trim().parse().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(found, Found::Missing { .. }), "{found:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        // Killed: gone, or a zombie until whoever it was reparented to reaps it.
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{bg}/stat"))
+                .map_or(true, |s| s.contains(") Z ") || s.contains(") X "))
+        };
+        let until = Instant::now() + Duration::from_secs(2);
+        while !dead() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(dead(), "what the probe started outlived it");
+    }
+
+    #[test]
+    fn a_probe_that_fails_is_unknown_not_a_missing_torch() {
+        let (dir, probe) = fake_python("fails", "exit 3");
+        let found = find(&probe);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(&found, Found::Unknown(why) if why.contains("exited with status 3")), "{found:?}");
+        let missing = TorchProbe { python: "/nonexistent/python".into(), dir: "/".into(), user: None, env: vec![] };
+        assert!(matches!(find(&missing), Found::Unknown(why) if why.contains("cannot run")));
+    }
+
+    #[test]
+    fn version_py_is_never_read_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("comfy-init-torch-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("real.py"), "__version__ = '2.8.0+cu128'\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("real.py"), dir.join("version.py")).unwrap();
+        let found = read_version(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(&found, Found::Unknown(why) if why.contains("symlink")), "{found:?}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{comfy_init, fake_torch, nvml_fixtures, Launch, Output as Out, TempDir};
+use crate::util::{can_be_pid1, comfy_init, fake_torch, nvml_fixtures, Launch, Output as Out, TempDir};
 
 /// A PyTorch 2.8 built for CUDA 12.8 (kernels for compute capability 7.0 to 12.0), the default
 /// under every test here: each fake card is covered unless a test says otherwise.
@@ -597,6 +597,176 @@ fn a_selected_card_is_the_one_the_child_sees_and_the_only_one_judged() {
     assert_eq!(out.code, Some(69), "{}", out.all());
     assert!(saw.is_none());
     assert!(out.stderr.contains("names no usable GPU here: 0 (NVIDIA GeForce GTX 1080"), "{}", out.stderr);
+}
+
+// ---- The PyTorch probe runs ComfyUI's Python as ComfyUI's user (issue 22) ---------------------
+
+/// What the probe may see of comfy-init's environment (src/gpu/torch.rs PROBE_ENV), plus the
+/// PYTHONDONTWRITEBYTECODE it sets.
+const PROBE_ENV: &[&str] = &[
+    "PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONPLATLIBDIR",
+    "PYTHONNOUSERSITE",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "PYTHONDONTWRITEBYTECODE",
+];
+
+/// A Python 3 that `uid` may run (a pyenv under /root is root's only), or None, said why.
+fn python_runnable_by(uid: u32, test: &str) -> Option<&'static str> {
+    use std::os::unix::process::CommandExt;
+    let found = ["/usr/bin/python3", "/usr/local/bin/python3", "python3"].into_iter().find(|python| {
+        let mut cmd = std::process::Command::new(python);
+        cmd.args(["-c", "pass"]).uid(uid).gid(uid).current_dir("/");
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.status().is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        assert!(!crate::util::mandatory(), "{test}: no python3 that uid {uid} can run");
+        eprintln!("SKIPPED {test}: no python3 that uid {uid} can run");
+    }
+    found
+}
+
+/// A venv (no pip) made by `python`, whose site-packages holds a `.pth` file that, at each start
+/// of its Python, writes into `marks` (world-writable) `marker-UID`: the groups, the environment
+/// and the process group it ran with. It also holds a sitecustomize.py, which Python imports at
+/// each start (and would cache as bytecode beside it). Returns the interpreter and site-packages.
+fn venv_that_reports(python: &str, tmp: &TempDir, marks: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let venv = tmp.join("venv");
+    let made = std::process::Command::new(python).args(["-m", "venv", "--without-pip"]).arg(&venv).status();
+    assert!(made.is_ok_and(|s| s.success()), "{python} -m venv --without-pip failed");
+    let lib = std::fs::read_dir(venv.join("lib")).unwrap().next().unwrap().unwrap().path();
+    let site = lib.join("site-packages");
+    let pth = format!(
+        "import os, json; open('{}/marker-%d' % os.getuid(), 'w').write(json.dumps({{'gid': os.getgid(), \
+         'groups': os.getgroups(), 'password': os.environ.get('COMFYUI_PASSWORD'), 'env': sorted(os.environ), \
+         'own_group': os.getpgrp() == os.getpid()}}))\n",
+        marks.display()
+    );
+    std::fs::write(site.join("comfy-init-test.pth"), pth).unwrap();
+    std::fs::write(site.join("sitecustomize.py"), "customized = True\n").unwrap();
+    std::fs::create_dir_all(marks).unwrap();
+    std::fs::set_permissions(marks, std::fs::Permissions::from_mode(0o777)).unwrap();
+    (venv.join("bin/python"), site)
+}
+
+/// `comfy-init gpu --json` (the default fake card and torch) with `env`, started with the
+/// supplementary groups `groups` (root's own, which the probe must not keep).
+fn gpu_json_in_groups(env: &[(&str, &str)], groups: &[libc::gid_t]) -> Value {
+    use std::os::unix::process::CommandExt;
+    let f = nvml_fixtures();
+    let mut cmd = std::process::Command::new(crate::util::bin());
+    crate::util::scrub_env(&mut cmd);
+    cmd.args(["gpu", "--json"]).env("COMFY_INIT_NVML_LIB", &f.full).env("PYTHONPATH", default_torch());
+    cmd.envs(env.iter().copied()).stdin(std::process::Stdio::null());
+    let groups = groups.to_vec();
+    // SAFETY: setgroups is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || match libc::setgroups(groups.len(), groups.as_ptr()) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        });
+    }
+    let out = cmd.output().expect("run comfy-init gpu --json");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && out.status.code().is_some(), "{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"))
+}
+
+fn marker(marks: &Path, uid: u32) -> Option<Value> {
+    let text = std::fs::read_to_string(marks.join(format!("marker-{uid}"))).ok()?;
+    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("marker-{uid} ({e}): {text}")))
+}
+
+fn assert_clean(seen: &Value, who: &str) {
+    assert_eq!(seen["password"], Value::Null, "{who}: the probe saw COMFYUI_PASSWORD: {seen}");
+    for name in seen["env"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        assert!(PROBE_ENV.contains(&name), "{who}: {name} reached the probe: {seen}");
+    }
+    assert!(seen["env"].as_array().unwrap().contains(&"PYTHONDONTWRITEBYTECODE".into()), "{who}: {seen}");
+    assert_eq!(seen["own_group"], true, "{who}: the probe has a process group of its own: {seen}");
+}
+
+/// PUID set: the interpreter's `.pth` files (the venv may be the user's) run as PUID:PGID, with
+/// none of root's groups and none of root's environment; torch is still found.
+#[test]
+fn the_torch_probe_runs_as_puid_without_roots_groups_or_secrets() {
+    root_only!("the_torch_probe_runs_as_puid_without_roots_groups_or_secrets");
+    let Some(base) = python_runnable_by(65534, "the_torch_probe_runs_as_puid_without_roots_groups_or_secrets") else {
+        return;
+    };
+    let tmp = TempDir::new("probe-as-puid");
+    let marks = tmp.join("marks");
+    let (python, site) = venv_that_reports(base, &tmp, &marks);
+    let env = [
+        ("COMFYUI_PYTHON", python.to_str().unwrap()),
+        ("PUID", "65534"),
+        ("PGID", "65534"),
+        ("COMFYUI_PASSWORD", "secret-in-env"),
+        ("COMFY_INIT_AUTH", "off"),
+        ("HOME", "/root"),
+    ];
+    let j = gpu_json_in_groups(&env, &[0, 4242]);
+    assert_eq!(j["torch"]["found"], true, "torch found as PUID: {j}");
+    assert!(marker(&marks, 0).is_none(), "the venv's .pth ran as root");
+    let seen = marker(&marks, 65534).unwrap_or_else(|| panic!("the probe did not run as 65534: {j}"));
+    assert_eq!(seen["gid"], 65534, "{seen}");
+    assert_eq!(seen["groups"], serde_json::json!([]), "root's supplementary groups were kept: {seen}");
+    assert_clean(&seen, "as PUID");
+    assert!(!site.join("__pycache__").exists(), "bytecode written");
+}
+
+/// Without PUID the probe runs as comfy-init (root), as ComfyUI will, but still with a clean
+/// environment, and leaves no bytecode behind in the interpreter's tree.
+#[test]
+fn without_puid_the_torch_probe_runs_as_root_with_a_clean_environment() {
+    root_only!("without_puid_the_torch_probe_runs_as_root_with_a_clean_environment");
+    let tmp = TempDir::new("probe-as-root");
+    let marks = tmp.join("marks");
+    let (python, site) = venv_that_reports("python3", &tmp, &marks);
+    let env = [("COMFYUI_PYTHON", python.to_str().unwrap()), ("COMFYUI_PASSWORD", "secret-in-env")];
+    let j = gpu_json_in_groups(&env, &[0, 4242]);
+    assert_eq!(j["torch"]["found"], true, "{j}");
+    assert_eq!(j["torch"]["version"], "2.8.0+cu128", "{j}");
+    let seen = marker(&marks, 0).unwrap_or_else(|| panic!("the probe did not run: {j}"));
+    assert_eq!(seen["groups"], serde_json::json!([0, 4242]), "as comfy-init itself: {seen}");
+    assert_clean(&seen, "as root");
+    assert!(!site.join("__pycache__").exists(), "the probe left root-owned bytecode in site-packages");
+}
+
+/// A probe that floods its stdout (1 MB) is cut off at once, as root and as PUID: the answer is
+/// "unknown", well before the 10 s timeout, and never a hang on a full pipe.
+#[test]
+fn a_torch_probe_that_floods_its_stdout_is_unknown_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("probe-flood");
+    let python = tmp.join("python");
+    std::fs::write(&python, "#!/bin/sh\nhead -c 1000000 /dev/zero | tr '\\0' a\n").unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let f = nvml_fixtures();
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let as_puid: &[(&str, &str)] = if root { &[("PUID", "65534"), ("PGID", "65534")] } else { &[] };
+    for extra in [&[][..], as_puid] {
+        let mut env = vec![("COMFYUI_PYTHON", python.to_str().unwrap())];
+        env.extend_from_slice(extra);
+        let out = comfy(&["gpu", "--json"], Some(&f.full), &env);
+        out.assert_no_panic();
+        assert!(out.took < Duration::from_secs(5), "{extra:?}: took {:?}", out.took);
+        let j = out.json();
+        assert_eq!(j["torch"]["found"], Value::Null, "{extra:?}: {j}");
+        assert!(j["torch"]["why"].as_str().unwrap_or_default().contains("more than 4096 bytes"), "{j}");
+        assert!(codes(&j).contains(&"torch_unknown".to_string()), "{extra:?}: {j}");
+    }
 }
 
 // ---- NVML in a process of its own, comfy-init-nvml (issue 17) --------------------------------
