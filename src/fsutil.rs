@@ -3,8 +3,10 @@
 //! Files we read may be anything someone else put there: they are read without blocking and
 //! without limit only when they are regular files of a sane size.
 
+use std::ffi::CStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -188,6 +190,143 @@ pub fn dir_writable(dir: &Path) -> bool {
             .unwrap_or(false)
 }
 
+/// Opens the folder `name` inside the folder `dir` (shown as `path`), made first (mode `create`)
+/// when missing, and never through a symlink: root writing into a folder someone else owns must
+/// not be sent elsewhere by a link planted there (`O_NOFOLLOW`; with `O_DIRECTORY` a symlink
+/// fails with ENOTDIR). Err: one line naming the path; a symlink is said as such.
+pub fn open_dir_at(dir: &File, name: &str, path: &Path, create: Option<u32>) -> Result<File, String> {
+    use nix::sys::stat::{mkdirat, Mode};
+    if let Some(mode) = create {
+        match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(explain_write_error(path, &io::Error::from(e))),
+        }
+    }
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    open_at(dir, name, flags, 0).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOTDIR | libc::ELOOP) if is_symlink_at(dir, name) => {
+            format!("{} is a symlink, which comfy-init (root) does not follow", path.display())
+        }
+        _ => explain_write_error(path, &e),
+    })
+}
+
+/// Whether `name` inside `dir` is a symlink (looked at, not followed).
+pub fn is_symlink_at(dir: &File, name: &str) -> bool {
+    let flags = nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW;
+    nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, flags)
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK)
+}
+
+/// `name` inside `dir` when it is a regular file (not a symlink: `O_NOFOLLOW`; checked with
+/// `fstat` on the open file) of at most `cap` bytes; None for anything else.
+pub fn read_at(dir: &File, name: &str, cap: u64) -> Option<Vec<u8>> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = open_at(dir, name, flags, 0).ok()?;
+    let meta = file.metadata().ok().filter(|m| m.is_file() && m.len() <= cap)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(cap + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() as u64 <= cap).then_some(bytes)
+}
+
+/// [`write_atomic`] by folder descriptor, for root writing into a folder someone else owns:
+/// the temp file is created in `dir` with `O_CREAT|O_EXCL|O_NOFOLLOW` (nothing planted under its
+/// name is opened, let alone followed), renamed over `name` with `renameat` (which replaces a
+/// symlink there, never writes through it), then `dir` is synced. The file gets `mode` and our
+/// owner. `dir_path` is for messages only.
+pub fn write_atomic_at(dir: &File, dir_path: &Path, name: &str, content: &[u8], mode: u32) -> Result<(), String> {
+    let path = dir_path.join(name);
+    let tmp = format!(".{name}.comfy-init-{}.tmp", std::process::id());
+    remove_stale_temp_files_at(dir, name);
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+    let written = open_at(dir, &tmp, flags, 0o600).and_then(|mut file| {
+        file.write_all(content)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.sync_all()
+    });
+    let fd = Some(dir.as_raw_fd());
+    let renamed = written.and_then(|()| nix::fcntl::renameat(fd, tmp.as_str(), fd, name).map_err(io::Error::from));
+    if let Err(e) = renamed.and_then(|()| dir.sync_all()) {
+        let _ = nix::unistd::unlinkat(fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        return Err(explain_write_error(&path, &e));
+    }
+    Ok(())
+}
+
+/// [`remove_stale_temp_files`] by folder descriptor (`unlinkat` removes a link, never its target).
+fn remove_stale_temp_files_at(dir: &File, name: &str) {
+    let prefix = format!(".{name}.comfy-init-");
+    let Ok(fresh) = open_at(dir, ".", libc::O_RDONLY | libc::O_DIRECTORY, 0) else { return };
+    let Ok(mut entries) = Entries::new(fresh.into()) else { return };
+    let mut stale = Vec::new();
+    while let Some(Ok(file)) = entries.next_name() {
+        let file = file.to_bytes();
+        if file.starts_with(prefix.as_bytes()) && file.ends_with(b".tmp") {
+            stale.push(file.to_vec());
+        }
+    }
+    for file in stale {
+        let _ = nix::unistd::unlinkat(Some(dir.as_raw_fd()), file.as_slice(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+}
+
+/// `openat(dir, name, flags | O_CLOEXEC, mode)`, as a File.
+fn open_at(dir: &File, name: &str, flags: i32, mode: u32) -> io::Result<File> {
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags | libc::O_CLOEXEC);
+    let mode = nix::sys::stat::Mode::from_bits_truncate(mode);
+    let fd = nix::fcntl::openat(Some(dir.as_raw_fd()), name, flags, mode)?;
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// A folder's entries, read through its descriptor (`fdopendir`, `readdir`), never by path.
+/// (nix's `Dir` needs a nix feature this crate does not enable.)
+pub struct Entries(std::ptr::NonNull<libc::DIR>);
+
+impl Entries {
+    /// Takes `dir`, an open folder, and reads it from where its offset is.
+    pub fn new(dir: OwnedFd) -> io::Result<Entries> {
+        let raw = dir.into_raw_fd();
+        // SAFETY: `raw` is an open folder descriptor we own; on success the stream owns it.
+        match std::ptr::NonNull::new(unsafe { libc::fdopendir(raw) }) {
+            Some(stream) => Ok(Entries(stream)),
+            None => {
+                let e = io::Error::last_os_error();
+                // SAFETY: fdopendir failed, so `raw` is still ours to close.
+                unsafe { libc::close(raw) };
+                Err(e)
+            }
+        }
+    }
+
+    /// The folder's descriptor, for `openat` and `fstatat` relative to it.
+    pub fn fd(&self) -> RawFd {
+        // SAFETY: the stream is open until drop.
+        unsafe { libc::dirfd(self.0.as_ptr()) }
+    }
+
+    /// The next name (`.` and `..` included); None at the end. Valid until the next call.
+    pub fn next_name(&mut self) -> Option<io::Result<&CStr>> {
+        // readdir says an error only through errno.
+        nix::errno::Errno::clear();
+        // SAFETY: the stream is open until drop; one thread reads it (`&mut self`).
+        let entry = unsafe { libc::readdir(self.0.as_ptr()) };
+        if entry.is_null() {
+            return (nix::errno::Errno::last_raw() != 0).then(io::Error::last_os_error).map(Err);
+        }
+        // SAFETY: readdir returned an entry whose d_name is NUL-terminated; it stays valid until
+        // the next readdir or closedir, which the borrow of `self` rules out meanwhile.
+        Some(Ok(unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) }))
+    }
+}
+
+impl Drop for Entries {
+    fn drop(&mut self) {
+        // SAFETY: the stream is open, and closed once, here (closing its descriptor too).
+        unsafe { libc::closedir(self.0.as_ptr()) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +344,25 @@ mod tests {
         assert_eq!(fs::read(&file).unwrap(), b"two");
         assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "temp file left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writes_by_folder_descriptor_never_through_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("fsutil-at-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("victim")).unwrap();
+        std::os::unix::fs::symlink(dir.join("victim"), dir.join("planted")).unwrap();
+        let top = open_dir(&dir).unwrap();
+        let err = open_dir_at(&top, "planted", &dir.join("planted"), Some(0o755)).unwrap_err();
+        assert!(err.contains("is a symlink"), "{err}");
+        let ours = open_dir_at(&top, "ours", &dir.join("ours"), Some(0o755)).unwrap();
+        std::os::unix::fs::symlink(dir.join("victim/file"), dir.join("ours/node.py")).unwrap();
+        write_atomic_at(&ours, &dir.join("ours"), "node.py", b"print()", 0o644).unwrap();
+        assert!(!dir.join("victim/file").exists(), "written through the symlink");
+        assert_eq!(read_at(&ours, "node.py", 100).as_deref(), Some(&b"print()"[..]));
+        assert_eq!(fs::metadata(dir.join("ours/node.py")).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(fs::read_dir(dir.join("ours")).unwrap().count(), 1, "temp file left behind");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

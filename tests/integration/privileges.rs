@@ -1,0 +1,178 @@
+//! The root/PUID boundary (security issue 22): comfy-init runs as root and gives ComfyUI's folders
+//! to PUID, who owns them and may plant anything there between two starts or during one. Root
+//! must never change or write anything outside ComfyUI's folders through what PUID planted: a
+//! symlink in place of a folder, a folder swapped for a symlink while it is walked, a hard link
+//! to a root file, a symlink in place of the companion's folder.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::util::*;
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// ComfyUI's user in these tests.
+const PUID: &str = "65534";
+
+/// A workspace whose ComfyUI runs as PUID, with a password (so the stand-in answers 401 once it
+/// serves) and a root-owned folder outside ComfyUI holding a root-owned file: the victim.
+fn with_victim(tag: &str, chown: Option<&str>) -> (Workspace, PathBuf) {
+    let ws = Workspace::new(tag).set("PUID", PUID).set("PGID", PUID);
+    let ws = ws.set("FAKE_COMFYUI_EVENTS", ""); // the workspace is root's: no event log
+    let ws = match chown {
+        Some(mode) => ws.set("COMFY_INIT_CHOWN", mode),
+        None => ws,
+    };
+    write(&ws.env_file(), "COMFYUI_PASSWORD=boundary-pass\n");
+    // ComfyUI-Login's folder, root's: comfy-init gives it to PUID, and the node writes its key.
+    fs::create_dir_all(ws.comfyui().join("custom_nodes/ComfyUI-Login")).unwrap();
+    let victim = ws.dir.join("victim");
+    fs::create_dir_all(&victim).unwrap();
+    write(&victim.join("file"), "root's");
+    (ws, victim)
+}
+
+fn owner(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).uid()
+}
+
+/// Starts comfy-init and waits until the stand-in serves (401: with auth), so that every root
+/// step before ComfyUI (folders, companion) is done.
+fn serving(ws: &Workspace) -> Running {
+    let init = ws.launch().start();
+    assert!(init.until(LONG, || ws.status(None) == 401), "ComfyUI did not serve: {}", init.stderr());
+    init
+}
+
+#[test]
+fn a_folder_replaced_by_a_symlink_gives_nothing_outside_comfyui() {
+    root_only!("a_folder_replaced_by_a_symlink_gives_nothing_outside_comfyui");
+    for chown in [None, Some("recursive")] {
+        let (ws, victim) = with_victim("link-temp", chown);
+        // PUID owned ComfyUI's temp/ at the last start and left this in its place.
+        std::os::unix::fs::symlink(&victim, ws.comfyui().join("temp")).unwrap();
+        let init = serving(&ws);
+        let err = init.stderr();
+        assert_eq!(owner(&victim), 0, "{chown:?}: the symlink's target was given to PUID:\n{err}");
+        assert_eq!(owner(&victim.join("file")), 0, "{chown:?}: a file behind the symlink was given:\n{err}");
+        let said = format!("{} is a symlink; not followed, not changed", ws.comfyui().join("temp").display());
+        assert!(err.contains(&said), "{chown:?}: the log does not name the symlink:\n{err}");
+    }
+}
+
+/// `output/d00`..`output/d63`, each with 40 files and a folder holding 5 more: about 3000 entries.
+fn tree(output: &Path) -> Vec<PathBuf> {
+    let dirs: Vec<PathBuf> = (0..64).map(|i| output.join(format!("d{i:02}"))).collect();
+    for dir in &dirs {
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        for f in 0..40 {
+            write(&dir.join(format!("f{f}")), "x");
+        }
+        for f in 0..5 {
+            write(&dir.join(format!("sub/g{f}")), "x");
+        }
+    }
+    dirs
+}
+
+/// Until `stop`: each of `dirs` exchanged with a symlink to `victim` (`renameat2` with
+/// `RENAME_EXCHANGE`: one atomic step, so the name flips between folder and symlink as fast as
+/// the kernel allows), over and over: what PUID can do to its own folders while root walks them.
+fn swap_until(stop: &AtomicBool, dirs: &[PathBuf], victim: &Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+    let pairs: Vec<(CString, CString)> = dirs
+        .iter()
+        .map(|dir| {
+            let link = dir.with_extension("link");
+            std::os::unix::fs::symlink(victim, &link).unwrap();
+            (c(dir), c(&link))
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        for (dir, link) in &pairs {
+            // SAFETY: plain syscall on NUL-terminated paths.
+            let rc = unsafe {
+                libc::renameat2(libc::AT_FDCWD, dir.as_ptr(), libc::AT_FDCWD, link.as_ptr(), libc::RENAME_EXCHANGE)
+            };
+            if rc != 0 {
+                eprintln!("renameat2 {dir:?}: {}", std::io::Error::last_os_error());
+                return;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_folder_swapped_for_a_symlink_during_the_recursive_walk_gives_nothing_outside_comfyui() {
+    root_only!("a_folder_swapped_for_a_symlink_during_the_recursive_walk_gives_nothing_outside_comfyui");
+    // The old walk (a check by path, then every step inside by path) gave a victim's file away
+    // at the first start in each of 4 runs against it; five starts give the race its chances.
+    for start in 0..5 {
+        let (ws, victim) = with_victim("swap", Some("recursive"));
+        let dirs = tree(&ws.comfyui().join("output"));
+        // The victim holds the names the walk meets in each of those folders: a walk that goes by
+        // path and meets the symlink midway changes the victim's files of those names.
+        for f in 0..40 {
+            write(&victim.join(format!("f{f}")), "root's");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let racers: Vec<_> = (0..8)
+            .map(|t| {
+                let (stop, victim) = (stop.clone(), victim.clone());
+                let mine: Vec<PathBuf> = dirs.iter().skip(t).step_by(8).cloned().collect();
+                thread::spawn(move || swap_until(&stop, &mine, &victim))
+            })
+            .collect();
+        // Served, or stopped: the old walk could also fail on a vanished name and stop the start.
+        let mut init = ws.launch().start();
+        let served = wait_until(LONG, &mut || ws.status(None) == 401 || init.wait(Duration::ZERO).is_some());
+        stop.store(true, Ordering::Relaxed);
+        racers.into_iter().for_each(|r| r.join().unwrap());
+        let err = init.stderr();
+        assert_eq!(owner(&victim), 0, "start {start}: the victim folder was given to PUID:\n{err}");
+        for entry in fs::read_dir(&victim).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(owner(&path), 0, "start {start}: {} was given to PUID:\n{err}", path.display());
+        }
+        assert!(served && ws.status(None) == 401, "start {start}: ComfyUI did not serve:\n{err}");
+        assert!(err.contains("entries inside now owned by 65534:65534"), "start {start}: no walk:\n{err}");
+    }
+}
+
+#[test]
+fn a_hard_link_to_a_root_file_is_not_given_to_puid() {
+    root_only!("a_hard_link_to_a_root_file_is_not_given_to_puid");
+    let (ws, victim) = with_victim("hardlink", Some("recursive"));
+    let output = ws.comfyui().join("output");
+    fs::create_dir_all(output.join("old")).unwrap();
+    write(&output.join("old/image.png"), "png");
+    let link = output.join("old/shadow");
+    fs::hard_link(victim.join("file"), &link).unwrap();
+    let init = serving(&ws);
+    let err = init.stderr();
+    assert_eq!(owner(&victim.join("file")), 0, "a hard link to a root file was given to PUID:\n{err}");
+    assert_eq!(owner(&output.join("old/image.png")), 65534, "the rest of the tree is PUID's:\n{err}");
+    assert!(err.contains(&format!("{} has other hard links", link.display())), "not said:\n{err}");
+}
+
+#[test]
+fn a_companion_folder_replaced_by_a_symlink_is_not_written_through() {
+    root_only!("a_companion_folder_replaced_by_a_symlink_is_not_written_through");
+    let (ws, victim) = with_victim("companion-link", None);
+    let nodes = ws.comfyui().join("custom_nodes");
+    let folder = nodes.join("comfy-init-companion");
+    std::os::unix::fs::symlink(&victim, &folder).unwrap();
+    let init = serving(&ws);
+    let err = init.stderr();
+    let written: Vec<_> = fs::read_dir(&victim).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(written, ["file"], "root wrote through the symlink:\n{err}");
+    assert!(err.contains(&format!("{} is a symlink", folder.display())), "the symlink is not named:\n{err}");
+    assert!(err.contains("the companion node is not installed"), "not said:\n{err}");
+}
