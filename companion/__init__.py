@@ -10,66 +10,23 @@ into ComfyUI-Login's `TOKEN`, empties its web-login cache, and gives the cookie 
 so old browser sessions end as they would with a restart. comfy-init then proves the reload from
 outside (the new token answers, the old one is refused) and restarts ComfyUI when it cannot.
 
-ComfyUI-Login is found by what it is (a module with its attributes), not by its folder's name:
-nodes are imported in no fixed order. Everything is wrapped: a failure logs one warning and leaves
-ComfyUI as it was. Part of comfy-init (installed by it at start); standard library only.
+It also closes the doors ComfyUI-Login leaves open (doors.py). ComfyUI-Login is found by what it
+is (node.py), not by its folder's name: nodes are imported in no fixed order. Everything is
+wrapped: a failure logs one warning and leaves ComfyUI as it was. Part of comfy-init (installed by
+it at start); standard library plus what ComfyUI and ComfyUI-Login already import.
 """
 
 import logging
 import os
 import signal
-import sys
-import types
+
+from . import doors
+from .node import login_node, session_storage
 
 RELOAD_SIGNAL = signal.SIGRTMIN + 7
 # Where comfy-init looks for `<session>.companion`, which names this process once it is ready.
 SESSION = os.environ.get("COMFY_INIT_COMPANION_SESSION")
-NODE_ATTRIBUTES = ("TOKEN", "user_cache", "password_path", "secret_key_path", "get_or_refresh_key")
-
 NODE_CLASS_MAPPINGS = {}
-
-
-def holds_node_state(module):
-    """A real module whose own namespace has the node's names, of the node's types. Looked up in
-    the module's __dict__, never with hasattr: torch.ops and similar namespaces answer every
-    attribute (they are in sys.modules of any ComfyUI)."""
-    if not isinstance(module, types.ModuleType):
-        return False
-    names = vars(module)
-    return (
-        all(name in names for name in NODE_ATTRIBUTES)
-        and isinstance(names["TOKEN"], str)
-        and isinstance(names["user_cache"], dict)
-        and isinstance(names["password_path"], str)
-        and isinstance(names["get_or_refresh_key"], types.FunctionType)
-    )
-
-
-def login_node():
-    """ComfyUI-Login's module (or a fork's) that DEFINES its state. Its package's `__init__.py`
-    does `from .password import *`, so the package (imported first) holds copies of the same
-    names: rebinding `TOKEN` there changes nothing its middleware reads. The defining module is
-    the one its functions belong to."""
-    for module in list(sys.modules.values()):
-        if holds_node_state(module):
-            defining = sys.modules.get(vars(module)["get_or_refresh_key"].__module__)
-            return defining if holds_node_state(defining) else module
-    raise RuntimeError("ComfyUI-Login is not loaded")
-
-
-def session_storage():
-    """aiohttp_session's cookie storage, captured in the session middleware ComfyUI-Login set up."""
-    import server  # ComfyUI's, present once ComfyUI imports custom nodes
-
-    for middleware in server.PromptServer.instance.app.middlewares:
-        for cell in getattr(middleware, "__closure__", None) or ():
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            if hasattr(value, "_fernet"):
-                return value
-    raise RuntimeError("ComfyUI-Login's session storage was not found")
 
 
 def reload():
@@ -112,3 +69,8 @@ try:
     announce()
 except Exception as e:  # noqa: BLE001 - never break ComfyUI's start
     logging.warning("comfy-init companion: not ready (%s); a new password will restart ComfyUI", e)
+
+try:
+    doors.install()
+except Exception as e:  # noqa: BLE001 - never break ComfyUI's start; the healthcheck sees the door
+    logging.warning("comfy-init companion: cannot close ComfyUI-Login's open doors (%s)", e)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: comfy-init over the stand-in ComfyUI in a temporary workspace. Watch the GPU
 # preflight, the generated password and token, a healthcheck, a password rotation applied in
-# place (no restart, the token redacted from the log), the PyTorch-against-card check, a hostile
+# place (no restart, the token redacted from the log), ComfyUI-Login's open doors closed (user
+# files through .js paths, wrong logins throttled), the PyTorch-against-card check, a hostile
 # PASSWORD refused without blocking, guest mode called out, and a
 # clean stop. Runs as PID 1 of a fresh PID namespace when root.
 set -euo pipefail
@@ -97,6 +98,36 @@ wait_for 15 new_token_works
 echo "new token -> $(status "$NEW"), old token -> $(status "$OLD")"
 grep -E 'token changed|started|no restart needed' "$LOG" | sed 's/^/  | /'
 echo "the token in ComfyUI's log: $(grep -o 'use token=.*' "$LOG" | tail -n 1)"
+
+bold "ComfyUI-Login's open doors, closed by the companion node (as an anonymous visitor)"
+# The node lets every path ending in .js through: ComfyUI's user-data API with it. The stand-in
+# does what the real node does; the companion lets such a path through only to a static file.
+python3 - "$COMFYUI_PORT" "$NEW" <<'PY'
+import sys, urllib.request, urllib.error
+port, token = sys.argv[1], sys.argv[2]
+class Keep(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **k):
+        return None
+open_ = urllib.request.build_opener(Keep).open
+def ask(method, path, data=None, token=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        r = open_(req, timeout=5)
+        return r.status, r.headers.get("Retry-After")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Retry-After")
+for method, path, body in [("POST", "/userdata/evil.js", b"alert(1)"),
+                           ("POST", "/userdata/workflows%2Fsecret.json/move/stolen.js", b""),
+                           ("DELETE", "/userdata/x.js", None), ("GET", "/scripts/app.js", None)]:
+    print(f"  {method} {path} -> {ask(method, path, body)[0]}")
+print(f"  POST /userdata/mine.js with the token -> {ask('POST', '/userdata/mine.js', b'ok', token)[0]}")
+codes = [ask("POST", "/login", f"username=admin&password=guess{i}".encode()) for i in range(8)]
+print("  8 wrong logins -> " + ", ".join(f"{c}" + (f" (Retry-After {r})" if r else "") for c, r in codes))
+print(f"  an authenticated API call meanwhile -> {ask('GET', '/system_stats', None, token)[0]}")
+PY
+grep "comfy-init companion: refused" "$LOG" | head -n 3 | cut -c1-160 | sed 's/^/  | /'
 
 bold "A hostile file: PASSWORD replaced by a FIFO (a read would block PID 1 forever)"
 PASSWORD="$COMFYUI_DIR/login/PASSWORD"

@@ -1,5 +1,7 @@
 //! The companion ComfyUI node (`companion/`, Python, part of this project): it keeps the bearer
-//! token out of ComfyUI's log and applies a new token without restarting ComfyUI. Embedded in the
+//! token out of ComfyUI's log, applies a new token without restarting ComfyUI, and closes the
+//! doors ComfyUI-Login leaves open (user files through `.js` paths, unlimited login guesses that
+//! stall the server, a 500 for a malformed Authorization header). Embedded in the
 //! binary and installed into `custom_nodes/` at every start, so its version always matches ours.
 //!
 //! The handshake: the companion installs its signal handler, then writes `<session>.companion`
@@ -9,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{self, Links, NewFileAttrs};
+use crate::fsutil::{self, Links};
 
 /// Its folder under `custom_nodes/`.
 pub const FOLDER: &str = "comfy-init-companion";
@@ -19,6 +21,8 @@ pub const ENV_SESSION: &str = "COMFY_INIT_COMPANION_SESSION";
 const FILES: &[(&str, &str)] = &[
     ("__init__.py", include_str!("../companion/__init__.py")),
     ("prestartup_script.py", include_str!("../companion/prestartup_script.py")),
+    ("node.py", include_str!("../companion/node.py")),
+    ("doors.py", include_str!("../companion/doors.py")),
 ];
 
 /// The reload request: SIGRTMIN+7, never SIGHUP (forwarded from outside, it keeps its meaning
@@ -28,21 +32,29 @@ pub fn reload_signal() -> i32 {
 }
 
 /// Writes the companion into `custom_nodes/` where it differs (a file per write, atomically;
-/// readable by ComfyUI's user). Err: why it cannot be installed (a read-only custom_nodes).
+/// readable by ComfyUI's user). Err: why it cannot be installed (a read-only custom_nodes, a
+/// symlink where its folder should be).
 pub fn install(comfyui_dir: &Path) -> Result<PathBuf, String> {
     // Never create ComfyUI's folder: without it, the credentials step must fail closed.
     if !comfyui_dir.is_dir() {
         return Err(format!("{} is not a folder", comfyui_dir.display()));
     }
-    let dir = comfyui_dir.join("custom_nodes").join(FOLDER);
-    std::fs::create_dir_all(&dir).map_err(|e| fsutil::explain_write_error(&dir, &e))?;
+    // Root writes here, and custom_nodes may be PUID's (with hooks, or PUID's own mount): a
+    // symlink planted as custom_nodes/comfy-init-companion would make root write Python into
+    // any folder. So every step goes by descriptor: the configured ComfyUI folder is trusted
+    // (the operator's), custom_nodes and our folder are opened in it without following a link,
+    // and each file is created and renamed inside our folder's descriptor. Our files stay
+    // root's: PUID may delete or replace them in its own folder, but root never writes outside.
+    let top = fsutil::open_dir(comfyui_dir).map_err(|e| fsutil::explain_write_error(comfyui_dir, &e))?;
+    let nodes_path = comfyui_dir.join("custom_nodes");
+    let nodes = fsutil::open_dir_at(&top, "custom_nodes", &nodes_path, Some(0o755))?;
+    let dir = nodes_path.join(FOLDER);
+    let folder = fsutil::open_dir_at(&nodes, FOLDER, &dir, Some(0o755))?;
     for (name, content) in FILES {
-        let path = dir.join(name);
-        if fsutil::read_bounded(&path, 1 << 20, Links::Refuse).ok().flatten().as_deref() == Some(content.as_bytes()) {
+        if fsutil::read_at(&folder, name, 1 << 20).as_deref() == Some(content.as_bytes()) {
             continue;
         }
-        let attrs = NewFileAttrs { mode: 0o644, owner: None, force: true };
-        fsutil::write_atomic(&path, content.as_bytes(), attrs)?;
+        fsutil::write_atomic_at(&folder, &dir, name, content.as_bytes(), 0o644)?;
     }
     Ok(dir)
 }

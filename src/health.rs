@@ -2,7 +2,9 @@
 //!
 //! GET /system_stats on 127.0.0.1:$COMFYUI_PORT with the bearer token, then the same request
 //! without a token, with an empty `?token=` and with a well-formed wrong token must be refused
-//! (401: a server that takes any token enforces nothing), then, under
+//! (401: a server that takes any token enforces nothing), then a random `/userdata/<name>.js`
+//! without a token must be refused too (ComfyUI-Login exempts every `.js` path: a 404 means
+//! ComfyUI's user-data handler ran, so anyone can read, write and delete user files), then, under
 //! `COMFY_INIT_GPU=require`, NVML must still open the devices. One line on stdout starting
 //! `healthy:` or `UNHEALTHY:`; exit 0 or 1, never 2 (Docker reserves it).
 //!
@@ -47,6 +49,8 @@ pub enum Request<'a> {
     EmptyToken,
     /// A well-formed bcrypt hash that is not ours.
     WrongBearer(&'a str),
+    /// GET /userdata/<random>.js without a token: ComfyUI-Login's suffix exemption.
+    UserFile,
 }
 
 impl Request<'_> {
@@ -56,6 +60,7 @@ impl Request<'_> {
             Request::Anonymous => "without a token",
             Request::EmptyToken => "with an empty ?token=",
             Request::WrongBearer(_) => "with a wrong token",
+            Request::UserFile => "for a user file through a .js path, without a token",
         }
     }
 }
@@ -92,6 +97,8 @@ pub enum Problem {
         token_problem: Option<String>,
     },
     Transport(String),
+    /// A user file through a `.js` path reached ComfyUI's handler without a token.
+    UserFilesOpen(u16),
     GpuLost(String),
     /// `login/GUEST_MODE` exists under COMFY_INIT_GUEST_MODE=refuse.
     GuestModeRefused(String),
@@ -157,6 +164,13 @@ impl Problem {
                  ComfyUI started: the empty-token bypass); run 'comfy-init sync' and restart"
             ),
             Problem::Transport(e) => format!("request to {addr} failed: {e}"),
+            Problem::UserFilesOpen(status) => format!(
+                "authentication is not enforced on user files: GET /userdata/<random>.js without a \
+                 token reached ComfyUI's user-data API (it answered {status}, not 401): ComfyUI-Login \
+                 lets every path ending in .js through, so anyone can read, write, move and delete \
+                 workflows and settings; comfy-init's companion node closes that door: keep \
+                 COMFY_INIT_COMPANION=on and custom_nodes writable by root, then restart"
+            ),
             Problem::GpuLost(e) => format!("GPU lost: ComfyUI answers but NVML fails: {e}"),
             Problem::GuestModeRefused(file) => format!(
                 "guest mode is on ({file} exists) and COMFY_INIT_GUEST_MODE=refuse: anyone can run \
@@ -174,7 +188,8 @@ impl Healthy {
             line += &format!(", device {d}");
         }
         line += if self.auth_checked {
-            "; auth enforced (401 without a token, with an empty ?token= and with a wrong token)"
+            "; auth enforced (401 without a token, with an empty ?token=, with a wrong token, and for \
+             a user file through a .js path)"
         } else {
             "; auth not checked (COMFY_INIT_AUTH=off)"
         };
@@ -252,6 +267,15 @@ pub fn judge_refusal(reply: &Reply, request: Request) -> Result<(), Problem> {
     }
 }
 
+/// A user file asked for through a `.js` path without a token: refused is right; 404 (the
+/// handler looked for the file) or a 2xx (it found one) means the door is open.
+pub fn judge_user_file(reply: &Reply) -> Result<(), Problem> {
+    match reply {
+        Reply::Answer { status: status @ (404 | 200..=299), .. } => Err(Problem::UserFilesOpen(*status)),
+        _ => judge_refusal(reply, Request::UserFile),
+    }
+}
+
 /// The whole check, I/O passed in: `fetch` makes one request, `gpu` (None unless the policy is
 /// `require`) asks NVML.
 pub fn evaluate(
@@ -264,7 +288,7 @@ pub fn evaluate(
         for r in [Request::Anonymous, Request::EmptyToken].into_iter().chain(wrong) {
             judge_refusal(&fetch(r), r)?;
         }
-        Ok(())
+        judge_user_file(&fetch(Request::UserFile))
     }
     let mut healthy = match auth {
         Auth::Off => judge_stats(&fetch(Request::Anonymous), Request::Anonymous)?,
@@ -390,8 +414,13 @@ fn fetch(agent: &ureq::Agent, port: u16, origin: Option<&str>, deadline: Instant
     if left.is_zero() {
         return Reply::Timeout;
     }
-    let query = if request == Request::EmptyToken { "?token=" } else { "" };
-    let mut req = agent.get(&format!("http://127.0.0.1:{port}/system_stats{query}")).timeout(left);
+    let path = match request {
+        Request::EmptyToken => "/system_stats?token=".to_string(),
+        // Random: no file planted under a known name can answer for it.
+        Request::UserFile => format!("/userdata/comfy-init-probe-{:016x}.js", rand::random::<u64>()),
+        _ => "/system_stats".to_string(),
+    };
+    let mut req = agent.get(&format!("http://127.0.0.1:{port}{path}")).timeout(left);
     if let Request::Bearer(token) | Request::WrongBearer(token) = request {
         req = req.set("Authorization", &format!("Bearer {token}"));
     }
@@ -603,7 +632,16 @@ mod tests {
         assert_eq!(h.version, "0.3.40");
         assert_eq!(h.device.as_deref(), Some("cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync"));
         assert!(h.auth_checked);
-        assert_eq!(asked, ["with our token", "without a token", "with an empty ?token=", "with a wrong token"]);
+        assert_eq!(
+            asked,
+            [
+                "with our token",
+                "without a token",
+                "with an empty ?token=",
+                "with a wrong token",
+                "for a user file through a .js path, without a token"
+            ]
+        );
         let line = h.line(T);
         assert!(line.starts_with("healthy: ComfyUI 0.3.40 answers on 127.0.0.1:8188"));
         assert!(line.contains("auth enforced"), "{line}");
@@ -660,7 +698,7 @@ mod tests {
         let p = result.unwrap_err();
         let why = Some("login/PASSWORD is empty".to_string());
         assert_eq!(p, not_enforced("with an empty ?token=", why));
-        assert_eq!(asked, ["without a token", "with an empty ?token="]);
+        assert_eq!(asked, ["without a token", "with an empty ?token="], "stops at the first open door");
         let line = p.line(T);
         assert!(line.starts_with("UNHEALTHY: authentication is not enforced"), "{line}");
         assert!(line.contains("because login/PASSWORD is empty"), "{line}");
@@ -707,6 +745,28 @@ mod tests {
             assert!(line.starts_with(start), "{line}");
         }
         assert!(Problem::TokenRejected.line(T).contains("comfy-init sync"));
+    }
+
+    #[test]
+    fn a_user_file_reached_through_a_js_path_is_an_open_door() {
+        for open in [404, 200, 204] {
+            let door = |r: Request| match r {
+                Request::UserFile => status(open),
+                r => protected(r),
+            };
+            let (result, _) = run(&token(), door, None);
+            let line = result.unwrap_err().line(T);
+            assert!(line.starts_with("UNHEALTHY: authentication is not enforced on user files"), "{line}");
+            assert!(line.contains(&format!("answered {open}")) && line.contains("COMFY_INIT_COMPANION"), "{line}");
+            // Without a token to check with, the open door is still the news.
+            let (result, _) = run(&Auth::Unreadable("PASSWORD is empty".into()), door, None);
+            assert_eq!(result, Err(Problem::UserFilesOpen(open)));
+        }
+        assert_eq!(judge_user_file(&status(302)), Ok(()), "a browser's redirect to /login is a refusal");
+        assert_eq!(
+            judge_user_file(&status(500)),
+            Err(Problem::Unexpected { status: 500, request: "for a user file through a .js path, without a token" })
+        );
     }
 
     #[test]

@@ -252,11 +252,17 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
     Ok(Prepared { settings, spec, guard, reload, hooks })
 }
 
-/// The companion node, installed so that the token stays out of ComfyUI's log and a new token can
-/// be reloaded without a restart. Not installed (COMFY_INIT_COMPANION=off, a read-only
-/// custom_nodes): a new token restarts ComfyUI.
+/// The companion node, installed so that the token stays out of ComfyUI's log, a new token can be
+/// reloaded without a restart, and ComfyUI-Login's open doors are closed. Not installed
+/// (COMFY_INIT_COMPANION=off, a read-only custom_nodes): ComfyUI still starts, the log says what
+/// stays open, and the healthcheck, which proves the doors closed, reports it unhealthy.
 fn companion_installed(settings: &Settings) -> bool {
+    const OPEN: &str = "ComfyUI-Login's doors stay open (anyone can read, write, move and delete user \
+                        files through paths ending in .js, and wrong logins are neither throttled nor \
+                        kept off ComfyUI's event loop), the healthcheck reports that as unhealthy, and a \
+                        new password restarts ComfyUI";
     if !settings.companion {
+        log::warn!("COMFY_INIT_COMPANION=off: {OPEN}");
         return false;
     }
     match companion::install(&settings.comfyui.dir) {
@@ -265,7 +271,7 @@ fn companion_installed(settings: &Settings) -> bool {
             true
         }
         Err(e) => {
-            log::warn!("{e}: the companion node is not installed, so a new password restarts ComfyUI");
+            log::warn!("{e}: the companion node is not installed, so {OPEN}");
             false
         }
     }

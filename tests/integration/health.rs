@@ -31,6 +31,7 @@ impl Comfy {
         if let Some(p) = password {
             write(&root.join("login/PASSWORD"), p);
         }
+        install_companion(&root);
         let port = free_port();
         let child = Command::new("python3")
             .arg(root.join("main.py"))
@@ -54,6 +55,19 @@ impl Comfy {
 
     fn healthcheck(&self, env: &[(&str, &str)]) -> Check {
         healthcheck(self.dir.path(), self.port, env)
+    }
+}
+
+/// The companion node, as comfy-init installs it at start: it closes ComfyUI-Login's `.js` door,
+/// which the healthcheck proves closed (tests/integration/doors.rs shows it open without).
+fn install_companion(root: &Path) {
+    let to = root.join("custom_nodes/comfy-init-companion");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("companion")).unwrap() {
+        let from = entry.unwrap().path();
+        if from.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&from, to.join(from.file_name().unwrap())).unwrap();
+        }
     }
 }
 

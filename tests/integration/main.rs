@@ -11,12 +11,14 @@ macro_rules! root_only {
 }
 
 mod credentials;
+mod doors;
 mod fidelity;
 mod gpu;
 mod hardening;
 mod health;
 mod hooks;
 mod pid1;
+mod privileges;
 mod reload;
 mod supervise;
 mod util;

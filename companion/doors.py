@@ -1,0 +1,290 @@
+"""comfy-init companion: close the doors ComfyUI-Login leaves open, from inside ComfyUI.
+
+ComfyUI-Login's middleware (password.py, check_login_status) lets through every request whose
+path is `/login` or ends in .js, .css, .css.map or .ico, whatever its method and whatever route
+handles it. Meant for the frontend's files, it also opens ComfyUI's user-data API to anyone:
+`POST /userdata/evil.js` writes, `POST /userdata/workflows%2Fsecret.json/move/stolen.js` then
+`GET /userdata/stolen.js` reads any user file, `DELETE /userdata/x.js` deletes. Its POST /login
+runs bcrypt inside aiohttp's event loop, without limit: each wrong guess stalls the whole server
+for the hash's time (~0.2 s), so a loop of guesses freezes ComfyUI for everyone. And an
+Authorization header that is not two words answers 500.
+
+`guard` runs before every other middleware (it is inserted first) and, without touching the
+node's files:
+  * lets a suffix-exempt request through untouched only when it is a GET or HEAD of a file that a
+    static route serves (ComfyUI's frontend, a node's web folder). Any other must show what the
+    node asks on every other path: a logged-in session, or the token (a guest session: GET only);
+  * counts wrong logins per client address: FREE_GUESSES free, then each further guess must wait
+    a doubling delay (answered 429 with Retry-After, bcrypt not run, the answer held for up to a
+    second so that a guessing loop costs the server little). The password is checked in
+    a worker thread, so the event loop goes on serving; only a right one reaches the node's
+    handler (which checks it once more, in the loop: one stall per successful login, none per
+    guess);
+  * answers 401 to an Authorization header that is not `<type> <value>`.
+Each refusal is logged in one line (method, path, client address and why, never a secret), at
+most once every LOG_EVERY seconds per address and kind, with the count of those not logged.
+
+Behind a reverse proxy every client has the proxy's address: the throttle then counts guesses
+for all of them together (a guesser slows everyone's logins, never API clients or sessions).
+"""
+
+import asyncio
+import collections
+import hmac
+import logging
+import math
+import os
+import time
+
+from aiohttp import web
+
+from . import node as node_state
+
+# What ComfyUI-Login lets through without a session or a token (password.py, newest upstream).
+EXEMPT_PATH = "/login"
+EXEMPT_SUFFIXES = (".css", ".css.map", ".js", ".ico")
+LOGIN_PATH = "/login"  # /api/login too, but that one the node guards: only a session or the token reach it
+
+FREE_GUESSES = 5
+MAX_DELAY = 300.0  # seconds: the longest wait between two guesses from one address
+FORGET_AFTER = 900.0  # seconds without a wrong guess, and an address starts afresh
+MAX_ADDRESSES = 10000  # the oldest is forgotten first: memory stays bounded under any flood
+MAX_CHECKING = 2  # bcrypt checks at once, all addresses together: the CPU stays ComfyUI's
+HOLD = 1.0  # seconds a refused guess is held before its 429: a guesser's loop slows to its pace
+MAX_HELD = 64  # guesses held at once; past that, answered at once (a held one costs a socket)
+LOG_EVERY = 10.0
+# What `comfy-init healthcheck` asks for (a random name after it) to prove the door closed.
+HEALTHCHECK_PROBE = "/userdata/comfy-init-probe-"
+LOOPBACK = ("127.0.0.1", "::1")
+
+log = logging.getLogger("comfy-init.doors")
+
+
+class Throttle:
+    """Wrong guesses per address, and when the next may be tried. Pure bookkeeping: the clock is
+    passed in."""
+
+    def __init__(self, free=FREE_GUESSES, max_delay=MAX_DELAY, forget_after=FORGET_AFTER, size=MAX_ADDRESSES):
+        self.free, self.max_delay, self.forget_after, self.size = free, max_delay, forget_after, size
+        self.wrong = collections.OrderedDict()  # address -> (wrong guesses, time of the last)
+
+    def wait(self, address, now):
+        """Seconds before `address` may guess again (0: now)."""
+        count, last = self.wrong.get(address, (0, now))
+        if now - last >= self.forget_after:
+            self.wrong.pop(address, None)
+            return 0.0
+        if count < self.free:
+            return 0.0
+        delay = min(self.max_delay, 2.0 ** (count - self.free))
+        return max(0.0, last + delay - now)
+
+    def failed(self, address, now):
+        count, last = self.wrong.pop(address, (0, now))
+        if now - last >= self.forget_after:
+            count = 0
+        self.wrong[address] = (count + 1, now)
+        while len(self.wrong) > self.size:
+            self.wrong.popitem(last=False)
+        return count + 1
+
+    def succeeded(self, address):
+        self.wrong.pop(address, None)
+
+
+class Refusals:
+    """One log line per address and kind every LOG_EVERY seconds, saying how many were refused."""
+
+    def __init__(self):
+        self.last = collections.OrderedDict()  # (address, kind) -> (time logged, refused since)
+
+    def say(self, request, kind, why, now):
+        if request.remote in LOOPBACK and request.path.startswith(HEALTHCHECK_PROBE):
+            return  # comfy-init healthcheck proving the door closed, every 30 s: not news
+        key = (request.remote, kind)
+        logged, unsaid = self.last.get(key, (None, 0))
+        if logged is not None and now - logged < LOG_EVERY:
+            self.last[key] = (logged, unsaid + 1)
+            return
+        more = f" (and {unsaid} more since the last line)" if unsaid else ""
+        log.warning(
+            "comfy-init companion: refused %s %s from %s: %s%s", request.method, request.path, request.remote, why, more
+        )
+        self.last.pop(key, None)
+        self.last[key] = (now, 0)
+        while len(self.last) > MAX_ADDRESSES:
+            self.last.popitem(last=False)
+
+
+THROTTLE = Throttle()
+REFUSALS = Refusals()
+CHECKING = set()  # addresses whose guess is being checked now
+HELD = [0]  # refused guesses being held now
+
+
+def node_exempts(path):
+    return path == EXEMPT_PATH or path.endswith(EXEMPT_SUFFIXES)
+
+
+def serves_a_static_file(request):
+    """A GET or HEAD that a static route answers: aiohttp resolved the route before middlewares
+    run, and only a StaticResource describes itself with a `directory`."""
+    if request.method not in ("GET", "HEAD"):
+        return False
+    resource = getattr(getattr(request.match_info, "route", None), "resource", None)
+    try:
+        return resource is not None and "directory" in resource.get_info()
+    except Exception:  # noqa: BLE001 - not a resource we know: not static
+        return False
+
+
+def same(a, b):
+    """Constant-time equality of two strings, False for an empty secret."""
+    return bool(b) and hmac.compare_digest(a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))
+
+
+def authorization_is_malformed(request):
+    header = request.headers.get("Authorization")
+    return header is not None and len(header.split()) != 2
+
+
+def token_counts(node, request):
+    """ComfyUI-Login looks at tokens only on requests from the --enable-cors-header origin."""
+    origin = getattr(vars(node).get("args"), "enable_cors_header", None)
+    return origin in (None, "*") or origin == request.headers.get("Origin")
+
+
+FOUND = {}  # ComfyUI-Login's module and cookie storage, once found: they live as long as ComfyUI
+
+
+def login_node():
+    """ComfyUI-Login's module, None where it is not loaded. Looked up at the first request (every
+    node is imported by then) and kept."""
+    if "node" not in FOUND:
+        try:
+            FOUND["node"] = node_state.login_node()
+        except RuntimeError:
+            FOUND["node"] = None
+    return FOUND["node"]
+
+
+async def session_of(request):
+    """The request's session, empty where the node's cookie storage cannot be found (then only a
+    token gets in: closed, never open)."""
+    if "storage" not in FOUND:
+        try:
+            FOUND["storage"] = node_state.session_storage()
+        except RuntimeError:
+            return {}
+    return await FOUND["storage"].load_session(request)
+
+
+async def authorised(request):
+    """What ComfyUI-Login asks of every path it does not exempt (a non-empty token only)."""
+    session = await session_of(request)
+    if session.get("logged_in"):
+        return True
+    if session.get("guest_mode"):
+        return request.method in ("GET", "HEAD")
+    node = login_node()
+    if not token_counts(node, request):
+        return False
+    parts = request.headers.get("Authorization", "").split()
+    if len(parts) == 2 and parts[0] == "Bearer" and same(parts[1], node.TOKEN):
+        return True
+    return same(request.query.get("token", ""), node.TOKEN)
+
+
+def unauthorised(request, why):
+    REFUSALS.say(request, "auth", why, time.monotonic())
+    if "text/html" in request.headers.get("Accept", ""):
+        return web.Response(status=302, headers={"Location": "/login"})
+    return web.json_response({"error": "Authentication required."}, status=401)
+
+
+async def too_many(request, seconds, why):
+    """429 with Retry-After, after holding the answer up to HOLD: each request of a flood costs
+    the event loop one answer a second per connection, not one per round trip."""
+    REFUSALS.say(request, "login", f"{why}; next guess allowed in {max(1, math.ceil(seconds))} s", time.monotonic())
+    if HELD[0] < MAX_HELD:
+        HELD[0] += 1
+        try:
+            await asyncio.sleep(min(seconds, HOLD))
+        finally:
+            HELD[0] -= 1
+        seconds -= HOLD
+    seconds = max(0, math.ceil(seconds))  # 0: the hold was the whole wait
+    text = f"Too many wrong passwords from your address: try again in {seconds} seconds.\n"
+    return web.Response(status=429, text=text, headers={"Retry-After": str(seconds)})
+
+
+async def checked_login(request, handler):
+    """POST /login: a guess is checked off the event loop, throttled; only a right password (or
+    what the node decides alone: guest mode, first-time setup, a malformed form) reaches it."""
+    node = login_node()
+    form = await request.post()  # aiohttp keeps it: the node's handler reads the same form
+    password = form.get("password")
+    guest = form.get("guest_mode") == "1" and os.path.exists(vars(node).get("guest_mode_path", "/nonexistent"))
+    if guest or not isinstance(password, str) or not os.path.exists(node.password_path):
+        return await handler(request)
+    address, now = request.remote, time.monotonic()
+    wait = THROTTLE.wait(address, now)
+    if wait > 0:
+        return await too_many(request, wait, "too many wrong passwords")
+    if address in CHECKING or len(CHECKING) >= MAX_CHECKING:
+        return await too_many(request, 1, "another guess is being checked")
+    _username, hashed = node.get_user_data()
+    if not hashed:
+        return await handler(request)
+    CHECKING.add(address)
+    try:
+        loop = asyncio.get_running_loop()
+        right = await loop.run_in_executor(None, check_password, node, password, hashed)
+    finally:
+        CHECKING.discard(address)
+    if right is None:  # bcrypt refused the input (over 72 bytes, a NUL): the node answers it
+        return await handler(request)
+    if not right:
+        count = THROTTLE.failed(address, time.monotonic())
+        REFUSALS.say(request, "wrong", f"wrong password ({count} from this address)", time.monotonic())
+        return web.Response(status=302, headers={"Location": "/login?wrong_password=1"})
+    THROTTLE.succeeded(address)
+    return await handler(request)
+
+
+def check_password(node, password, hashed):
+    """The node's own bcrypt.checkpw, in a worker thread (it releases the GIL). None: the node
+    would have raised (its answer, a 500, is left to it)."""
+    try:
+        return bool(node.bcrypt.checkpw(password.encode("utf-8"), hashed))
+    except ValueError:
+        return None
+
+
+async def guard(request, handler):
+    if login_node() is None:  # ComfyUI-Login is not loaded: there is no auth to keep
+        return await handler(request)
+    path = request.path
+    if request.method == "POST" and path == LOGIN_PATH:
+        return await checked_login(request, handler)
+    exempt = node_exempts(path)
+    if exempt and (path == EXEMPT_PATH or serves_a_static_file(request)):
+        return await handler(request)
+    if authorization_is_malformed(request):
+        session = await session_of(request)
+        if not (session.get("logged_in") or session.get("guest_mode")):
+            return unauthorised(request, "malformed Authorization header (expected 'Bearer <token>')")
+    if exempt and not await authorised(request):
+        return unauthorised(request, "not a static file, and no session or token")
+    return await handler(request)
+
+
+def install():
+    """First in ComfyUI's middlewares, before ComfyUI-Login's (aiohttp freezes the list only when
+    the server starts, after every node is imported). Idempotent."""
+    import server  # ComfyUI's
+
+    middlewares = server.PromptServer.instance.app.middlewares
+    if any(getattr(m, "__qualname__", None) == "guard" and getattr(m, "__module__", "").endswith("doors") for m in middlewares):
+        return
+    middlewares.insert(0, web.middleware(guard))
