@@ -10,6 +10,7 @@ details to --out. Python 3 standard library only; needs root (unshare --pid).
 """
 
 import argparse
+import collections
 import datetime
 import json
 import os
@@ -43,9 +44,21 @@ STOP_ROUNDS = 200
 TOKEN_ROUNDS = 5
 HEALTH_RUNS = 40
 RSS_RUNS = 10
+FLOOD_THREADS = 4
+FLOOD_SECONDS = 6
 
 T0 = time.monotonic()
 PEERS = ["tini", "dumb-init", "catatonit"]
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 302 from /login is the answer, not somewhere to go."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+NO_REDIRECT = urllib.request.build_opener(NoRedirect)
 
 
 def progress(msg):
@@ -669,6 +682,83 @@ class Bench:
             f"Python start-up time, where the real ComfyUI takes 5-15 s on a CPU and drops its queue and models). "
             f"Both include the 75 ms debounce and one bcrypt hash at cost 12.")
 
+    # ------------------------------------------------ 10. wrong-login flood ---
+
+    def api_latencies(self, port, token, seconds):
+        """Authenticated GET /system_stats every 20 ms for `seconds`: the latencies in ms."""
+        out, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            status, _ = self.get(port, token)
+            if status == 200:
+                out.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.02)
+        return out
+
+    def login_flood(self):
+        """Authenticated /system_stats p50 while FLOOD_THREADS clients post wrong passwords to
+        /login, over its p50 at rest: with the companion (throttle, bcrypt off the event loop) and
+        with COMFY_INIT_COMPANION=off (the bare node checks every guess inside the loop)."""
+        self.flood = {}
+        for mode in ("on", "off"):
+            progress(f"10 wrong-login flood, companion {mode}: {FLOOD_SECONDS} s at rest, {FLOOD_SECONDS} s flooded")
+            base, comfy, envdir, port, env = self.workspace(f"flood-{mode}")
+            env["COMFY_INIT_COMPANION"] = mode
+            self.write_env(envdir, "benchpass0")
+            p = subprocess.Popen([self.bin, "run"], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stop, answers = threading.Event(), collections.Counter()
+
+            def guess(n):
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    data = f"username=bench&password=wrong-{n}-{i}".encode()
+                    req = urllib.request.Request(f"http://127.0.0.1:{port}/login", data=data)
+                    try:
+                        with NO_REDIRECT.open(req, timeout=10) as r:
+                            answers[r.status] += 1
+                    except urllib.error.HTTPError as e:
+                        answers[e.code] += 1
+                    except OSError:
+                        answers["error"] += 1
+            try:
+                token = self.wait_token(comfy, port)
+                rest = self.api_latencies(port, token, FLOOD_SECONDS)
+                guessers = [threading.Thread(target=guess, args=(n,)) for n in range(FLOOD_THREADS)]
+                for g in guessers:
+                    g.start()
+                flooded = self.api_latencies(port, token, FLOOD_SECONDS)
+                stop.set()
+                for g in guessers:
+                    g.join()
+            finally:
+                self.stop_run(p, env["FAKE_COMFYUI_EVENTS"])
+            self.flood[mode] = {"rest": median(rest), "flooded": median(flooded), "max": max(flooded),
+                                "answers": dict(answers)}
+        on, off = self.flood["on"], self.flood["off"]
+        self.notes.append(
+            f"Wrong-login flood ({FLOOD_THREADS} client threads posting wrong passwords for {FLOOD_SECONDS} s, an "
+            f"API client asking /system_stats with the token every 20 ms): with the companion p50 "
+            f"{on['rest']:.1f} ms at rest, {on['flooded']:.1f} ms flooded (max {on['max']:.0f} ms), login answers "
+            f"{on['answers']}; the bare node (COMFY_INIT_COMPANION=off) {off['rest']:.1f} ms at rest, "
+            f"{off['flooded']:.1f} ms flooded (max {off['max']:.0f} ms), login answers {off['answers']}: every "
+            f"guess runs bcrypt inside its event loop.")
+
+    def wait_token(self, comfy, port):
+        """The token in login/PASSWORD once ComfyUI answers it."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with open(os.path.join(comfy, "login", "PASSWORD")) as f:
+                    token = f.readline().strip()
+            except OSError:
+                token = ""
+            if token and self.get(port, token)[0] == 200:
+                return token
+            time.sleep(0.05)
+        die("ComfyUI never answered its token")
+
     def bcrypt_sync(self, env, envdir):
         """How much of the decision is bcrypt: `comfy-init sync` after a password edit does the same work."""
         runs = []
@@ -867,6 +957,8 @@ class Bench:
                     goal_txt, met = "< 100 ms", me < 100
                 elif rule == "<300":
                     goal_txt, met = "≤ 300 ms", me <= 300
+                elif rule == "<=1.5":
+                    goal_txt, met = "≤ 1.5", me <= 1.5
                 ref_val = {"<=": vals.get(ref), "<=1.3x": 1.3 * vals.get(ref, 0)}.get(rule)
                 if met:
                     met = "yes"
@@ -898,6 +990,11 @@ class Bench:
         if g:
             self.add("9. `comfy-init gpu` with the PyTorch probe (alternative: python3 -c 'import torch', "
                      "stand-in torch), median wall", "ms", {"comfy-init": g["comfy-init"], "alt": g["alt"]})
+        f = getattr(self, "flood", None)
+        if f:
+            ratio = {m: f[m]["flooded"] / f[m]["rest"] for m in f}
+            self.add("10. authenticated API p50 during a wrong-login flood ÷ at rest (alternative: the bare node)",
+                     "ratio", {"comfy-init": ratio["on"], "alt": ratio["off"]}, ("1.5", "<=1.5"))
         h = getattr(self, "health_res", None)
         if h:
             self.add("7. healthcheck (alternative: curl, one authorised request), median wall", "ms",
@@ -965,7 +1062,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--watchexec", default="")
-    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu)")
+    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu,flood)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         die("needs root (unshare --pid, /proc of other processes)")
@@ -979,6 +1076,7 @@ def main():
         "token": lambda: (b.token_change(), b.token_change_watchexec()),
         "reload": b.token_reload,
         "gpu": b.gpu_preflight,
+        "flood": b.login_flood,
     }
     only = [p for p in args.only.split(",") if p]
     for name, fn in phases.items():
