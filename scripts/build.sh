@@ -29,45 +29,7 @@ cargo build --release "$@" --bin comfy-init-nvml
 static_flags="${RUSTFLAGS:-} -C target-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\""
 out=${CARGO_TARGET_DIR:-target}
 
-# The hot text: the functions PID 1 runs once it supervises (scripts/hot-text.txt) are laid out
-# together at the start of .text, so the loop, a stop and the exit touch a few pages that stay
-# mapped, and all the rest is dropped (src/resident.rs). lld's --symbol-ordering-file does it;
-# it takes mangled names, which only a link shows: each link writes a map, the order is made from
-# it, and the binary is linked again only when that order changed (a new toolchain, a new hot
-# function). The order file is named by its content, so cargo relinks exactly then.
-hot=$out/hot-text
-map=$hot/comfy-init.map
-mkdir -p "$hot"
-# COMFY_INIT_KEEP_SYMBOLS=1 keeps the symbol table (scripts/hot-text.sh profiles that build).
-link_static() { # ORDER_FILE CARGO_ARGS...: links comfy-init in that order (none: ''), writes $map
-    local order=$1
-    shift
-    RUSTFLAGS=$static_flags cargo rustc --release "$@" --target "$host" --bin comfy-init -- \
-        ${order:+-C link-arg=-Wl,--symbol-ordering-file="$order" -C link-arg=-Wl,--no-warn-symbol-ordering} \
-        ${COMFY_INIT_KEEP_SYMBOLS:+-C strip=none} -C link-arg=-Wl,-Map="$map"
-}
-order_from_map() { # writes the order that $map calls for, named by its content; prints its path
-    local order file
-    order=$(awk -v list=scripts/hot-text.txt -f scripts/hot-text.awk "$map")
-    file=$hot/$(printf '%s\n' "$order" | cksum | cut -d' ' -f1).order
-    printf '%s\n' "$order" >"$file"
-    echo "$file"
-}
-if printf 'fn main() {}' | rustc -C link-arg=-Wl,--symbol-ordering-file=/dev/null -o "$hot/probe" - 2>/dev/null; then
-    used=$(cat "$hot/used" 2>/dev/null || true)
-    [ -f "$used" ] || used=
-    [ -f "$map" ] || rm -f "$out/$host/release/comfy-init" # no map of the last link: link again
-    link_static "$used" "$@"
-    order=$(order_from_map)
-    if [ "$order" != "$used" ]; then
-        link_static "$order" "$@"
-        echo "$order" >"$hot/used"
-    fi
-else
-    echo "scripts/build.sh: the linker takes no --symbol-ordering-file (not lld): comfy-init is linked" >&2
-    echo "  without its hot text laid out together; it works the same, its stop maps more pages" >&2
-    RUSTFLAGS=$static_flags cargo build --release "$@" --target "$host" --bin comfy-init
-fi
+RUSTFLAGS=$static_flags cargo build --release "$@" --target "$host" --bin comfy-init
 
 mkdir -p target/dist
 install -m 0755 "$out/$host/release/comfy-init" target/dist/comfy-init

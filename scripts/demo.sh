@@ -75,11 +75,6 @@ wait_for 30 "$BIN" healthcheck
 sed 's/^/  | /' "$LOG"
 libs=$(awk '$6 ~ /\.so/ {print $6}' "/proc/$INIT_PID/maps" | sort -u | xargs -r -n1 basename | tr '\n' ' ')
 echo "shared libraries PID 1 maps: ${libs:-none (statically linked: no dynamic loader at start; NVML is asked by comfy-init-nvml)}"
-# Its code: start-up's pages were dropped before ComfyUI started, all but the hot text (the loop's
-# functions, laid out together by scripts/build.sh), so this stays small for the container's life.
-text=$(awk -v bin="$(basename "$BIN")" '$1 ~ /^[0-9a-f]+-[0-9a-f]+$/ { text = ($2 == "r-xp" && $6 ~ ("/" bin "$")) }
-    text && $1 == "Rss:" { kib += $2 } END { print kib + 0 }' "/proc/$INIT_PID/smaps")
-echo "code PID 1 keeps mapped: ${text} KiB of its $(( $(stat -c %s "$BIN") / 1024 )) KiB binary (the hot text; see scripts/hot-text.txt)"
 
 bold "The .env now holds the generated password and the token, single-quoted"
 sed 's/^/  | /' "$WORK/.env"

@@ -14,7 +14,6 @@ pub mod gpu;
 pub mod health;
 pub mod logging;
 pub mod privileges;
-pub mod resident;
 pub mod supervisor;
 mod test_hook;
 pub mod watch;

@@ -73,10 +73,6 @@ impl Supervisor {
         if reload {
             spec.env_set.push((companion::ENV_SESSION.into(), session.path().into()));
         }
-        // Start-up is over (resident.rs): its pages go now, before the child starts, so that a
-        // signal sent as soon as the child runs finds the loop waiting, not this release under
-        // way. What the spawn and the loop run is the hot text, which stays.
-        crate::resident::release_startup_pages();
         let (machine, started) = match hooks.first() {
             None => {
                 let first = child::spawn(&spec)?;

@@ -17,6 +17,7 @@ mod gpu;
 mod hardening;
 mod health;
 mod hooks;
+mod packaging;
 mod pid1;
 mod privileges;
 mod reload;
