@@ -24,13 +24,17 @@ node's files:
 Each refusal is logged in one line (method, path, client address and why, never a secret), at
 most once every LOG_EVERY seconds per address and kind, with the count of those not logged.
 
-Behind a reverse proxy every client has the proxy's address: the throttle then counts guesses
-for all of them together (a guesser slows everyone's logins, never API clients or sessions).
+Guesses are counted per IPv4 address and per IPv6 /64 (one host has a whole /64). Behind a
+reverse proxy every client has the proxy's address: the throttle then counts guesses for all of
+them together. Many addresses guessing at once fill the checkers' queue: a login then waits or
+gets 429 too. Either way a guesser slows web logins only, never API clients or sessions.
 """
 
 import asyncio
 import collections
+import concurrent.futures
 import hmac
+import ipaddress
 import logging
 import math
 import os
@@ -49,7 +53,9 @@ FREE_GUESSES = 5
 MAX_DELAY = 300.0  # seconds: the longest wait between two guesses from one address
 FORGET_AFTER = 900.0  # seconds without a wrong guess, and an address starts afresh
 MAX_ADDRESSES = 10000  # the oldest is forgotten first: memory stays bounded under any flood
-MAX_CHECKING = 2  # bcrypt checks at once, all addresses together: the CPU stays ComfyUI's
+CHECKERS = 2  # threads checking passwords, all addresses together: the CPU stays ComfyUI's
+MAX_WAITING = 32  # guesses queued for them; past that, 429 (many addresses guessing at once)
+MAX_FORM = 16 * 1024  # bytes of a login form; ComfyUI takes 100 MiB bodies, parsed in the loop
 HOLD = 1.0  # seconds a refused guess is held before its 429: a guesser's loop slows to its pace
 MAX_HELD = 64  # guesses held at once; past that, answered at once (a held one costs a socket)
 LOG_EVERY = 10.0
@@ -101,14 +107,19 @@ class Refusals:
     def say(self, request, kind, why, now):
         if request.remote in LOOPBACK and request.path.startswith(HEALTHCHECK_PROBE):
             return  # comfy-init healthcheck proving the door closed, every 30 s: not news
-        key = (request.remote, kind)
+        key = (client(request), kind)
         logged, unsaid = self.last.get(key, (None, 0))
         if logged is not None and now - logged < LOG_EVERY:
             self.last[key] = (logged, unsaid + 1)
             return
         more = f" (and {unsaid} more since the last line)" if unsaid else ""
         log.warning(
-            "comfy-init companion: refused %s %s from %s: %s%s", request.method, request.path, request.remote, why, more
+            "comfy-init companion: refused %s %s from %s: %s%s",
+            printable(request.method),
+            printable(request.path),
+            request.remote,
+            why,
+            more,
         )
         self.last.pop(key, None)
         self.last[key] = (now, 0)
@@ -118,8 +129,26 @@ class Refusals:
 
 THROTTLE = Throttle()
 REFUSALS = Refusals()
-CHECKING = set()  # addresses whose guess is being checked now
+CHECKING = set()  # clients whose guess is being checked now
+WAITING = [0]  # guesses handed to the checkers and not answered yet
 HELD = [0]  # refused guesses being held now
+CHECKERS_POOL = []  # the checkers' threads, made at the first guess
+
+
+def client(request):
+    """Who guesses: an IPv4 address, or an IPv6 /64."""
+    address = request.remote or "?"
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    except ValueError:
+        return address
+
+
+def printable(text, limit=200):
+    """A request's text for one log line: no control character can start a forged line."""
+    return "".join(c if c.isprintable() else "?" for c in str(text)[:limit])
 
 
 def node_exempts(path):
@@ -169,14 +198,17 @@ def login_node():
 
 
 async def session_of(request):
-    """The request's session, empty where the node's cookie storage cannot be found (then only a
-    token gets in: closed, never open)."""
+    """The request's session, empty where the node's cookie storage cannot be found or the cookie
+    cannot be read (then only a token gets in: closed, never open)."""
     if "storage" not in FOUND:
         try:
             FOUND["storage"] = node_state.session_storage()
         except RuntimeError:
             return {}
-    return await FOUND["storage"].load_session(request)
+    try:
+        return await FOUND["storage"].load_session(request)
+    except Exception:  # noqa: BLE001 - a cookie that is not text, not ours: no session
+        return {}
 
 
 async def authorised(request):
@@ -222,34 +254,50 @@ async def checked_login(request, handler):
     """POST /login: a guess is checked off the event loop, throttled; only a right password (or
     what the node decides alone: guest mode, first-time setup, a malformed form) reaches it."""
     node = login_node()
+    who = client(request)
+    # Before the body is read: a throttled client costs no parsing.
+    wait = THROTTLE.wait(who, time.monotonic())
+    if wait > 0:
+        return await too_many(request, wait, "too many wrong passwords")
+    length = request.content_length
+    if (length or 0) > MAX_FORM or (length is None and "Transfer-Encoding" in request.headers):
+        REFUSALS.say(request, "login", f"a login form over {MAX_FORM} bytes", time.monotonic())
+        return web.Response(status=413, text="A login form is small.\n")
     form = await request.post()  # aiohttp keeps it: the node's handler reads the same form
     password = form.get("password")
     guest = form.get("guest_mode") == "1" and os.path.exists(vars(node).get("guest_mode_path", "/nonexistent"))
     if guest or not isinstance(password, str) or not os.path.exists(node.password_path):
         return await handler(request)
-    address, now = request.remote, time.monotonic()
-    wait = THROTTLE.wait(address, now)
-    if wait > 0:
-        return await too_many(request, wait, "too many wrong passwords")
-    if address in CHECKING or len(CHECKING) >= MAX_CHECKING:
+    if who in CHECKING:
         return await too_many(request, 1, "another guess is being checked")
+    if WAITING[0] >= MAX_WAITING:
+        return await too_many(request, 1, "too many guesses being checked")
     _username, hashed = node.get_user_data()
     if not hashed:
         return await handler(request)
-    CHECKING.add(address)
-    try:
-        loop = asyncio.get_running_loop()
-        right = await loop.run_in_executor(None, check_password, node, password, hashed)
-    finally:
-        CHECKING.discard(address)
+    right = await checked(who, node, password, hashed)
     if right is None:  # bcrypt refused the input (over 72 bytes, a NUL): the node answers it
         return await handler(request)
     if not right:
-        count = THROTTLE.failed(address, time.monotonic())
+        count = THROTTLE.failed(who, time.monotonic())
         REFUSALS.say(request, "wrong", f"wrong password ({count} from this address)", time.monotonic())
         return web.Response(status=302, headers={"Location": "/login?wrong_password=1"})
-    THROTTLE.succeeded(address)
+    THROTTLE.succeeded(who)
     return await handler(request)
+
+
+async def checked(who, node, password, hashed):
+    """The password checked by the checkers' threads while the event loop goes on serving."""
+    if not CHECKERS_POOL:
+        CHECKERS_POOL.append(concurrent.futures.ThreadPoolExecutor(CHECKERS, "comfy-init-bcrypt"))
+    CHECKING.add(who)
+    WAITING[0] += 1
+    try:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(CHECKERS_POOL[0], check_password, node, password, hashed)
+    finally:
+        WAITING[0] -= 1
+        CHECKING.discard(who)
 
 
 def check_password(node, password, hashed):

@@ -213,3 +213,28 @@ fn a_wrong_login_flood_is_answered_429_without_bcrypt_while_the_api_keeps_servin
     assert!(log.lines().filter(|l| l.contains("refused POST /login")).count() < 10, "a flood floods the log: {log}");
     assert!(!log.contains("guess-"), "a password reached the log");
 }
+
+#[test]
+fn a_huge_login_form_and_a_forged_log_line_are_refused_and_a_bad_cookie_is_no_session() {
+    root_only!("a_huge_login_form_and_a_forged_log_line_are_refused_and_a_bad_cookie_is_no_session");
+    let ws = Workspace::new("doors-hostile");
+    let (init, token) = serving(&ws, true);
+    let url = format!("http://127.0.0.1:{}/login", ws.port);
+    let big = format!("username=admin&password={}", "x".repeat(1 << 20));
+    let code = match agent().post(&url).set("Content-Type", "application/x-www-form-urlencoded").send_string(&big) {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(code, 413, "a 1 MiB login form was parsed");
+    assert_eq!(status(&ws, "POST", "/a%0AFORGED%20LINE%0Ab.js", None), 401);
+    let bad_cookie = agent()
+        .get(&format!("http://127.0.0.1:{}/userdata/x.js", ws.port))
+        .set("Cookie", "AIOHTTP_SESSION=%FF%FE")
+        .call();
+    assert!(matches!(bad_cookie, Err(ureq::Error::Status(401, _))), "{bad_cookie:?}");
+    assert_eq!(ws.status(Some(&token)), 200);
+    let log = init.stdout();
+    assert!(log.contains("refused POST /a?FORGED LINE?b.js"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "a request forged a log line: {log}");
+}
