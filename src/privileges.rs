@@ -413,6 +413,81 @@ fn models_unreadable(models: &Path, (uid, gid): (u32, u32)) -> Option<String> {
     })
 }
 
+// ------------------------------------------------------- root's file I/O near PUID ---
+
+/// Runs `op`, file I/O on `file` (read, write, unlink), with the ComfyUI user's filesystem
+/// identity (`setfsuid`/`setfsgid`) when that user could change where `file` leads: a symlink it
+/// may replace, a folder on the way it may swap. Whatever it planted, root then reads and writes
+/// only what PUID itself may: a `.env -> /etc/ld.so.preload` left in PUID's config folder fails
+/// with EACCES instead of creating a root-loaded file that PUID owns. A path no folder of which
+/// PUID can change is left to root (a root-owned `.env` in a root-owned folder). Without
+/// `owner`, or when we are not root, `op` runs as it is. The identity is per thread: PID 1's
+/// loop has the only one.
+pub fn as_puid_where_exposed<T>(file: &Path, owner: Option<(u32, u32)>, op: impl FnOnce() -> T) -> T {
+    // SAFETY: geteuid cannot fail.
+    let Some((uid, gid)) = owner.filter(|_| unsafe { libc::geteuid() } == 0) else { return op() };
+    if !exposed(file, (uid, gid)) {
+        return op();
+    }
+    // setfsuid answers the previous identity whatever happens: read back to know it took.
+    let old_gid = nix::unistd::setfsgid(Gid::from_raw(gid));
+    let old_uid = nix::unistd::setfsuid(Uid::from_raw(uid));
+    let result = op();
+    nix::unistd::setfsuid(old_uid);
+    nix::unistd::setfsgid(old_gid);
+    result
+}
+
+/// Whether `owner` could change where `file` leads. Every folder on the way to `file`'s folder,
+/// as written and as resolved, is looked at: an entry sits where PUID may replace it when its
+/// parent is writable by PUID (in a sticky folder such as /tmp: only PUID's own entries). The
+/// folder itself may be PUID's (we only create files in it and rename them over their name,
+/// which never follows a link), but a symlink `file` in it leads wherever PUID wants.
+pub fn exposed(file: &Path, owner: (u32, u32)) -> bool {
+    let Ok(file) = std::path::absolute(file) else { return true };
+    let Some(dir) = file.parent() else { return true };
+    if folders_exposed(dir, owner) {
+        return true;
+    }
+    match std::fs::symlink_metadata(&file) {
+        Ok(link) if link.file_type().is_symlink() => {
+            let replaceable = std::fs::symlink_metadata(dir).map_or(true, |d| can_replace(&d, &link, owner));
+            // A dangling link leads where nothing is checked: exposed.
+            replaceable
+                || file.canonicalize().ok().and_then(|t| t.parent().map(|p| folders_exposed(p, owner))) != Some(false)
+        }
+        _ => false,
+    }
+}
+
+/// Some folder on the way to `dir` (as written, then as resolved) is one PUID may replace.
+fn folders_exposed(dir: &Path, owner: (u32, u32)) -> bool {
+    let resolved = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    for path in [dir, resolved.as_path()] {
+        let mut parent: Option<std::fs::Metadata> = None;
+        let mut ways: Vec<&Path> = path.ancestors().collect();
+        ways.reverse();
+        for step in ways {
+            // A missing folder is made by us, by descriptor or as PUID: nothing to replace yet.
+            let Ok(meta) = std::fs::symlink_metadata(step) else { break };
+            if parent.as_ref().is_some_and(|p| can_replace(p, &meta, owner)) {
+                return true;
+            }
+            parent = Some(meta);
+        }
+    }
+    false
+}
+
+/// Whether `owner` may replace `entry`, found in the folder `parent`.
+fn can_replace(parent: &std::fs::Metadata, entry: &std::fs::Metadata, (uid, gid): (u32, u32)) -> bool {
+    let mode = parent.mode();
+    let writable =
+        (parent.uid() == uid && mode & 0o200 != 0) || (parent.gid() == gid && mode & 0o020 != 0) || mode & 0o002 != 0;
+    let sticky = mode & libc::S_ISVTX != 0;
+    writable && (!sticky || entry.uid() == uid || parent.uid() == uid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

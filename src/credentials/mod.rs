@@ -11,6 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::{self, Links, NewFileAttrs};
+use crate::privileges::as_puid_where_exposed;
 use dotenv_edit::EnvFile;
 use plan::{Choice, FileState, Inputs};
 
@@ -93,7 +94,7 @@ impl Settings {
 /// `.secret-key.txt`. Read safely: a custom node folder is anyone's.
 fn is_login_node(dir: &Path) -> bool {
     matches!(
-        fsutil::read_bounded(&dir.join("password.py"), 1 << 20, Links::Follow),
+        fsutil::read_bounded(&dir.join("password.py"), 1 << 20, Links::Refuse),
         Ok(Some(code)) if code.windows(16).any(|w| w == b".secret-key.txt\"" || w == b".secret-key.txt'")
     )
 }
@@ -175,8 +176,10 @@ struct Snapshot {
 
 impl Snapshot {
     fn read(s: &Settings) -> Result<Snapshot, String> {
-        let env = read_env(&s.env_file)?;
-        let password = password_file::read_raw(&s.password_path())?;
+        // As PUID where PUID could have redirected them (privileges::as_puid_where_exposed).
+        let env = as_puid_where_exposed(&s.env_file, s.owner, || read_env(&s.env_file))?;
+        let password =
+            as_puid_where_exposed(&s.password_path(), s.owner, || password_file::read_raw(&s.password_path()))?;
         let secret = match &s.password_file {
             None => None,
             Some(path) => Some(
@@ -522,27 +525,34 @@ fn apply(s: &Settings, snap: &Snapshot, d: &Decision) -> Result<(), Failure> {
             Err(Failure::Changed)
         }
     };
+    // Every write and delete below runs as PUID where PUID could have redirected it (a symlink
+    // it left, a folder it may swap): root never writes where the ComfyUI user points it.
     if let Some(text) = &d.env_text {
-        // Through a symlink to its target: the link stays, the target gets the token.
-        let target = fsutil::write_target(&s.env_file);
-        settled(&target)?;
-        unchanged(&expected)?;
-        let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
-        fsutil::write_atomic_if(&target, text.as_bytes(), attrs, || {
+        as_puid_where_exposed(&s.env_file, s.owner, || -> Result<(), Failure> {
+            // Through a symlink to its target: the link stays, the target gets the token.
+            let target = fsutil::write_target(&s.env_file);
             settled(&target)?;
-            unchanged(&expected)
+            unchanged(&expected)?;
+            let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
+            fsutil::write_atomic_if(&target, text.as_bytes(), attrs, || {
+                settled(&target)?;
+                unchanged(&expected)
+            })
         })?;
         expected.env = Some(text.as_bytes().to_vec());
         crate::test_hook::pause("between .env and PASSWORD");
     }
     if d.write_password {
         unchanged(&expected)?;
-        password_file::write(&s.password_path(), &d.out.token, &d.out.username, s.owner, || unchanged(&expected))?;
+        let path = s.password_path();
+        as_puid_where_exposed(&path, s.owner, || {
+            password_file::write(&path, &d.out.token, &d.out.username, s.owner, || unchanged(&expected))
+        })?;
     }
     // The new PASSWORD is in place: a key that cannot be deleted (a read-only custom_nodes) only
     // means old browser sessions live on. Said, not fatal: ComfyUI must still get the new token.
     for key in &d.session_keys {
-        match std::fs::remove_file(key) {
+        match as_puid_where_exposed(key, s.owner, || std::fs::remove_file(key)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => log::warn!("{}; old browser sessions stay logged in", fsutil::explain_write_error(key, &e)),

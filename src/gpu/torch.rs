@@ -232,7 +232,11 @@ pub fn find(probe: &TorchProbe) -> Found {
     }
     match String::from_utf8_lossy(&out).trim() {
         "" => Found::Missing { python: python.to_string() },
-        dir => read_version(&probe.dir.join(dir)), // an absolute folder stays as it is
+        dir => {
+            // A folder the probe (PUID) named: read as PUID wherever PUID could redirect it.
+            let dir = probe.dir.join(dir); // an absolute folder stays as it is
+            crate::privileges::as_puid_where_exposed(&dir.join("version.py"), probe.user, || read_version(&dir))
+        }
     }
 }
 
@@ -327,8 +331,8 @@ fn exited(pid: u32) -> bool {
 /// a root-only file is refused, not followed), checked with fstat on the open file (a FIFO, a
 /// device or a folder is refused, and never read, so nothing can block us), and read up to 64 KiB
 /// (a bigger file is refused). Its content is only parsed for three quoted values, never run.
-/// The folders above it are resolved as usual: at most those three values of a file named
-/// `version.py` that the user cannot read could be shown in the report.
+/// The folders above it may be PUID's too: `find` reads it with PUID's filesystem identity
+/// wherever PUID could change where the path leads (privileges::as_puid_where_exposed).
 pub fn read_version(dir: &Path) -> Found {
     let path = dir.join("version.py");
     let text = match fsutil::read_bounded(&path, 64 * 1024, Links::Refuse) {

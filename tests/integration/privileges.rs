@@ -176,3 +176,66 @@ fn a_companion_folder_replaced_by_a_symlink_is_not_written_through() {
     assert!(err.contains(&format!("{} is a symlink", folder.display())), "the symlink is not named:\n{err}");
     assert!(err.contains("the companion node is not installed"), "not said:\n{err}");
 }
+
+/// The `.env`'s folder given to PUID, as a host folder of the user's mounted at /config is.
+fn env_folder_of_puid(ws: &Workspace) -> PathBuf {
+    let config = ws.dir.join("config");
+    fs::create_dir_all(&config).unwrap();
+    std::os::unix::fs::chown(&config, Some(65534), Some(65534)).unwrap();
+    config.join(".env")
+}
+
+#[test]
+fn a_dotenv_symlink_left_by_puid_never_makes_root_create_or_read_a_file_there() {
+    root_only!("a_dotenv_symlink_left_by_puid_never_makes_root_create_or_read_a_file_there");
+    let (ws, victim) = with_victim("link-env", None);
+    let env = env_folder_of_puid(&ws);
+    // What PUID leaves in its own config folder: .env pointing where root loads libraries from.
+    let preload = victim.join("ld.so.preload");
+    std::os::unix::fs::symlink(&preload, &env).unwrap();
+    let ws = ws.set("COMFY_INIT_ENV_FILE", &env).set("COMFYUI_PASSWORD", "boundary-pass");
+    let (code, out, err) = ws.cli(&["sync"]);
+    assert!(!preload.exists(), "root created {} (exit {code}): {out}{err}", preload.display());
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("ld.so.preload: permission denied"), "the refusal names the file: {err}");
+    // Nor is a root-only file read through such a link.
+    fs::write(&preload, "COMFYUI_PASSWORD=root-secret\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&preload, fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = ws.cli(&["sync", "--dry-run"]);
+    assert_ne!(code, 0, "root read a file it had to be pointed at: {out}{err}");
+    assert!(err.contains("ermission denied"), "{err}");
+    assert_eq!(fs::read_to_string(&preload).unwrap(), "COMFYUI_PASSWORD=root-secret\n");
+}
+
+#[test]
+fn a_dotenv_in_a_folder_of_puid_is_still_written_and_a_root_folder_keeps_working_as_root() {
+    root_only!("a_dotenv_in_a_folder_of_puid_is_still_written_and_a_root_folder_keeps_working_as_root");
+    let (ws, _victim) = with_victim("env-puid", None);
+    let env = env_folder_of_puid(&ws);
+    write(&env, "COMFYUI_PASSWORD=boundary-pass\n");
+    std::os::unix::fs::chown(&env, Some(65534), Some(65534)).unwrap();
+    let ws = ws.set("COMFY_INIT_ENV_FILE", &env);
+    let (code, out, err) = ws.cli(&["sync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(fs::read_to_string(&env).unwrap().contains("COMFYUI_BEARER_TOKEN="), "token not written back");
+    assert_eq!(owner(&env), 65534);
+    // The workspace's own .env (root's folder, root's file): written by root as before.
+    let (ws2, _) = with_victim("env-root", None);
+    let (code, out, err) = ws2.cli(&["sync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(fs::read_to_string(ws2.env_file()).unwrap().contains("COMFYUI_BEARER_TOKEN="));
+}
+
+#[test]
+fn a_login_folder_swapped_for_a_symlink_in_a_comfyui_folder_of_puid_gets_no_password() {
+    root_only!("a_login_folder_swapped_for_a_symlink_in_a_comfyui_folder_of_puid_gets_no_password");
+    let (ws, victim) = with_victim("link-login", None);
+    // ComfyUI's folder is PUID's (a bind mount of the user's own ComfyUI): it may replace login/.
+    std::os::unix::fs::chown(ws.comfyui(), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::symlink(&victim, ws.comfyui().join("login")).unwrap();
+    let (code, out, err) = ws.cli(&["sync"]);
+    assert!(!victim.join("PASSWORD").exists(), "root wrote PASSWORD through PUID's link (exit {code}): {out}{err}");
+    assert_eq!(owner(&victim), 0);
+    assert_ne!(code, 0, "{out}{err}");
+}
