@@ -4,6 +4,11 @@
 // The C `main` below replaces std's start-up (issue 17: a fifth of a spawn's instructions).
 #![cfg_attr(not(test), no_main)]
 
+// Without std's start-up, `std::env::args` is filled only by glibc, which hands argv to std
+// through .init_array. Elsewhere (musl) it would be empty, and `healthcheck` would become `run`.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+compile_error!("comfy-init's own C main needs glibc (target *-linux-gnu): std gets argv from glibc's .init_array");
+
 use comfy_init::cli::{self, Command, Topic};
 use comfy_init::{companion, config, credentials, error, gpu, health, logging, privileges, supervisor};
 use config::Settings;
@@ -206,7 +211,8 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
     // NVML is asked by a process of its own (gpu::helper): nothing foreign runs in PID 1.
     let for_child = gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
 
-    let mut spec = ChildSpec::default();
+    // ComfyUI (or the given command) is the one child that takes the terminal.
+    let mut spec = ChildSpec { terminal: true, ..ChildSpec::default() };
     if let Some(devices) = for_child.visible_devices {
         spec.env_set.push(("CUDA_VISIBLE_DEVICES".into(), devices.into()));
     }

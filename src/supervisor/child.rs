@@ -16,6 +16,9 @@ pub struct ChildSpec {
     pub cwd: Option<PathBuf>,
     /// PUID/PGID: the child runs as this user.
     pub user: Option<(u32, u32)>,
+    /// Its group becomes the terminal's foreground (`docker run -it`): ComfyUI only. A hook or a
+    /// probe that took it would leave Ctrl-C to nobody once it exits.
+    pub terminal: bool,
 }
 
 /// The program could not be started: 127 when it does not exist, 126 otherwise (shell rules).
@@ -54,6 +57,7 @@ pub fn spawn(spec: &ChildSpec) -> Result<Child, SpawnError> {
         env_remove: &spec.env_remove,
         cwd: spec.cwd.as_ref(),
         user: spec.user,
+        terminal: spec.terminal,
     };
     let failed = |source| SpawnError {
         program: spec.argv.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -86,6 +90,33 @@ pub fn signal_group(pgid: i32, signo: i32) -> std::io::Result<()> {
 }
 
 /// Whether any process of the group still exists (EPERM means it exists but is not ours to signal).
+/// What is left of a process group, for the log: `pid 12 (python3) state D (uninterruptible
+/// sleep: a hung device or filesystem call)`, from /proc (procfs files: no one can swap them).
+pub fn describe_group(pgid: i32) -> String {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let state = fields.first().copied().unwrap_or("?");
+        let why = match state {
+            "D" => " (uninterruptible sleep: a hung device or filesystem call)",
+            "Z" => " (a zombie: its parent has not reaped it)",
+            _ => "",
+        };
+        members.push(format!("pid {pid} ({}) state {state}{why}", &stat[open + 1..close]));
+    }
+    if members.is_empty() {
+        "no member found".into()
+    } else {
+        members.join(", ")
+    }
+}
+
 pub fn group_alive(pgid: i32) -> bool {
     match signal_group(pgid, 0) {
         Ok(()) => true,

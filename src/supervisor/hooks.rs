@@ -40,7 +40,8 @@ pub fn name(hook: &Path) -> String {
 /// How hook `hook` is started: like ComfyUI (its user, folder, environment), under `__prefix`.
 pub fn spec(hook: &Path, comfyui: &ChildSpec) -> Result<ChildSpec, String> {
     let me = std::env::current_exe().map_err(|e| format!("cannot find comfy-init's own path: {e}"))?;
-    Ok(ChildSpec { argv: vec![me.into(), PREFIX.into(), name(hook).into(), hook.into()], ..comfyui.clone() })
+    let argv = vec![me.into(), PREFIX.into(), name(hook).into(), hook.into()];
+    Ok(ChildSpec { argv, terminal: false, ..comfyui.clone() })
 }
 
 /// `comfy-init __prefix NAME COMMAND...`: runs COMMAND with its stdout and stderr into one pipe,

@@ -250,6 +250,11 @@ impl Supervisor {
                         }
                     }),
                     Effect::StartReload { companion } => pending.push(self.start_reload(companion)),
+                    Effect::Abandon { pgid } => log::error!(
+                        "process group {pgid} outlived SIGKILL by {:?}, going on without it: {}",
+                        state::ABANDON_AFTER,
+                        child::describe_group(pgid)
+                    ),
                     Effect::Exit(code) => log::debug!("exiting with {code}"),
                     Effect::Log(level, message) => log::log!(level, "{message}"),
                 }

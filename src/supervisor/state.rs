@@ -13,6 +13,11 @@ use super::signals::signal_name;
 /// grandchild whose parent is still alive dies without telling us).
 pub const GROUP_RECHECK: Duration = Duration::from_millis(50);
 
+/// How long a group may outlive its SIGKILL before the stop goes on without it: a process in
+/// uninterruptible sleep (a GPU fallen off the bus, a hung FUSE or NFS call) cannot die until it
+/// wakes, and a stop must end within the grace Docker gives. Its pids and states are logged.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(3);
+
 /// How long a reload may take to be proven (the probe gives up after 2 s) before ComfyUI is
 /// restarted instead.
 pub const RELOAD_PROOF: Duration = Duration::from_secs(3);
@@ -73,13 +78,14 @@ pub enum State {
         probe: Option<i32>,
         until: Instant,
     },
-    /// The group was sent the stop signal; SIGKILL at `kill_at` unless it is gone by then.
+    /// The group was sent the stop signal; SIGKILL at `kill_at` unless it is gone by then; the
+    /// stop goes on without it [`ABANDON_AFTER`] after SIGKILL (`killed_at`).
     Stopping {
         child: Child,
         exited: Option<Exited>,
         then: AfterStop,
         kill_at: Instant,
-        killed: bool,
+        killed_at: Option<Instant>,
     },
     Backoff {
         until: Instant,
@@ -141,6 +147,10 @@ pub enum Effect {
     StartReload {
         companion: i32,
     },
+    /// The group outlived SIGKILL by [`ABANDON_AFTER`]: name what is left of it, go on without it.
+    Abandon {
+        pgid: i32,
+    },
     Exit(i32),
     Log(log::Level, String),
 }
@@ -193,9 +203,9 @@ impl Machine {
     /// When the loop must wake up at the latest (None: only for a signal or a file event).
     pub fn deadline(&self, now: Instant) -> Option<Instant> {
         match self.state {
-            State::Stopping { kill_at, killed, .. } => {
-                let recheck = now + GROUP_RECHECK;
-                Some(if killed { recheck } else { recheck.min(kill_at) })
+            State::Stopping { kill_at, killed_at, .. } => {
+                let next = killed_at.map_or(kill_at, |at| at + ABANDON_AFTER);
+                Some((now + GROUP_RECHECK).min(next))
             }
             State::Backoff { until, .. } | State::Reloading { until, .. } => Some(until),
             State::PreStart { .. } | State::SpawningHook { .. } => None,
@@ -296,12 +306,12 @@ impl Machine {
                 let child = *child;
                 self.begin_stop(child, None, AfterStop::Exit, now, fx);
             }
-            State::Stopping { child, then, killed, .. } => {
-                if *then == AfterStop::Exit && !*killed {
+            State::Stopping { child, then, killed_at, .. } => {
+                if *then == AfterStop::Exit && killed_at.is_none() {
                     // Asked twice (Ctrl-C Ctrl-C): no more patience.
                     fx.push(log(log::Level::Warn, format!("second stop request: killing process group {}", child.pid)));
                     fx.push(Effect::SignalGroup { pgid: child.pid, signo: libc::SIGKILL });
-                    *killed = true;
+                    *killed_at = Some(now);
                 }
                 *then = AfterStop::Exit;
             }
@@ -411,9 +421,9 @@ impl Machine {
 
     fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         match &mut self.state {
-            State::Stopping { child, kill_at, killed, .. } if !*killed && now >= *kill_at => {
+            State::Stopping { child, kill_at, killed_at: killed_at @ None, .. } if now >= *kill_at => {
                 let pgid = child.pid;
-                *killed = true;
+                *killed_at = Some(now);
                 fx.push(log(
                     log::Level::Warn,
                     format!(
@@ -423,6 +433,13 @@ impl Machine {
                     ),
                 ));
                 fx.push(Effect::SignalGroup { pgid, signo: libc::SIGKILL });
+            }
+            State::Stopping { child, exited, then, killed_at: Some(at), .. } if now >= *at + ABANDON_AFTER => {
+                let (child, then) = (*child, *then);
+                // The main child unreaped too: it was SIGKILLed, as far as anyone can tell.
+                let exited = exited.unwrap_or(Exited { status: ExitStatus::Signal(libc::SIGKILL), reboot: false });
+                fx.push(Effect::Abandon { pgid: child.pid });
+                self.after_stop(child, exited, then, now, fx);
             }
             State::Backoff { until, .. } if now >= *until => self.spawn(fx),
             State::Reloading { until, .. } if now >= *until => {
@@ -445,7 +462,7 @@ impl Machine {
         fx.push(log(log::Level::Debug, format!("sending {} to process group {}", signal_name(signo), child.pid)));
         fx.push(Effect::SignalGroup { pgid: child.pid, signo });
         let kill_at = now + self.settings.stop_timeout;
-        self.state = State::Stopping { child, exited, then, kill_at, killed: false };
+        self.state = State::Stopping { child, exited, then, kill_at, killed_at: None };
     }
 
     /// The main child is gone but some of its group lives on (a helper, a shell's background job,
@@ -567,7 +584,7 @@ mod tests {
         m.step(Event::StopRequested(libc::SIGTERM), t0);
         assert!(acts(m.step(Event::Tick, t0 + GRACE / 2)).is_empty());
         assert_eq!(acts(m.step(Event::Tick, t0 + GRACE)), [signal(libc::SIGKILL)]);
-        assert!(acts(m.step(Event::Tick, t0 + GRACE * 2)).is_empty(), "SIGKILL sent twice");
+        assert!(acts(m.step(Event::Tick, t0 + GRACE + ABANDON_AFTER / 2)).is_empty(), "SIGKILL sent twice");
         assert_eq!(m.deadline(t0 + GRACE), Some(t0 + GRACE + GROUP_RECHECK), "keeps looking for the group");
         assert_eq!(
             acts(m.step(
@@ -598,7 +615,7 @@ mod tests {
         assert!(fx.iter().any(|e| matches!(e, Effect::Log(log::Level::Warn, m) if m.contains("second stop request"))));
         assert_eq!(acts(fx), [signal(libc::SIGKILL)]);
         assert!(acts(m.step(Event::StopRequested(libc::SIGINT), t0)).is_empty(), "a third is nothing new");
-        assert!(acts(m.step(Event::Tick, t0 + GRACE)).is_empty(), "already killed");
+        assert!(acts(m.step(Event::Tick, t0 + ABANDON_AFTER / 2)).is_empty(), "already killed");
     }
 
     #[test]
@@ -744,6 +761,34 @@ mod tests {
         assert_eq!(acts(m.step(Event::Tick, t0 + GRACE)), [signal(libc::SIGKILL)]);
         assert!(acts(m.step(Event::GroupGone, t0 + GRACE)).is_empty());
         assert!(matches!(m.state(), State::Backoff { .. }), "{:?}", m.state());
+    }
+
+    #[test]
+    fn a_group_that_outlives_sigkill_is_left_behind_and_the_stop_goes_on() {
+        // docker stop: SIGTERM, the grace, SIGKILL; a process in uninterruptible sleep cannot die.
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::StopRequested(libc::SIGTERM), t0);
+        assert_eq!(acts(m.step(Event::Tick, t0 + GRACE)), [signal(libc::SIGKILL)]);
+        assert_eq!(m.deadline(t0 + GRACE), Some(t0 + GRACE + GROUP_RECHECK));
+        assert!(acts(m.step(Event::Tick, t0 + GRACE + ABANDON_AFTER / 2)).is_empty());
+        let at = t0 + GRACE + ABANDON_AFTER;
+        assert_eq!(m.deadline(at - GROUP_RECHECK / 2), Some(at), "woken at the give-up time");
+        // The main child was never reaped: it counts as SIGKILLed.
+        assert_eq!(acts(m.step(Event::Tick, at)), [Effect::Abandon { pgid: PID }, Effect::Exit(137)]);
+
+        // Leftovers of a crashed child, restarted without them; the child's own status is kept.
+        let (mut m, t0) = running(RestartMode::Always);
+        m.step(reaped(3, true), t0);
+        m.step(Event::Tick, t0 + GRACE);
+        let fx = acts(m.step(Event::Tick, t0 + GRACE + ABANDON_AFTER));
+        assert_eq!(fx.first(), Some(&Effect::Abandon { pgid: PID }));
+        assert!(matches!(m.state(), State::Backoff { last: ExitStatus::Code(3), .. }), "{:?}", m.state());
+
+        // A second stop request kills at once, and the give-up time counts from then.
+        let (mut m, t0) = running(RestartMode::Never);
+        m.step(Event::StopRequested(libc::SIGTERM), t0);
+        assert_eq!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)), [signal(libc::SIGKILL)]);
+        assert_eq!(acts(m.step(Event::Tick, t0 + ABANDON_AFTER)), [Effect::Abandon { pgid: PID }, Effect::Exit(137)]);
     }
 
     #[test]

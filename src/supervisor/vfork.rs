@@ -35,6 +35,7 @@ pub struct Job {
     script_argv: Vec<*const c_char>,
     cwd: Option<CString>,
     user: Option<(u32, u32)>,
+    terminal: bool,
     /// Owners of the bytes the pointer arrays point into.
     _strings: Vec<CString>,
     failure: Option<(Stage, c_int)>,
@@ -48,6 +49,8 @@ pub struct Request<'a> {
     pub env_remove: &'a [String],
     pub cwd: Option<&'a PathBuf>,
     pub user: Option<(u32, u32)>,
+    /// Take the terminal's foreground for the child's group.
+    pub terminal: bool,
 }
 
 impl Job {
@@ -82,6 +85,7 @@ impl Job {
             envp,
             cwd,
             user: request.user,
+            terminal: request.terminal,
             _strings: strings,
             failure: None,
         })
@@ -180,7 +184,7 @@ fn sys(result: libc::c_long) -> Result<libc::c_long, c_int> {
     }
 }
 
-/// The child: user, folder, its own process group (and the terminal's foreground, if any), an
+/// The child: user, folder, its own process group (and the terminal's foreground, if asked), an
 /// empty signal mask, exec. Failure: recorded in the job, exit 127.
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the parent's Job, alive and untouched while the parent is suspended.
@@ -208,10 +212,11 @@ unsafe fn prepare(job: &Job) -> Result<(), (Stage, c_int)> {
         sys(libc::syscall(libc::SYS_chdir, dir.as_ptr())).map_err(|e| (Stage::EnterFolder, e))?;
     }
     sys(libc::syscall(libc::SYS_setpgid, 0, 0)).map_err(|e| (Stage::NewGroup, e))?;
-    // A terminal (docker run -it) goes to the child's group. Every signal is blocked (inherited
-    // from PID 1), so the SIGTTOU that tcsetpgrp raises from a background group cannot stop us.
+    // A terminal (docker run -it) goes to ComfyUI's group, and only to it. Every signal is blocked
+    // (inherited from PID 1), so the SIGTTOU that tcsetpgrp raises from a background group cannot
+    // stop us.
     let mut termios: libc::termios = std::mem::zeroed();
-    if libc::syscall(libc::SYS_ioctl, libc::STDIN_FILENO, libc::TCGETS, &mut termios) == 0 {
+    if job.terminal && libc::syscall(libc::SYS_ioctl, libc::STDIN_FILENO, libc::TCGETS, &mut termios) == 0 {
         let me: libc::pid_t = libc::syscall(libc::SYS_getpid) as libc::pid_t;
         libc::syscall(libc::SYS_ioctl, libc::STDIN_FILENO, libc::TIOCSPGRP, &me);
     }
@@ -275,7 +280,8 @@ mod tests {
         let argv = [OsString::from("/bin/true")];
         let set = [("COMFY_INIT_TEST_SET".to_string(), OsString::from("new"))];
         let remove = ["PATH".to_string()];
-        let request = Request { argv: &argv, env_set: &set, env_remove: &remove, cwd: None, user: None };
+        let request =
+            Request { argv: &argv, env_set: &set, env_remove: &remove, cwd: None, user: None, terminal: false };
         let job = Job::new(&request).unwrap();
         let env: Vec<String> = job.envp[..job.envp.len() - 1]
             .iter()

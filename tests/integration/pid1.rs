@@ -265,3 +265,38 @@ fn with_a_terminal_the_child_gets_the_foreground() {
     assert_eq!(ids[0], ids[1], "the child's group is not the terminal's foreground group: {text}");
     assert_eq!(out.status.code(), Some(0), "{text}");
 }
+
+#[test]
+fn a_group_member_that_cannot_die_holds_pid1_no_longer_than_sigkill_plus_3_s() {
+    // Z stays in ComfyUI's process group after SIGKILL: a zombie whose parent P left the group
+    // and never reaps it (a process in uninterruptible sleep stays the same way). Before, PID 1
+    // waited for the group without limit; docker stop then ended in Docker's own SIGKILL.
+    if !can_be_pid1("a_group_member_that_cannot_die_holds_pid1_no_longer_than_sigkill_plus_3_s") {
+        return;
+    }
+    let stuck = r#"
+import os, signal, time
+group = os.getpgrp()
+if os.fork() == 0:  # P: leaves the group, puts Z in it, never reaps it
+    os.setpgid(0, 0)
+    if os.fork() == 0:
+        os.setpgid(0, group)
+        signal.pause()
+    time.sleep(1000)
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main child needs the SIGKILL too
+print("ready", flush=True)
+signal.pause()
+"#;
+    let mut init = Launch::init(&["python3", "-c", stuck])
+        .env("COMFY_INIT_STOP_TIMEOUT", "1s")
+        .env("COMFY_INIT_STOP_SIGNAL", "SIGINT")
+        .start();
+    assert!(init.until(LONG, || init.stdout().contains("ready")), "{}", init.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    init.signal(libc::SIGTERM);
+    let code = init.wait(LONG);
+    let err = init.stderr();
+    assert_eq!(code, Some(137), "PID 1 did not go on without the group: {err}");
+    assert!(err.contains("outlived SIGKILL by 3s, going on without it"), "{err}");
+    assert!(err.contains("state Z (a zombie: its parent has not reaped it)"), "the stuck member is named: {err}");
+}

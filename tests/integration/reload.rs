@@ -219,3 +219,61 @@ fn a_missing_comfyui_folder_still_fails_closed_and_is_not_created() {
     assert_eq!(code, 78, "{err}");
     assert!(!nope.exists(), "COMFYUI_DIR was created (by the companion's install?)");
 }
+
+/// (process group, the terminal's foreground group) of `pid`, from /proc (fields 5 and 8).
+fn groups(pid: i64) -> (i64, i64) {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after: Vec<i64> =
+        stat[stat.rfind(')').unwrap() + 2..].split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    (after[2], after[5])
+}
+
+/// Kills what a test started under script(1) when it ends, passed or failed: comfy-init does
+/// not die of the terminal's hangup, and a leftover would keep running.
+struct Killed(std::process::Child, Vec<i32>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for pid in &self.1 {
+            // SAFETY: signals to processes this test started.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn after_a_reload_the_terminal_still_belongs_to_comfyui() {
+    // `docker run -it`: the reload probe, a child of its own, must not take the terminal's
+    // foreground, or Ctrl-C reaches nobody once it exits. script(1) gives comfy-init a terminal.
+    let ws = Workspace::new("rl-tty").set("FAKE_COMFYUI_START_DELAY", "0.3");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=first-pass\n");
+    let inner = format!("{} run", bin().display());
+    let script = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .envs(ws.env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut started = Killed(script, vec![]);
+    let served = wait_until(LONG, &mut || ws.status(None) == 401 && ws.comfyui_pid(&ws.token()).is_some());
+    assert!(served, "ComfyUI never served");
+    let pid = ws.comfyui_pid(&ws.token()).unwrap();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let init: i32 = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().nth(1).unwrap().parse().unwrap();
+    started.1 = vec![init, pid as i32];
+    let (pgid, foreground) = groups(pid);
+    assert_eq!(pgid, foreground, "ComfyUI's group did not get the terminal at start");
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=second-pass");
+    let reloaded = wait_until(LONG, &mut || {
+        let t = ws.token();
+        bcrypt::verify("second-pass", &t).unwrap_or(false) && ws.status(Some(&t)) == 200
+    });
+    assert!(reloaded, "the new password was never served");
+    std::thread::sleep(Duration::from_millis(300)); // the probe has exited
+    assert_eq!(ws.comfyui_pid(&ws.token()), Some(pid), "reloaded in place, not restarted");
+    assert_eq!(groups(pid), (pgid, pgid), "after the reload the terminal's foreground is not ComfyUI's");
+}
