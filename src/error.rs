@@ -22,6 +22,8 @@ pub enum Error {
     Spawn(SpawnError),
     /// Something comfy-init needs from the kernel failed: what it was setting up, and why.
     System { about: &'static str, source: std::io::Error },
+    /// Asked to stop (`docker stop`, Ctrl-C) during start-up: ComfyUI was not started.
+    Stopped { signo: i32, during: &'static str },
 }
 
 impl Error {
@@ -31,6 +33,8 @@ impl Error {
             Error::Gpu(_) => EXIT_GPU,
             Error::Spawn(e) => e.exit_code() as u8,
             Error::System { .. } => 1,
+            // As if the child had died of it: 143 for SIGTERM, 130 for SIGINT.
+            Error::Stopped { signo, .. } => (128 + signo) as u8,
         }
     }
 }
@@ -42,6 +46,11 @@ impl std::fmt::Display for Error {
             Error::Credentials(why) | Error::Gpu(why) => f.write_str(why),
             Error::Spawn(e) => write!(f, "{e}"),
             Error::System { about, source } => write!(f, "cannot {about}: {source}"),
+            Error::Stopped { signo, during } => write!(
+                f,
+                "{} during {during}: stopping at once, ComfyUI not started",
+                crate::supervisor::signals::signal_name(*signo)
+            ),
         }
     }
 }

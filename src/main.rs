@@ -186,6 +186,10 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
     });
     match started {
         Ok(supervisor) => supervisor.run(),
+        Err(e @ Error::Stopped { .. }) => {
+            log::info!("{e}");
+            i32::from(e.exit_code())
+        }
         Err(e) => {
             log::error!("{e}");
             i32::from(e.exit_code())
@@ -208,8 +212,11 @@ struct Prepared {
 fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) -> Result<Prepared, Error> {
     let settings = Settings::from_env()?;
     let hooks = supervisor::hooks::list(&settings.pre_start).map_err(|e| Error::Config(config::ConfigError(e)))?;
-    // NVML is asked by a process of its own (gpu::helper): nothing foreign runs in PID 1.
-    let for_child = gpu::preflight(&settings.gpu).map_err(Error::Gpu)?;
+    // NVML is asked by a process of its own (gpu::helper): nothing foreign runs in PID 1. A stop
+    // request interrupts its waits; it is answered before the check's verdict.
+    let for_child = gpu::preflight(&settings.gpu);
+    stop_if_asked("the GPU check")?;
+    let for_child = for_child.map_err(Error::Gpu)?;
 
     // ComfyUI (or the given command) is the one child that takes the terminal.
     let mut spec = ChildSpec { terminal: true, ..ChildSpec::default() };
@@ -241,7 +248,9 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
         let not_started = |e: String| {
             Error::Credentials(format!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD"))
         };
-        Some(prepare_credentials(&settings.credentials).map_err(not_started)?)
+        let guard = prepare_credentials(&settings.credentials);
+        stop_if_asked("the credentials check")?;
+        Some(guard.map_err(not_started)?)
     } else {
         log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it");
         None
@@ -256,6 +265,14 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
         spec.argv = command;
     }
     Ok(Prepared { settings, spec, guard, reload, hooks })
+}
+
+/// Err(Stopped) when a stop request is waiting: start-up goes no further.
+fn stop_if_asked(during: &'static str) -> Result<(), Error> {
+    match supervisor::signals::stop_pending() {
+        Some(signo) => Err(Error::Stopped { signo, during }),
+        None => Ok(()),
+    }
 }
 
 /// The companion node, installed so that the token stays out of ComfyUI's log, a new token can be

@@ -130,6 +130,9 @@ fn ask(mode: &str, settings: &GpuSettings, timeout: Duration) -> Result<String, 
     Ok(answer)
 }
 
+/// How often a wait of start-up looks for a stop request.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
 fn hung(timeout: Duration) -> String {
     format!("did not answer within {timeout:?} (killed; {ENV_TIMEOUT} allows more): NVML hangs")
 }
@@ -142,11 +145,18 @@ fn read_until(mut pipe: std::process::ChildStdout, deadline: Instant) -> Result<
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut pfd = libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // In slices: a stop request during start-up must not wait out a hung driver.
+        let ms = libc::c_int::try_from(left.min(STOP_CHECK).as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd for a descriptor we own.
         let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if ready == 0 {
+        if let Some(signo) = crate::supervisor::signals::stop_pending() {
+            return Err(Some(format!("interrupted by {}", crate::supervisor::signals::signal_name(signo))));
+        }
+        if ready == 0 && left <= STOP_CHECK {
             return Err(None);
+        }
+        if ready == 0 {
+            continue;
         }
         if ready < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {

@@ -218,6 +218,10 @@ pub fn find(probe: &TorchProbe) -> Found {
         Err(Asked::TooLong) => {
             return Found::Unknown(format!("{python} printed more than {MAX_ANSWER} bytes, not where torch is"))
         }
+        Err(Asked::Stopped(signo)) => {
+            let signal = crate::supervisor::signals::signal_name(signo);
+            return Found::Unknown(format!("not asked: {signal} came first"));
+        }
     };
     match status {
         Ok(s) if s.success() => {}
@@ -243,6 +247,8 @@ pub fn find(probe: &TorchProbe) -> Found {
 enum Asked {
     Timeout,
     TooLong,
+    /// PID 1 was asked to stop meanwhile.
+    Stopped(i32),
 }
 
 /// What the child printed before it exited (not reaped: `waitid` with WNOWAIT), read as it comes
@@ -281,6 +287,9 @@ fn ask(child: &mut Child) -> Result<Vec<u8>, Asked> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(Asked::Timeout);
+        }
+        if let Some(signo) = crate::supervisor::signals::stop_pending() {
+            return Err(Asked::Stopped(signo));
         }
         let wait = left.min(Duration::from_millis(5));
         match &pipe {

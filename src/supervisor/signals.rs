@@ -89,6 +89,21 @@ pub fn signal_when_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A stop request (SIGTERM, SIGINT, SIGQUIT) waiting in PID 1's pending set, left there: start-up
+/// (the GPU check, the credentials) looks between its steps and inside its waits, so that a
+/// `docker stop` then is answered at once, and ComfyUI is not started only to be stopped. Always
+/// None where those signals are not blocked (the commands other than `run`: they just die).
+pub fn stop_pending() -> Option<i32> {
+    // SAFETY: sigpending fills the set it is given; sigismember reads it.
+    unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        if libc::sigpending(&mut pending) != 0 {
+            return None;
+        }
+        [libc::SIGTERM, libc::SIGINT, libc::SIGQUIT].into_iter().find(|s| libc::sigismember(&pending, *s) == 1)
+    }
+}
+
 /// SIGTERM, SIGINT and SIGQUIT ask us to stop: the child gets the configured stop signal.
 pub fn is_stop_request(signo: i32) -> bool {
     matches!(signo, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT)

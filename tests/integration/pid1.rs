@@ -300,3 +300,37 @@ signal.pause()
     assert!(err.contains("outlived SIGKILL by 3s, going on without it"), "{err}");
     assert!(err.contains("state Z (a zombie: its parent has not reaped it)"), "the stuck member is named: {err}");
 }
+
+#[test]
+fn sigterm_during_a_hung_gpu_check_stops_at_once_without_starting_comfyui() {
+    // docker stop while NVML hangs (COMFY_INIT_GPU_TIMEOUT 30 s): answered at once, not after the
+    // timeout, and ComfyUI is not started only to be stopped.
+    if !can_be_pid1("sigterm_during_a_hung_gpu_check_stops_at_once_without_starting_comfyui") {
+        return;
+    }
+    let f = nvml_fixtures();
+    let dir = TempDir::new("stop-gpu");
+    let marker = dir.join("comfyui-started");
+    let mut init = Launch::init(&["touch", marker.to_str().unwrap()])
+        .env("COMFY_INIT_GPU", "require")
+        .env("COMFY_INIT_NVML_LIB", &f.full)
+        .env("FAKE_NVML_HANG", "1")
+        .env("COMFY_INIT_GPU_TIMEOUT", "30s")
+        .start();
+    let hung = init.until(LONG, || {
+        std::process::Command::new("pgrep")
+            .args(["-f", "comfy-init-nvml probe"])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    });
+    assert!(hung, "the NVML helper never ran: {}", init.stderr());
+    let t0 = std::time::Instant::now();
+    init.signal(libc::SIGTERM);
+    let code = init.wait(LONG);
+    eprintln!("SIGTERM during the GPU check -> exit in {:?}", t0.elapsed());
+    let err = init.stderr();
+    assert_eq!(code, Some(143), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "waited for the GPU timeout: {err}");
+    assert!(err.contains("SIGTERM during the GPU check: stopping at once, ComfyUI not started"), "{err}");
+    assert!(!marker.exists(), "ComfyUI was started: {err}");
+}
