@@ -24,6 +24,33 @@ pub enum Links {
 /// Ok(None): the file does not exist. Err: names the file and what it is; the caller adds what
 /// to do about it.
 pub fn read_bounded(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8>>, String> {
+    read_bounded_checked(path, cap, links).map_err(|e| match e {
+        ReadError::Io(e) => format!("cannot read {}: {}", path.display(), e.source),
+        ReadError::Refused(why) => why,
+    })
+}
+
+/// Why [`read_bounded_checked`] read nothing: the OS failed (errno kept), or what is there is
+/// not something we read (a folder, a FIFO, a symlink where none is accepted, too big).
+#[derive(Debug)]
+pub enum ReadError {
+    Io(IoError),
+    Refused(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => e.fmt(f),
+            ReadError::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+/// [`read_bounded`] with typed errors.
+pub fn read_bounded_checked(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8>>, ReadError> {
+    let refused = |why: String| Err(ReadError::Refused(why));
+    let failed = |e: io::Error| ReadError::Io(IoError::new("read", path, e));
     let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     if links == Links::Refuse {
         flags |= libc::O_NOFOLLOW;
@@ -32,29 +59,29 @@ pub fn read_bounded(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) && links == Links::Refuse => {
-            return Err(format!("{} is a symlink, which is not accepted here", path.display()))
+            return refused(format!("{} is a symlink, which is not accepted here", path.display()))
         }
         // Opening a socket fails with ENXIO.
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            return Err(format!("{} is a socket, not a file", path.display()))
+            return refused(format!("{} is a socket, not a file", path.display()))
         }
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => return Err(failed(e)),
     };
-    let meta = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = file.metadata().map_err(failed)?;
     if let Some(what) = not_a_file(meta.file_type()) {
-        return Err(format!("{} is {what}, not a file", path.display()));
+        return refused(format!("{} is {what}, not a file", path.display()));
     }
     let too_big = |size: u64| {
         format!("{} is {size} bytes, more than the {cap} it can sensibly hold, and is not read", path.display())
     };
     if meta.len() > cap {
-        return Err(too_big(meta.len()));
+        return refused(too_big(meta.len()));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     // The file may grow after fstat: read one byte past the cap to know.
-    file.take(cap + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    file.take(cap + 1).read_to_end(&mut bytes).map_err(failed)?;
     if bytes.len() as u64 > cap {
-        return Err(too_big(bytes.len() as u64));
+        return refused(too_big(bytes.len() as u64));
     }
     Ok(Some(bytes))
 }
@@ -118,6 +145,31 @@ pub fn write_atomic_if<E: From<String>>(
     attrs: NewFileAttrs,
     still_wanted: impl FnOnce() -> Result<(), E>,
 ) -> Result<(), E> {
+    /// Carries the caller's error through [`write_atomic_checked`], whose I/O errors are typed.
+    enum Either<E> {
+        Io(IoError),
+        Unwanted(E),
+    }
+    impl<E> From<IoError> for Either<E> {
+        fn from(e: IoError) -> Self {
+            Either::Io(e)
+        }
+    }
+    write_atomic_checked(path, content, attrs, || still_wanted().map_err(Either::Unwanted)).map_err(|e| match e {
+        Either::Io(e) => E::from(e.to_string()),
+        Either::Unwanted(e) => e,
+    })
+}
+
+/// [`write_atomic_if`] with typed I/O errors: the path and the OS error (errno) kept, so that a
+/// caller can tell a mount point (the rename answers EBUSY: a single-file bind mount) from a
+/// read-only filesystem or a full disk.
+pub fn write_atomic_checked<E: From<IoError>>(
+    path: &Path,
+    content: &[u8],
+    attrs: NewFileAttrs,
+    still_wanted: impl FnOnce() -> Result<(), E>,
+) -> Result<(), E> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (mode, owner) = match fs::metadata(path) {
@@ -140,12 +192,94 @@ pub fn write_atomic_if<E: From<String>>(
         let _ = fs::remove_file(&tmp);
         e
     };
-    written.map_err(|e| abandon(explain_write_error(path, &e).into()))?;
+    written.map_err(|e| abandon(IoError::write(path, e).into()))?;
     still_wanted().map_err(abandon)?;
     crate::test_hook::pause("before rename");
-    fs::rename(&tmp, path)
-        .and_then(|()| open_dir(dir)?.sync_all())
-        .map_err(|e| abandon(explain_write_error(path, &e).into()))
+    fs::rename(&tmp, path).map_err(|e| abandon(IoError::write(path, e).into()))?;
+    open_dir(dir).and_then(|d| d.sync_all()).map_err(|e| IoError::write(path, e).into())
+}
+
+/// Whether a failed replacement of `path` failed because `path` is a mount point: a single-file
+/// bind mount (Docker's `-v ./my.env:/config/.env`) cannot be renamed over (EBUSY; EXDEV where
+/// the kernel sees two filesystems). Such a file can only be written in place.
+pub fn is_mount_point_error(e: &IoError) -> bool {
+    matches!(e.source.raw_os_error(), Some(libc::EBUSY | libc::EXDEV))
+}
+
+/// Writes `content` into the existing file `path` in place, for a file that cannot be replaced
+/// (a single-file bind mount, see [`is_mount_point_error`]): opened for writing without
+/// `O_TRUNC` (and without creating, without following a symlink, without blocking on a FIFO),
+/// checked to be a regular file on the open descriptor, then `still_wanted` is asked, and only
+/// then the whole content is written from offset 0, the file cut to its length and synced. Not
+/// atomic: a crash in the middle can leave a mix of old and new bytes; a reader in the
+/// microseconds of the write can see one too. An Err from `still_wanted` writes nothing.
+pub fn write_in_place_checked<E: From<IoError>>(
+    path: &Path,
+    content: &[u8],
+    still_wanted: impl FnOnce() -> Result<(), E>,
+) -> Result<(), E> {
+    use std::os::unix::fs::FileExt;
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+    let file = OpenOptions::new().write(true).custom_flags(flags).open(path).map_err(|e| IoError::write(path, e))?;
+    let meta = file.metadata().map_err(|e| IoError::write(path, e))?;
+    if let Some(what) = not_a_file(meta.file_type()) {
+        let e = io::Error::new(io::ErrorKind::InvalidInput, format!("it is {what}, not a file"));
+        return Err(IoError::write(path, e).into());
+    }
+    still_wanted()?;
+    let written =
+        file.write_all_at(content, 0).and_then(|()| file.set_len(content.len() as u64)).and_then(|()| file.sync_all());
+    written.map_err(|e| IoError::write(path, e).into())
+}
+
+/// A failed file operation, typed: what was done, on which path, and the OS error with its errno.
+/// Shown as one line an operator can act on (see [`explain_write_error`]).
+#[derive(Debug)]
+pub struct IoError {
+    /// "read", "write", "lock", "delete"...: said as "cannot {op} {path}".
+    pub op: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+impl IoError {
+    pub fn new(op: &'static str, path: &Path, source: io::Error) -> IoError {
+        IoError { op, path: path.to_path_buf(), source }
+    }
+
+    pub fn write(path: &Path, source: io::Error) -> IoError {
+        IoError::new("write", path, source)
+    }
+
+    /// The errno, when the OS gave one.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let meaning = match (self.op, self.source.raw_os_error()) {
+            ("read", Some(libc::EACCES | libc::EPERM)) => {
+                "permission denied: make it readable for comfy-init's user (see PUID/PGID)".to_string()
+            }
+            ("read" | "lock", _) => self.source.to_string(),
+            _ => errno_meaning(&self.source),
+        };
+        write!(f, "cannot {} {}: {meaning}", self.op, self.path.display())
+    }
+}
+
+impl std::error::Error for IoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl From<IoError> for String {
+    fn from(e: IoError) -> String {
+        e.to_string()
+    }
 }
 
 /// Opens a folder, and only a folder: a FIFO swapped in for it fails (ENOTDIR) instead of
@@ -169,7 +303,12 @@ fn remove_stale_temp_files(dir: &Path, name: &str) {
 
 /// One line an operator can act on, for a failed write.
 pub fn explain_write_error(path: &Path, e: &io::Error) -> String {
-    let what = match e.raw_os_error() {
+    format!("cannot write {}: {}", path.display(), errno_meaning(e))
+}
+
+/// What an OS error means for whoever runs the container, and what to do, in words.
+pub fn errno_meaning(e: &io::Error) -> String {
+    match e.raw_os_error() {
         Some(libc::EROFS) => {
             "the filesystem is read-only: mount it read-write (drop ':ro' from the volume)".to_string()
         }
@@ -177,9 +316,12 @@ pub fn explain_write_error(path: &Path, e: &io::Error) -> String {
             "permission denied: make the folder writable for comfy-init's user (see PUID/PGID)".to_string()
         }
         Some(libc::ENOSPC) => "the disk is full".to_string(),
+        Some(libc::EBUSY) => {
+            "it is a mount point (a single-file bind mount) and cannot be replaced: mount its folder instead"
+                .to_string()
+        }
         _ => e.to_string(),
-    };
-    format!("cannot write {}: {what}", path.display())
+    }
 }
 
 /// Whether we may write into `dir` (create and rename files there).
@@ -345,6 +487,47 @@ mod tests {
         assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "temp file left behind");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn writes_in_place_whole_and_cut_to_length_only_when_still_wanted() {
+        let dir = std::env::temp_dir().join(format!("fsutil-inplace-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("f");
+        fs::write(&file, "a longer old content\n").unwrap();
+        let ino = fs::metadata(&file).unwrap().ino();
+        let stop = || Err::<(), IoError>(IoError::write(&file, io::Error::from_raw_os_error(libc::EAGAIN)));
+        assert!(write_in_place_checked(&file, b"new\n", stop).is_err());
+        assert_eq!(fs::read(&file).unwrap(), b"a longer old content\n", "written although not wanted");
+        write_in_place_checked::<IoError>(&file, b"new\n", || Ok(())).unwrap();
+        assert_eq!(fs::read(&file).unwrap(), b"new\n");
+        assert_eq!(fs::metadata(&file).unwrap().ino(), ino, "replaced, not written in place");
+        // Never created, never a folder or a symlink.
+        let missing = write_in_place_checked::<IoError>(&dir.join("missing"), b"x", || Ok(())).unwrap_err();
+        assert_eq!(missing.errno(), Some(libc::ENOENT));
+        assert!(!dir.join("missing").exists());
+        assert!(write_in_place_checked::<IoError>(&dir, b"x", || Ok(())).is_err());
+        std::os::unix::fs::symlink(&file, dir.join("link")).unwrap();
+        let link = write_in_place_checked::<IoError>(&dir.join("link"), b"x", || Ok(())).unwrap_err();
+        assert_eq!(link.errno(), Some(libc::ELOOP));
+        assert_eq!(fs::read(&file).unwrap(), b"new\n");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn io_errors_keep_their_errno_and_say_what_to_do() {
+        let path = Path::new("/config/.env");
+        let busy = IoError::write(path, io::Error::from_raw_os_error(libc::EBUSY));
+        assert!(is_mount_point_error(&busy));
+        assert!(is_mount_point_error(&IoError::write(path, io::Error::from_raw_os_error(libc::EXDEV))));
+        assert!(busy.to_string().starts_with("cannot write /config/.env: it is a mount point"), "{busy}");
+        let ro = IoError::write(path, io::Error::from_raw_os_error(libc::EROFS));
+        assert!(!is_mount_point_error(&ro));
+        assert_eq!(ro.errno(), Some(libc::EROFS));
+        assert_eq!(ro.to_string(), explain_write_error(path, &io::Error::from_raw_os_error(libc::EROFS)));
+        let denied = IoError::new("read", path, io::Error::from_raw_os_error(libc::EACCES));
+        assert!(denied.to_string().contains("make it readable"), "{denied}");
     }
 
     #[test]

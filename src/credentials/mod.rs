@@ -10,7 +10,7 @@ pub mod token;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{self, Links, NewFileAttrs};
+use crate::fsutil::{self, IoError, Links, NewFileAttrs, ReadError};
 use crate::privileges::as_puid_where_exposed;
 use dotenv_edit::EnvFile;
 use plan::{Choice, FileState, Inputs};
@@ -128,10 +128,14 @@ pub fn token_redacted(s: &Settings) -> bool {
 pub const ENV_CAP: u64 = 1 << 20;
 
 /// Why a reconciliation did not complete.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Failure {
-    /// Refused, with the source and the rule: nothing written.
+    /// Refused by a rule, with the source and the rule named: nothing written.
     Refused(String),
+    /// The system failed a read or a write that had to succeed (PASSWORD, the lock, the files
+    /// the decision is made from): the path and the OS error, errno kept. Not a policy: the same
+    /// pass may succeed once the disk, the mount or the permission is fixed.
+    Io(IoError),
     /// Another comfy-init holds the lock and we were asked not to wait (PID 1's loop).
     Busy,
     /// A file changed between our read and our write: we wrote no further, try again.
@@ -142,15 +146,42 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Refused(why) => f.write_str(why),
+            Failure::Io(e) => e.fmt(f),
             Failure::Busy => f.write_str("another comfy-init is writing the credentials"),
             Failure::Changed => f.write_str("the credential files changed while comfy-init was writing them"),
         }
     }
 }
 
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failure::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A rule's refusal (the decision's errors are all of that kind).
 impl From<String> for Failure {
     fn from(why: String) -> Failure {
         Failure::Refused(why)
+    }
+}
+
+impl From<IoError> for Failure {
+    fn from(e: IoError) -> Failure {
+        Failure::Io(e)
+    }
+}
+
+/// A read refused (not a file, too big) stays a refusal; an OS error stays an OS error.
+impl From<ReadError> for Failure {
+    fn from(e: ReadError) -> Failure {
+        match e {
+            ReadError::Io(e) => Failure::Io(e),
+            ReadError::Refused(why) => Failure::Refused(why),
+        }
     }
 }
 
@@ -175,28 +206,40 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn read(s: &Settings) -> Result<Snapshot, String> {
+    fn read(s: &Settings) -> Result<Snapshot, Failure> {
         // As PUID where PUID could have redirected them (privileges::as_puid_where_exposed).
         let env = as_puid_where_exposed(&s.env_file, s.owner, || read_env(&s.env_file))?;
         let password =
-            as_puid_where_exposed(&s.password_path(), s.owner, || password_file::read_raw(&s.password_path()))?;
+            as_puid_where_exposed(&s.password_path(), s.owner, || password_file::read_raw_checked(&s.password_path()))?;
         let secret = match &s.password_file {
             None => None,
-            Some(path) => Some(
-                fsutil::read_bounded(path, ENV_CAP, Links::Follow)
-                    .and_then(|bytes| bytes.ok_or_else(|| format!("{} does not exist", path.display())))
-                    .map_err(|e| format!("COMFYUI_PASSWORD_FILE: {e}: mount the secret there or unset the variable"))?,
-            ),
+            Some(path) => Some(read_secret_file(path)?),
         };
         Ok(Snapshot { env, password, secret })
     }
 }
 
 /// The `.env` file's bytes; Ok(None) when there is none.
-fn read_env(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    fsutil::read_bounded(path, ENV_CAP, Links::Follow).map_err(|e| {
-        format!("{e}: COMFY_INIT_ENV_FILE must name a text file (put one there, or point the variable at yours)")
+fn read_env(path: &Path) -> Result<Option<Vec<u8>>, Failure> {
+    fsutil::read_bounded_checked(path, ENV_CAP, Links::Follow).map_err(|e| match e {
+        ReadError::Refused(why) => Failure::Refused(format!(
+            "{why}: COMFY_INIT_ENV_FILE must name a text file (put one there, or point the variable at yours)"
+        )),
+        ReadError::Io(e) => Failure::Io(e),
     })
+}
+
+/// The bytes of COMFYUI_PASSWORD_FILE, which must exist.
+fn read_secret_file(path: &Path) -> Result<Vec<u8>, Failure> {
+    let refused = |why: String| {
+        Failure::Refused(format!("COMFYUI_PASSWORD_FILE: {why}: mount the secret there or unset the variable"))
+    };
+    match fsutil::read_bounded_checked(path, ENV_CAP, Links::Follow) {
+        Ok(Some(bytes)) => Ok(bytes),
+        Ok(None) => Err(refused(format!("{} does not exist", path.display()))),
+        Err(ReadError::Refused(why)) => Err(refused(why)),
+        Err(ReadError::Io(e)) => Err(Failure::Io(e)),
+    }
 }
 
 /// The configured values after precedence: secret file, then `.env`, then the environment.
@@ -320,17 +363,44 @@ pub struct Outcome {
     pub stored_in: Option<PathBuf>,
 }
 
-/// What one pass decided, from one snapshot: the writes still to be done.
+/// What one pass decided, from one snapshot: the writes still to be done, each with the line
+/// that says it in the log (added to the outcome once it is done; dry, as what would be).
 struct Decision {
     out: Outcome,
     warnings: Vec<String>,
-    /// The configured password (to recognise one we generated in an earlier pass).
-    password: Option<String>,
-    /// The new `.env` text, where it must change and can be written.
-    env_text: Option<String>,
-    write_password: bool,
+    /// PASSWORD must be written: what that changes.
+    password_change: Option<String>,
     /// Session keys to delete: the password changed and old browser sessions must end.
     session_keys: Vec<PathBuf>,
+    /// The new `.env` text, where it must change, and what that changes.
+    env_text: Option<String>,
+    env_changes: Vec<String>,
+    /// The new password exists only in this pass's writes while another source configures a
+    /// different one (`rotate` over a `.env` or environment password): unless `.env` takes it,
+    /// the next pass goes back to that one. Its `.env` write is then required, not best-effort.
+    env_required: bool,
+}
+
+impl Decision {
+    fn writes(&self) -> bool {
+        self.password_change.is_some() || !self.session_keys.is_empty() || self.env_text.is_some()
+    }
+
+    /// Every change this decision makes, in the order `apply` makes them.
+    fn planned(&self) -> Vec<String> {
+        let keys = self.session_keys.iter().map(|k| session_key_change(k));
+        self.password_change.iter().cloned().chain(keys).chain(self.env_changes.iter().cloned()).collect()
+    }
+}
+
+fn session_key_change(key: &Path) -> String {
+    format!("{}: deleted (old browser sessions end)", key.display())
+}
+
+/// A password generated by a pass that then had to start over, and the hash it wrote for it.
+struct Generated {
+    password: String,
+    token: String,
 }
 
 /// A concurrent edit makes a pass start over: one-shot commands keep starting over while the
@@ -357,28 +427,37 @@ fn reconcile_with(
     // Taken at the first write and kept: a pass that starts over runs under it, so another
     // comfy-init cannot make it start over again.
     let mut lock: Option<Lock> = None;
-    // A password generated and stored by a pass that then had to start over is still ours.
-    let mut generated_earlier: Option<String> = None;
+    // PASSWORD is written before `.env`: a pass that generated a password, wrote its hash and
+    // then had to start over (a save of `.env`) left the password nowhere else. The next pass
+    // must still store it (or announce it), or nobody would ever know it.
+    let mut carried: Option<Generated> = None;
+    // What the passes that then had to start over did write.
+    let mut done: Vec<String> = Vec::new();
     let started = std::time::Instant::now();
     while started.elapsed() < MAX_BUSY {
         let snap = Snapshot::read(s)?;
-        let mut d = decide(s, &snap, running, new_password)?;
-        if d.out.generated.is_none() && d.password.is_some() && d.password == generated_earlier {
-            d.out.generated = generated_earlier.clone();
-            d.out.stored_in = Some(s.env_file.clone());
-        }
-        let writes = d.env_text.is_some() || d.write_password || !d.session_keys.is_empty();
-        if mode == Mode::DryRun || !writes {
+        let mut d = decide(s, &snap, running, new_password, carried.as_ref())?;
+        if mode == Mode::DryRun || !d.writes() {
+            done.extend(d.planned());
+            d.out.changes = done;
             return Ok(finish(d));
         }
         if lock.is_none() {
             lock = Some(Lock::acquire(s, mode == Mode::Wait)?);
         }
-        match apply(s, &snap, &d) {
-            Ok(()) => return Ok(finish(d)),
+        match apply(s, &snap, &d, &mut done) {
+            Ok(env_written) => {
+                if env_written && d.out.generated.is_some() {
+                    d.out.stored_in = Some(s.env_file.clone());
+                }
+                d.out.changes = done;
+                return Ok(finish(d));
+            }
             Err(Failure::Changed) if mode == Mode::Wait => {
                 log::debug!("a credential file changed while comfy-init was writing: starting over");
-                generated_earlier = d.out.generated.clone().or(generated_earlier);
+                if let Some(password) = d.out.generated.take() {
+                    carried = Some(Generated { password, token: d.out.token });
+                }
                 std::thread::sleep(SETTLE / 4);
             }
             Err(e) => return Err(e),
@@ -401,14 +480,17 @@ fn finish(d: Decision) -> Outcome {
 
 /// One pass, pure but for bcrypt: what the files must become, given what they are now.
 /// `new_password`: a password just generated by `rotate`, to store instead of the configured one.
+/// `carried`: a password an earlier pass generated and wrote into PASSWORD (see `reconcile_with`).
 fn decide(
     s: &Settings,
     snap: &Snapshot,
     running: Option<&str>,
     new_password: Option<&str>,
+    carried: Option<&Generated>,
 ) -> Result<Decision, String> {
     let mut warnings = Vec::new();
     let mut sources = gather(s, snap, &mut warnings)?;
+    let configured = sources.password.clone();
     if let Some(p) = new_password {
         sources.password = Some(p.to_string());
     }
@@ -427,24 +509,22 @@ fn decide(
     let plan = plan::plan(&inputs, verifies, &token::check_shape);
     warnings.extend(plan.warnings.iter().cloned());
 
-    let mut out = Outcome { username: sources.username.clone(), ..Outcome::default() };
     let (token, why, generated) = token_for(plan.choice)?;
-    out.generated = new_password.map(String::from).or(generated);
-    let env_text = env_text(s, &sources.env, &token, &mut out)?;
+    // PASSWORD still holds the hash of the password an earlier pass generated, and nothing
+    // configures another: that password is still the one to store.
+    let carried = carried.filter(|c| sources.password.is_none() && c.token == token).map(|c| c.password.clone());
+    let generated = new_password.map(String::from).or(generated).or(carried);
+    let (env_text, env_changes) = env_text(s, &sources.env, &token, generated.as_deref())?;
     let file_differs = !matches!(&file, FileState::Hash { hash, username, exact: true } if *hash == token && *username == sources.username);
-    let write_password = plan.write_file && file_differs;
-    if write_password {
-        out.changes.push(format!("{}: written ({why})", s.password_path().display()));
-    }
+    let password_change =
+        (plan.write_file && file_differs).then(|| format!("{}: written ({why})", s.password_path().display()));
     let session_keys: Vec<PathBuf> = match plan.drop_sessions {
         true => s.session_key_paths().into_iter().filter(|k| k.exists()).collect(),
         false => Vec::new(),
     };
-    for key in &session_keys {
-        out.changes.push(format!("{}: deleted (old browser sessions end)", key.display()));
-    }
-    out.token = token;
-    Ok(Decision { out, warnings, password: sources.password, env_text, write_password, session_keys })
+    let env_required = new_password.is_some() && configured.is_some() && configured.as_deref() != new_password;
+    let out = Outcome { token, username: sources.username, generated, ..Outcome::default() };
+    Ok(Decision { out, warnings, password_change, session_keys, env_text, env_changes, env_required })
 }
 
 /// A hash too costly to check (see `token::MAX_VERIFY_COST`) is replaced when a password is
@@ -476,30 +556,27 @@ fn token_for(choice: Choice) -> Result<(String, &'static str, Option<String>), S
     })
 }
 
-/// The new `.env` text, when it must change and can be written; the changes noted in `out`.
-fn env_text(s: &Settings, env: &Option<EnvFile>, token: &str, out: &mut Outcome) -> Result<Option<String>, String> {
-    let Some(text) = env_update(&s.env_file, env, token, out.generated.as_deref())? else { return Ok(None) };
-    let target = fsutil::write_target(&s.env_file);
-    if !fsutil::dir_writable(target.parent().unwrap_or(Path::new("."))) {
-        log::info!(
-            "{} is not writable: {KEY_TOKEN} not written back (get the token with 'comfy-init token')",
-            s.env_file.display()
-        );
-        return Ok(None);
-    }
-    out.changes.push(format!("{}: {KEY_TOKEN} updated", s.env_file.display()));
-    if out.generated.is_some() {
+/// The new `.env` text when it must change, and what that changes (for the log).
+fn env_text(
+    s: &Settings,
+    env: &Option<EnvFile>,
+    token: &str,
+    generated: Option<&str>,
+) -> Result<(Option<String>, Vec<String>), String> {
+    let Some(text) = env_update(&s.env_file, env, token, generated)? else { return Ok((None, Vec::new())) };
+    let mut changes = vec![format!("{}: {KEY_TOKEN} updated", s.env_file.display())];
+    if generated.is_some() {
         let had_one = env.as_ref().is_some_and(|e| e.get(KEY_PASSWORD).is_some());
         let what = if had_one { "replaced by a new random password" } else { "generated" };
-        out.changes.push(format!("{}: {KEY_PASSWORD} {what}", s.env_file.display()));
-        out.stored_in = Some(s.env_file.clone());
+        changes.push(format!("{}: {KEY_PASSWORD} {what}", s.env_file.display()));
     }
-    Ok(Some(text))
+    Ok((Some(text), changes))
 }
 
 /// A `.env` modified this recently may be in the middle of a save: an editor that saves in
 /// place truncates the file, then writes it, and a reader between the two sees it empty. Writing
-/// then would orphan the inode the editor is about to fill, and lose its save.
+/// then would orphan the inode the editor is about to fill, and lose its save; deciding from it
+/// would write a PASSWORD for a password half typed.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 fn settled(path: &Path) -> Result<(), Failure> {
@@ -510,55 +587,148 @@ fn settled(path: &Path) -> Result<(), Failure> {
     }
 }
 
-/// Carries a decision out, under the lock. Before each rename (after the new content is written
-/// and synced) the files are read again: if one is not what the decision was made from (a
-/// user's save, an editor's rename), nothing more is written and the caller starts over from the
-/// new content; a `.env` saved in the last [`SETTLE`] is left to settle first. What remains is
-/// the window between that read and the rename, a few microseconds: a save landing exactly
-/// there is overwritten (no lock can stop an editor that does not take it).
-fn apply(s: &Settings, snap: &Snapshot, d: &Decision) -> Result<(), Failure> {
-    let mut expected = snap.clone();
-    let unchanged = |expected: &Snapshot| -> Result<(), Failure> {
-        if Snapshot::read(s)? == *expected {
-            Ok(())
-        } else {
-            Err(Failure::Changed)
-        }
-    };
-    // Every write and delete below runs as PUID where PUID could have redirected it (a symlink
-    // it left, a folder it may swap): root never writes where the ComfyUI user points it.
-    if let Some(text) = &d.env_text {
-        as_puid_where_exposed(&s.env_file, s.owner, || -> Result<(), Failure> {
-            // Through a symlink to its target: the link stays, the target gets the token.
-            let target = fsutil::write_target(&s.env_file);
-            settled(&target)?;
-            unchanged(&expected)?;
-            let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
-            fsutil::write_atomic_if(&target, text.as_bytes(), attrs, || {
-                settled(&target)?;
-                unchanged(&expected)
-            })
-        })?;
-        expected.env = Some(text.as_bytes().to_vec());
-        crate::test_hook::pause("between .env and PASSWORD");
+/// Asked before each write, and again just before its rename: the files still hold what the
+/// decision was made from (`expected`), and `.env` was not saved in the last [`SETTLE`].
+/// Err(Changed): write no further, start over from the new content.
+fn unchanged(s: &Settings, expected: &Snapshot) -> Result<(), Failure> {
+    as_puid_where_exposed(&s.env_file, s.owner, || settled(&fsutil::write_target(&s.env_file)))?;
+    if Snapshot::read(s)? == *expected {
+        Ok(())
+    } else {
+        Err(Failure::Changed)
     }
-    if d.write_password {
-        unchanged(&expected)?;
+}
+
+/// Carries a decision out, under the lock, in the order that never lets a file advertise a
+/// token PASSWORD does not hold: PASSWORD first (what ComfyUI-Login reads), then the session keys
+/// (the new password is in force: old browser sessions end), then `.env`, best-effort (see
+/// [`write_env`]). Each change made is added to `done`. Before each write, and again once the new
+/// content is written and synced, just before its rename, the files are read again: if one is
+/// not what the decision was made from (a user's save, an editor's rename), nothing more is
+/// written and the caller starts over from the new content; a `.env` saved in the last
+/// [`SETTLE`] is left to settle first. What remains is the window between that read and the
+/// rename, a few microseconds: a save landing exactly there is overwritten (no lock can stop an
+/// editor that does not take it). Ok(true): `.env` holds what the decision wanted.
+fn apply(s: &Settings, snap: &Snapshot, d: &Decision, done: &mut Vec<String>) -> Result<bool, Failure> {
+    let mut expected = snap.clone();
+    // Every read, write and delete below runs as PUID where PUID could have redirected it (a
+    // symlink it left, a folder it may swap): root never writes where the ComfyUI user points it.
+    if let Some(change) = &d.password_change {
         let path = s.password_path();
+        unchanged(s, &expected)?;
         as_puid_where_exposed(&path, s.owner, || {
-            password_file::write(&path, &d.out.token, &d.out.username, s.owner, || unchanged(&expected))
+            password_file::write(&path, &d.out.token, &d.out.username, s.owner, || unchanged(s, &expected))
         })?;
+        expected.password = Some(password_file::content(&d.out.token, &d.out.username).into_bytes());
+        done.push(change.clone());
+        crate::test_hook::pause("between PASSWORD and .env");
     }
     // The new PASSWORD is in place: a key that cannot be deleted (a read-only custom_nodes) only
     // means old browser sessions live on. Said, not fatal: ComfyUI must still get the new token.
     for key in &d.session_keys {
         match as_puid_where_exposed(key, s.owner, || std::fs::remove_file(key)) {
-            Ok(()) => {}
+            Ok(()) => done.push(session_key_change(key)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => log::warn!("{}; old browser sessions stay logged in", fsutil::explain_write_error(key, &e)),
         }
     }
-    Ok(())
+    match &d.env_text {
+        None => Ok(true),
+        Some(text) => write_env(s, &expected, text, d, done),
+    }
+}
+
+/// A step of the `.env` write: the write itself failed (best-effort), or the check before it
+/// said to stop (a concurrent edit: start over).
+enum EnvStep {
+    Write(IoError),
+    Check(Failure),
+}
+
+impl From<IoError> for EnvStep {
+    fn from(e: IoError) -> EnvStep {
+        EnvStep::Write(e)
+    }
+}
+
+/// `.env` gets the token (and a generated password) after PASSWORD holds it: a `.env` that
+/// cannot be written only lacks the new token (or advertises an older one, which ComfyUI no
+/// longer takes), said in a warning naming the file, the error and what to do; the
+/// reconciliation goes on. A single-file bind mount of `.env` (Docker's `-v ./my.env:/config/.env`:
+/// the rename over it answers EBUSY, it is a mount point) is written in place instead, after the
+/// same check. Ok(false): not written. Err: start over (Changed), or `.env` had to take the new
+/// password ([`Decision::env_required`]).
+fn write_env(
+    s: &Settings,
+    expected: &Snapshot,
+    text: &str,
+    d: &Decision,
+    done: &mut Vec<String>,
+) -> Result<bool, Failure> {
+    let still_wanted = || unchanged(s, expected).map_err(EnvStep::Check);
+    let written = as_puid_where_exposed(&s.env_file, s.owner, || {
+        // Through a symlink to its target: the link stays, the target gets the token.
+        let target = fsutil::write_target(&s.env_file);
+        still_wanted()?;
+        let attrs = NewFileAttrs { mode: 0o600, owner: s.owner, force: false };
+        match fsutil::write_atomic_checked(&target, text.as_bytes(), attrs, still_wanted) {
+            Err(EnvStep::Write(e)) if fsutil::is_mount_point_error(&e) => {
+                say_single_file_bind_mount(&s.env_file, &e);
+                fsutil::write_in_place_checked(&target, text.as_bytes(), still_wanted)
+            }
+            other => other,
+        }
+    });
+    let e = match written {
+        Ok(()) => {
+            done.extend(d.env_changes.iter().cloned());
+            return Ok(true);
+        }
+        Err(EnvStep::Check(stop)) => return Err(stop),
+        Err(EnvStep::Write(e)) => e,
+    };
+    if d.env_required {
+        log::warn!(
+            "the new password could not be stored in {}, which configures another one: PASSWORD goes \
+             back to that one at the next reconciliation",
+            s.env_file.display()
+        );
+        return Err(Failure::Io(e));
+    }
+    let then = match d.out.generated {
+        Some(_) => "the generated password is shown below, only once: note it",
+        None => "ComfyUI takes the new token all the same: get it with 'comfy-init token'",
+    };
+    let link = match e.path != s.env_file {
+        true => format!(" ({} leads there)", s.env_file.display()),
+        false => String::new(),
+    };
+    let message = format!("{e}{link}; {KEY_TOKEN} not written back ({then})");
+    // Nothing at all where `.env` would be (not even a dangling link): it advertises nothing
+    // stale, and many never mount one; no need to warn.
+    let present = as_puid_where_exposed(&s.env_file, s.owner, || std::fs::symlink_metadata(&s.env_file).is_ok());
+    if expected.env.is_some() || present {
+        log::warn!("{message}");
+    } else {
+        log::info!("{message}");
+    }
+    Ok(false)
+}
+
+/// Said once per process: the rename over `.env` answered EBUSY (or EXDEV), so `.env` is a
+/// mount point of its own, a single-file bind mount.
+fn say_single_file_bind_mount(env_file: &Path, e: &IoError) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    log::warn!(
+        "{} is a single-file bind mount (replacing it answered: {}): comfy-init writes it in place. \
+         An editor on the host that saves by replacing the file is never seen inside the container: \
+         mount the folder that holds it instead (docker run -v ./config:/config, not -v ./my.env:/config/.env)",
+        env_file.display(),
+        e.source
+    );
 }
 
 /// The new `.env` text when it must change: the token (and a generated password) written back.
@@ -597,8 +767,9 @@ pub fn announce(out: &Outcome) {
     let stored = match &out.stored_in {
         Some(path) => format!("It is stored in {path} as {KEY_PASSWORD}.", path = path.display()),
         None => format!(
-            "It could NOT be stored (the .env file is not writable): note it now, it is shown only \
-             once. To choose your own, set {KEY_PASSWORD} (or COMFYUI_PASSWORD_FILE) and restart."
+            "It could NOT be stored (the .env file could not be written, see above): note it now, it \
+             is shown only once. To choose your own, set {KEY_PASSWORD} (or COMFYUI_PASSWORD_FILE) and \
+             restart."
         ),
     };
     log::warn!("====================== new ComfyUI login ======================");
@@ -635,15 +806,30 @@ pub fn rotate(s: &Settings) -> Result<Outcome, Failure> {
         )));
     }
     require_comfyui_dir(s)?;
-    let target = fsutil::write_target(&s.env_file);
-    if !fsutil::dir_writable(target.parent().unwrap_or(Path::new("."))) {
-        return Err(Failure::Refused(format!(
-            "{} is not writable: rotate needs to store the new password there",
-            s.env_file.display()
-        )));
-    }
+    env_writable(s)?;
     let password = token::generate_password();
     reconcile_with(s, None, Mode::Wait, Some(&password))
+}
+
+/// Whether `.env` can take a new password, asked before anything is written: its folder must
+/// be writable, and the file itself (where there is one) open for writing, since a read-only
+/// single-file bind mount sits in a writable folder.
+fn env_writable(s: &Settings) -> Result<(), Failure> {
+    as_puid_where_exposed(&s.env_file, s.owner, || {
+        let target = fsutil::write_target(&s.env_file);
+        if !fsutil::dir_writable(target.parent().unwrap_or(Path::new("."))) {
+            return Err(Failure::Refused(format!(
+                "{} is not writable: rotate needs to store the new password there",
+                s.env_file.display()
+            )));
+        }
+        let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+        match std::fs::OpenOptions::new().write(true).custom_flags(flags).open(&target) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Failure::Io(IoError::write(&target, e))),
+        }
+    })
 }
 
 /// Serialises writers across processes: without it, `comfy-init rotate` and the running
@@ -682,8 +868,8 @@ impl Lock {
 
 /// The login folder, or (where the filesystem cannot flock a folder opened read-only: NFS emulates
 /// flock with write locks) a lock file in it.
-fn open_lock_target(login: &Path) -> Result<(std::fs::File, PathBuf), String> {
-    let folder = fsutil::open_dir(login).map_err(|e| format!("cannot open {}: {e}", login.display()))?;
+fn open_lock_target(login: &Path) -> Result<(std::fs::File, PathBuf), IoError> {
+    let folder = fsutil::open_dir(login).map_err(|e| IoError::new("lock", login, e))?;
     if flock_supported(&folder) {
         return Ok((folder, login.to_path_buf()));
     }
@@ -695,7 +881,7 @@ fn open_lock_target(login: &Path) -> Result<(std::fs::File, PathBuf), String> {
         .write(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
-        .map_err(|e| fsutil::explain_write_error(&path, &e))?;
+        .map_err(|e| IoError::write(&path, e))?;
     Ok((file, path))
 }
 
@@ -714,7 +900,7 @@ fn flock_supported(file: &std::fs::File) -> bool {
 }
 
 /// Ok(true): locked; Ok(false): held by someone else.
-fn try_flock(file: &std::fs::File, what: &Path) -> Result<bool, String> {
+fn try_flock(file: &std::fs::File, what: &Path) -> Result<bool, IoError> {
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -723,7 +909,7 @@ fn try_flock(file: &std::fs::File, what: &Path) -> Result<bool, String> {
     let e = std::io::Error::last_os_error();
     match e.raw_os_error() {
         Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
-        _ => Err(format!("cannot lock {}: {e}", what.display())),
+        _ => Err(IoError::new("lock", what, e)),
     }
 }
 

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use super::plan::FileState;
 use super::token::check_shape;
-use crate::fsutil::{self, Links, NewFileAttrs};
+use super::Failure;
+use crate::fsutil::{self, IoError, Links, NewFileAttrs, ReadError};
 
 pub fn path(comfyui_dir: &Path) -> PathBuf {
     comfyui_dir.join("login").join("PASSWORD")
@@ -26,25 +27,42 @@ pub fn read(file: &Path) -> Result<FileState, String> {
 /// stays inside the login folder (a Kubernetes Secret mounted there is `PASSWORD ->
 /// ..data/PASSWORD`); its resolved target is then opened without following links again.
 pub fn read_raw(file: &Path) -> Result<Option<Vec<u8>>, String> {
-    read_raw_unexplained(file).map_err(|e| format!("{e}: remove it, comfy-init will create the file"))
+    read_raw_unexplained(file).map_err(|e| match e {
+        ReadError::Io(e) => {
+            format!("cannot read {}: {}: remove it, comfy-init will create the file", e.path.display(), e.source)
+        }
+        ReadError::Refused(why) => format!("{why}: remove it, comfy-init will create the file"),
+    })
 }
 
-fn read_raw_unexplained(file: &Path) -> Result<Option<Vec<u8>>, String> {
+/// [`read_raw`] with typed errors: an OS error (EACCES, EIO) keeps its errno and path; what we
+/// refuse to read (a folder, a FIFO, a symlink out of `login/`) is a refusal saying what to do.
+pub fn read_raw_checked(file: &Path) -> Result<Option<Vec<u8>>, Failure> {
+    read_raw_unexplained(file).map_err(|e| match e {
+        ReadError::Io(e) => Failure::Io(e),
+        ReadError::Refused(why) => Failure::Refused(format!("{why}: remove it, comfy-init will create the file")),
+    })
+}
+
+fn read_raw_unexplained(file: &Path) -> Result<Option<Vec<u8>>, ReadError> {
     let is_link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
     if !is_link {
-        return fsutil::read_bounded(file, CAP, Links::Refuse);
+        return fsutil::read_bounded_checked(file, CAP, Links::Refuse);
     }
     let login = file.parent().and_then(|d| d.canonicalize().ok());
     let target = file.canonicalize().ok();
     match (login, target) {
         (Some(login), Some(target)) if target.starts_with(&login) => {
-            fsutil::read_bounded(&target, CAP, Links::Refuse).map_err(|e| format!("{} -> {e}", file.display()))
+            fsutil::read_bounded_checked(&target, CAP, Links::Refuse).map_err(|e| match e {
+                ReadError::Refused(why) => ReadError::Refused(format!("{} -> {why}", file.display())),
+                io => io,
+            })
         }
-        (_, target) => Err(format!(
+        (_, target) => Err(ReadError::Refused(format!(
             "{} is a symlink to {} outside the login folder",
             file.display(),
             target.map(|t| t.display().to_string()).unwrap_or_else(|| "a missing file".into())
-        )),
+        ))),
     }
 }
 
@@ -74,8 +92,8 @@ pub fn parse(bytes: &[u8]) -> FileState {
 }
 
 /// Writes `hash\nusername` atomically, mode 0600, owned by `owner` when given.
-/// `still_wanted`: see [`fsutil::write_atomic_if`].
-pub fn write<E: From<String>>(
+/// `still_wanted`: see [`fsutil::write_atomic_if`]. I/O errors keep their errno and path.
+pub fn write<E: From<IoError>>(
     file: &Path,
     hash: &str,
     username: &str,
@@ -84,17 +102,22 @@ pub fn write<E: From<String>>(
 ) -> Result<(), E> {
     create_login_dir(file.parent().unwrap_or(Path::new(".")), owner)?;
     let attrs = NewFileAttrs { mode: 0o600, owner, force: true };
-    fsutil::write_atomic_if(file, format!("{hash}\n{username}").as_bytes(), attrs, still_wanted)
+    fsutil::write_atomic_checked(file, content(hash, username).as_bytes(), attrs, still_wanted)
+}
+
+/// What PASSWORD holds once written: exactly the bytes [`write`] puts there.
+pub fn content(hash: &str, username: &str) -> String {
+    format!("{hash}\n{username}")
 }
 
 /// The login folder, created (owned by `owner`: ComfyUI-Login writes there too) when missing.
-pub fn create_login_dir(login: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+pub fn create_login_dir(login: &Path, owner: Option<(u32, u32)>) -> Result<(), IoError> {
     if login.is_dir() {
         return Ok(());
     }
-    std::fs::create_dir_all(login).map_err(|e| fsutil::explain_write_error(login, &e))?;
+    std::fs::create_dir_all(login).map_err(|e| IoError::write(login, e))?;
     if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(login, Some(uid), Some(gid)).map_err(|e| fsutil::explain_write_error(login, &e))?;
+        std::os::unix::fs::chown(login, Some(uid), Some(gid)).map_err(|e| IoError::write(login, e))?;
     }
     Ok(())
 }

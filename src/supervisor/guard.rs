@@ -100,7 +100,7 @@ impl Guard {
                 let old = std::mem::replace(&mut self.token, out.token);
                 Some((old, self.token.clone()))
             }
-            Err(Failure::Refused(e)) => {
+            Err(e @ (Failure::Refused(_) | Failure::Io(_))) => {
                 log::error!("{e}; ComfyUI keeps running with its current token");
                 None
             }

@@ -400,3 +400,244 @@ fn with_puid_root_owned_folders_are_given_to_that_user_without_following_links_o
         assert_eq!(fs::metadata(ws.password_file()).unwrap().uid(), 1000);
     }
 }
+
+// ------------------------------------------- PASSWORD first, `.env` best-effort ---
+
+/// Runs `comfy-init ARGS` in a private mount namespace once the shell commands `mounts` ran
+/// there (what Docker's volumes do, without Docker): (exit code, stdout, stderr).
+fn with_mounts(ws: &Workspace, mounts: &str, args: &[&str]) -> (i32, String, String) {
+    let script = format!("{mounts} && exec \"$0\" \"$@\"");
+    let mut cmd = std::process::Command::new("unshare");
+    scrub_env(&mut cmd);
+    let out = cmd
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .arg(bin())
+        .args(args)
+        .envs(ws.env())
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// `mount --bind FROM TO`, quoted for `sh -c`.
+fn bind(from: &std::path::Path, to: &std::path::Path) -> String {
+    format!("mount --bind '{}' '{}'", from.display(), to.display())
+}
+
+/// `mount --bind PATH PATH` made read-only (a `:ro` volume).
+fn read_only(path: &std::path::Path) -> String {
+    let p = path.display();
+    format!("mount --bind '{p}' '{p}' && mount -o remount,bind,ro '{p}'")
+}
+
+/// A workspace whose `.env` will be a single-file bind mount of `host.env` (Docker's
+/// `-v ./host.env:/config/.env`): the file it hides is an empty one.
+fn single_file_env(tag: &str, content: &str) -> (Workspace, std::path::PathBuf) {
+    let ws = Workspace::new(tag);
+    let host = ws.dir.join("host.env");
+    write(&host, content);
+    write(&ws.env_file(), "");
+    (ws, host)
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().ino()
+}
+
+/// The `.comfy-init-*.tmp` files a write left in `dir`.
+fn temp_files(dir: &std::path::Path) -> Vec<String> {
+    let names = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+    names.filter(|n| n.contains(".comfy-init-")).collect()
+}
+
+#[test]
+fn a_single_file_bind_mounted_env_is_written_in_place_after_password() {
+    root_only!("a_single_file_bind_mounted_env_is_written_in_place_after_password");
+    // An old, longer token value: the in-place write must cut the file to the new length.
+    let before = format!("# host file\nCOMFYUI_PASSWORD=bind-pass\nCOMFYUI_BEARER_TOKEN='{SEED_TOKEN}-and-more'\n");
+    let (ws, host) = single_file_env("bind-sync", &before);
+    let ino = inode(&host);
+    let (code, out, err) = with_mounts(&ws, &bind(&host, &ws.env_file()), &["sync"]);
+    assert_eq!(code, 0, "a single-file bind mount of .env failed the sync: {out}{err}");
+    let (hash, _) = password_file(&ws);
+    assert!(bcrypt::verify("bind-pass", &hash).unwrap());
+    let want = format!("# host file\nCOMFYUI_PASSWORD=bind-pass\nCOMFYUI_BEARER_TOKEN='{hash}'\n");
+    assert_eq!(read(&host), want, "not written in place, whole: {err}");
+    assert_eq!(inode(&host), ino, "the host file was replaced, not written in place");
+    assert_eq!(read(&ws.env_file()), "", "written beside the mount instead of into it");
+    assert!(err.contains(&format!("{} is a single-file bind mount", ws.env_file().display())), "{err}");
+    assert!(err.contains("mount the folder"), "no advice: {err}");
+    assert!(out.contains("COMFYUI_BEARER_TOKEN updated"), "{out}");
+    assert!(temp_files(ws.dir.path()).is_empty(), "temp file left: {:?}", temp_files(ws.dir.path()));
+
+    // In sync now: nothing written, nothing said.
+    let (code, out, err) = with_mounts(&ws, &bind(&host, &ws.env_file()), &["sync"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing to change") && !err.contains("bind mount"), "{out}{err}");
+
+    // Read-only (`-v ./host.env:/config/.env:ro`): neither rename nor in-place write can work.
+    // PASSWORD still gets the new password; .env keeps its text; a warning; exit 0.
+    write(&host, "COMFYUI_PASSWORD=bind-pass-2\n");
+    let mounts = format!("{} && mount -o remount,bind,ro '{}'", bind(&host, &ws.env_file()), ws.env_file().display());
+    let (code, out, err) = with_mounts(&ws, &mounts, &["sync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(bcrypt::verify("bind-pass-2", &password_file(&ws).0).unwrap());
+    assert_eq!(read(&host), "COMFYUI_PASSWORD=bind-pass-2\n");
+    assert!(err.contains("single-file bind mount") && err.contains("read-only"), "{err}");
+    assert!(err.contains("COMFYUI_BEARER_TOKEN not written back"), "{err}");
+}
+
+#[test]
+fn a_single_file_bind_mounted_env_starts_comfyui_with_a_valid_password() {
+    root_only!("a_single_file_bind_mounted_env_starts_comfyui_with_a_valid_password");
+    // No password anywhere: one is generated, and must end up in the host's file.
+    let (ws, host) = single_file_env("bind-run", "# mine\n");
+    let mounts = format!("{} && exec \"$@\"", bind(&host, &ws.env_file()));
+    let prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &mounts, "sh"];
+    let init = ws.launch().prefix(&prefix).start();
+    assert!(init.until(Duration::from_secs(20), || ws.status(None) == 401), "{}", init.stderr());
+    let token = ws.token();
+    assert_eq!(ws.status(Some(&token)), 200, "{}", init.stderr());
+    let values: std::collections::HashMap<String, String> =
+        dotenvy::from_path_iter(&host).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(values["COMFYUI_BEARER_TOKEN"], token, "{}", init.stderr());
+    assert!(bcrypt::verify(&values["COMFYUI_PASSWORD"], &token).unwrap(), "the stored password is not the token's");
+    assert!(read(&host).starts_with("# mine\n"));
+    let err = init.stderr();
+    assert_eq!(err.matches("is a single-file bind mount").count(), 1, "said once: {err}");
+    assert!(err.contains(&format!("It is stored in {}", ws.env_file().display())), "{err}");
+}
+
+/// A workspace whose `.env` lives in `config/`, a folder of its own that can be mounted
+/// read-only without `login/`.
+fn env_in_config_folder(tag: &str, content: Option<&str>) -> (Workspace, std::path::PathBuf) {
+    let ws = Workspace::new(tag);
+    let config = ws.dir.join("config");
+    fs::create_dir_all(&config).unwrap();
+    if let Some(text) = content {
+        write(&config.join(".env"), text);
+    }
+    let ws = ws.set("COMFY_INIT_ENV_FILE", config.join(".env"));
+    (ws, config)
+}
+
+#[test]
+fn a_read_only_env_folder_gets_password_written_a_warning_and_comfyui_started() {
+    root_only!("a_read_only_env_folder_gets_password_written_a_warning_and_comfyui_started");
+    let (ws, config) = env_in_config_folder("ro-env", Some("COMFYUI_PASSWORD=ro-env-pass\n"));
+    let env = config.join(".env");
+    let (code, out, err) = with_mounts(&ws, &read_only(&config), &["sync"]);
+    assert_eq!(code, 0, "a read-only .env failed the sync: {out}{err}");
+    assert!(bcrypt::verify("ro-env-pass", &password_file(&ws).0).unwrap());
+    assert_eq!(read(&env), "COMFYUI_PASSWORD=ro-env-pass\n");
+    let warning =
+        err.lines().find(|l| l.contains("COMFYUI_BEARER_TOKEN not written back")).unwrap_or_else(|| panic!("{err}"));
+    assert!(warning.contains(&env.display().to_string()) && warning.contains("read-only"), "{warning}");
+    assert!(warning.contains("WARN"), "not a warning: {warning}");
+    assert!(!out.contains(".env: COMFYUI_BEARER_TOKEN updated"), "a write that failed is said done: {out}");
+
+    // As PID 1, with a new password: ComfyUI starts and answers the new token.
+    write(&env, "COMFYUI_PASSWORD=ro-env-pass-2\n");
+    let mounts = format!("{} && exec \"$@\"", read_only(&config));
+    let prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &mounts, "sh"];
+    let init = ws.launch().prefix(&prefix).start();
+    assert!(init.until(Duration::from_secs(20), || ws.status(None) == 401), "{}", init.stderr());
+    let token = ws.token();
+    assert!(bcrypt::verify("ro-env-pass-2", &token).unwrap());
+    assert_eq!(ws.status(Some(&token)), 200, "{}", init.stderr());
+    assert_eq!(read(&env), "COMFYUI_PASSWORD=ro-env-pass-2\n");
+}
+
+#[test]
+fn a_generated_password_that_env_cannot_store_is_announced_once_and_kept() {
+    root_only!("a_generated_password_that_env_cannot_store_is_announced_once_and_kept");
+    let (ws, config) = env_in_config_folder("ro-gen", Some("KEEP=me\n"));
+    let (code, out, err) = with_mounts(&ws, &read_only(&config), &["sync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("could NOT be stored"), "{err}");
+    let password = err
+        .lines()
+        .find_map(|l| l.split_once("password: ").map(|(_, p)| p.trim().to_string()))
+        .unwrap_or_else(|| panic!("no announcement: {err}"));
+    let (hash, _) = password_file(&ws);
+    assert!(bcrypt::verify(&password, &hash).unwrap(), "the announced password is not PASSWORD's");
+    assert_eq!(read(&config.join(".env")), "KEEP=me\n");
+    // The next pass keeps that password (nothing else configures one): no second one generated.
+    let (code, out, err) = with_mounts(&ws, &read_only(&config), &["sync"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(password_file(&ws).0, hash, "the announced password was replaced: {err}");
+    assert!(!err.contains("password: "), "a second announcement: {err}");
+}
+
+#[test]
+fn a_read_only_login_folder_never_lets_env_advertise_a_token_password_lacks() {
+    root_only!("a_read_only_login_folder_never_lets_env_advertise_a_token_password_lacks");
+    let ws = synced("ro-login-change");
+    let password_before = read(&ws.password_file());
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=cannot-be-written");
+    let env_before = read(&ws.env_file());
+    let login = ws.password_file().parent().unwrap().to_path_buf();
+    let (code, out, err) = with_mounts(&ws, &read_only(&login), &["sync"]);
+    assert_eq!(code, 78, "{out}{err}");
+    assert!(err.contains(&format!("cannot write {}", ws.password_file().display())), "{err}");
+    assert!(err.contains("read-only"), "{err}");
+    assert_eq!(read(&ws.password_file()), password_before);
+    assert_eq!(read(&ws.env_file()), env_before, ".env advertises a token PASSWORD does not hold");
+    // ComfyUI cannot get a valid PASSWORD for the new password: it is not started.
+    let mounts = format!("{} && exec \"$@\"", read_only(&login));
+    let prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &mounts, "sh"];
+    let (code, _, err) = ws.launch().prefix(&prefix).output(Duration::from_secs(20));
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(&ws.password_file().display().to_string()), "{err}");
+    assert_eq!(ws.starts(), 0, "the stand-in ran");
+    assert_eq!(read(&ws.env_file()), env_before);
+}
+
+#[test]
+fn rotate_refuses_a_read_only_single_file_env_before_writing_anything() {
+    root_only!("rotate_refuses_a_read_only_single_file_env_before_writing_anything");
+    let (ws, host) = single_file_env("bind-rotate", "COMFYUI_PASSWORD=rotate-pass\n");
+    assert_eq!(with_mounts(&ws, &bind(&host, &ws.env_file()), &["sync"]).0, 0);
+    let (password_before, env_before) = (read(&ws.password_file()), read(&host));
+    let mounts = format!("{} && mount -o remount,bind,ro '{}'", bind(&host, &ws.env_file()), ws.env_file().display());
+    let (code, out, err) = with_mounts(&ws, &mounts, &["rotate"]);
+    assert_eq!(code, 78, "{out}{err}");
+    assert!(err.contains("read-only"), "{err}");
+    assert!(!err.contains("password: "), "a password announced that nothing holds: {err}");
+    assert_eq!((read(&ws.password_file()), read(&host)), (password_before, env_before));
+}
+
+#[test]
+fn a_password_generated_before_a_concurrent_save_of_env_is_stored_not_lost() {
+    // PASSWORD is written first: a save of .env between PASSWORD and .env makes the sync start
+    // over, and the password it generated (whose hash PASSWORD now holds) must still reach .env.
+    let ws = Workspace::new("carried");
+    write(&ws.env_file(), "# mine\n");
+    let mut cmd = std::process::Command::new(bin());
+    scrub_env(&mut cmd);
+    let child = cmd
+        .arg("sync")
+        .envs(ws.env())
+        .env("COMFY_INIT_TEST_PAUSE_MS", "400")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), &mut || ws.password_file().exists()), "PASSWORD never written");
+    // Within the pause between PASSWORD and .env: an editor's save.
+    ws.edit_env("NOTE", "NOTE=saved-meanwhile");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("starting over"), "the save did not land between the writes: {err}");
+    let values = dotenv(&ws);
+    assert_eq!(values["NOTE"], "saved-meanwhile", "the save was lost");
+    let (hash, _) = password_file(&ws);
+    let password = values.get("COMFYUI_PASSWORD").unwrap_or_else(|| panic!("the generated password was lost: {err}"));
+    assert!(bcrypt::verify(password, &hash).unwrap());
+    assert_eq!(values["COMFYUI_BEARER_TOKEN"], hash);
+    assert!(err.contains(&format!("password: {password}")) && err.contains("It is stored in"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PASSWORD: written"), "an earlier pass's write unsaid");
+}

@@ -196,8 +196,9 @@ fn a_dotenv_symlink_left_by_puid_never_makes_root_create_or_read_a_file_there() 
     let ws = ws.set("COMFY_INIT_ENV_FILE", &env).set("COMFYUI_PASSWORD", "boundary-pass");
     let (code, out, err) = ws.cli(&["sync"]);
     assert!(!preload.exists(), "root created {} (exit {code}): {out}{err}", preload.display());
-    assert_ne!(code, 0, "{out}{err}");
-    assert!(err.contains("ld.so.preload: permission denied"), "the refusal names the file: {err}");
+    // PASSWORD first; the .env write-back is best-effort: refused as PUID, said, not fatal.
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("ld.so.preload") && err.contains("ermission denied"), "the warning names the file: {err}");
     // Nor is a root-only file read through such a link.
     fs::write(&preload, "COMFYUI_PASSWORD=root-secret\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
