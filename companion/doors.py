@@ -16,8 +16,9 @@ node's files:
     node asks on every other path: a logged-in session, or the token (a guest session: GET only);
   * counts wrong logins per client address: FREE_GUESSES free, then each further guess must wait
     a doubling delay (answered 429 with Retry-After, bcrypt not run, the answer held for up to a
-    second so that a guessing loop costs the server little). The password is checked in
-    a worker thread, so the event loop goes on serving; only a right one reaches the node's
+    second so that a guessing loop costs the server little). The throttle is looked at before
+    the form is read, and a form over MAX_FORM gets 413. The password is checked by CHECKERS
+    threads of our own, so the event loop goes on serving; only a right one reaches the node's
     handler (which checks it once more, in the loop: one stall per successful login, none per
     guess);
   * answers 401 to an Authorization header that is not `<type> <value>`.
