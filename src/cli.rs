@@ -21,6 +21,8 @@ pub enum Command {
     Rotate,
     /// Internal: the child PID 1 starts to prove a reload (see `supervisor::start_reload`).
     ProbeReload,
+    /// Internal: the credential service PID 1 starts and supervises (`supervisor::service`).
+    CredentialService,
     /// Internal: runs a pre-start hook, its output prefixed by its name.
     Prefix {
         name: String,
@@ -68,6 +70,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
         Some(PROBE_RELOAD) if rest.is_empty() => Ok(Command::ProbeReload),
+        Some(crate::supervisor::service::COMMAND) if rest.is_empty() => Ok(Command::CredentialService),
         Some(crate::supervisor::hooks::PREFIX) if rest.len() >= 2 => {
             Ok(Command::Prefix { name: rest[0].to_string_lossy().into_owned(), command: rest[1..].to_vec() })
         }

@@ -14,7 +14,6 @@ use comfy_init::{companion, config, credentials, error, gpu, health, logging, pr
 use config::Settings;
 use error::{Error, EXIT_CONFIG, EXIT_USAGE};
 use supervisor::child::ChildSpec;
-use supervisor::guard::Guard;
 use supervisor::signals::Signals;
 use supervisor::Supervisor;
 
@@ -81,6 +80,16 @@ fn entry() -> u8 {
         Command::Rotate => rotate(),
         Command::Healthcheck => health::command(Settings::from_env()),
         Command::Prefix { name, command } => supervisor::hooks::prefix(&name, &command),
+        Command::CredentialService => {
+            logging::init();
+            match Settings::from_env() {
+                Ok(s) => supervisor::guard::serve(s.credentials),
+                Err(e) => {
+                    log::error!("credential service: {e}");
+                    EXIT_CONFIG
+                }
+            }
+        }
         Command::ProbeReload => {
             // PID 1 hands the probe the two tokens in its environment, never on a command line.
             let token = |name| std::env::var(name).unwrap_or_default();
@@ -182,7 +191,7 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
     };
     logging::init();
     let started = prepare(command, comfyui_args).and_then(|p| {
-        Supervisor::start(p.settings.supervisor, p.spec, signals, p.guard, p.reload, p.hooks).map_err(Error::Spawn)
+        Supervisor::start(p.settings.supervisor, p.spec, signals, p.token, p.reload, p.hooks).map_err(Error::Spawn)
     });
     match started {
         Ok(supervisor) => supervisor.run(),
@@ -201,7 +210,9 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
 struct Prepared {
     settings: Settings,
     spec: ChildSpec,
-    guard: Option<Guard>,
+    /// The token ComfyUI starts with (None: COMFY_INIT_AUTH=off); the credential service keeps
+    /// it in step from then on.
+    token: Option<String>,
     /// A new token may be reloaded in place.
     reload: bool,
     hooks: Vec<std::path::PathBuf>,
@@ -241,16 +252,16 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
         spec.user = Some(owner);
     }
     let mut reload = false;
-    let guard = if settings.auth {
+    let token = if settings.auth {
         let companion = companion_installed(&settings);
         reload = companion && settings.on_token_change == config::OnTokenChange::Reload;
         check_guest_mode(&settings, !companion)?;
         let not_started = |e: String| {
             Error::Credentials(format!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD"))
         };
-        let guard = prepare_credentials(&settings.credentials);
+        let token = prepare_credentials(&settings.credentials);
         stop_if_asked("the credentials check")?;
-        Some(guard.map_err(not_started)?)
+        Some(token.map_err(not_started)?)
     } else {
         log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it");
         None
@@ -264,7 +275,7 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
     } else {
         spec.argv = command;
     }
-    Ok(Prepared { settings, spec, guard, reload, hooks })
+    Ok(Prepared { settings, spec, token, reload, hooks })
 }
 
 /// Err(Stopped) when a stop request is waiting: start-up goes no further.
@@ -314,9 +325,10 @@ fn check_guest_mode(settings: &Settings, token_logged: bool) -> Result<(), Error
     }
 }
 
-/// Reconciles before the first start, then watches for changes while ComfyUI runs.
-fn prepare_credentials(settings: &credentials::Settings) -> Result<Guard, String> {
+/// Reconciles before the first start: the token ComfyUI starts with. The credential service
+/// watches for changes from then on.
+fn prepare_credentials(settings: &credentials::Settings) -> Result<String, String> {
     let out = credentials::reconcile(settings, None, credentials::Mode::Wait).map_err(|e| e.to_string())?;
     credentials::log_outcome(&out);
-    Guard::new(settings.clone(), out.token).map_err(|e| format!("cannot watch the credential files: {e}"))
+    Ok(out.token)
 }

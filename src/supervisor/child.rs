@@ -19,6 +19,8 @@ pub struct ChildSpec {
     /// Its group becomes the terminal's foreground (`docker run -it`): ComfyUI only. A hook or a
     /// probe that took it would leave Ctrl-C to nobody once it exits.
     pub terminal: bool,
+    /// Given to the child as its fd 3 (the credential service's messages to PID 1).
+    pub notify_fd: Option<i32>,
 }
 
 /// The program could not be started: 127 when it does not exist, 126 otherwise (shell rules).
@@ -58,6 +60,7 @@ pub fn spawn(spec: &ChildSpec) -> Result<Child, SpawnError> {
         cwd: spec.cwd.as_ref(),
         user: spec.user,
         terminal: spec.terminal,
+        notify_fd: spec.notify_fd,
     };
     let failed = |source| SpawnError {
         program: spec.argv.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),

@@ -2,8 +2,13 @@
 //! reconciliation with the running token as a candidate, so a broken PASSWORD is healed in place
 //! and only a real token change asks for a restart. Our own writes cause events too; they
 //! reconcile to "nothing to do", which is why no restart can come from them.
+//!
+//! It runs in the credential service (`comfy-init __credentials`, [`serve`]), a child of PID 1:
+//! bcrypt, the lock and the writes never run in PID 1's loop (issue 23). What it decides reaches
+//! PID 1 as lines on fd 3 (supervisor::service).
 
-use std::os::fd::BorrowedFd;
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use crate::credentials::{self, Failure, Mode, Settings};
@@ -109,6 +114,46 @@ impl Guard {
                 self.retry_at = Some(Instant::now() + RETRY);
                 None
             }
+        }
+    }
+}
+
+/// `comfy-init __credentials`: watches the credential files until PID 1 goes away, and tells it
+/// `stale` and `token <T>` on fd 3 (see supervisor::service). Exits 1 when it cannot watch or
+/// cannot be heard; PID 1 starts it again.
+pub fn serve(settings: Settings) -> u8 {
+    let token = std::env::var(super::service::ENV_TOKEN).unwrap_or_default();
+    let mut guard = match Guard::new(settings, token) {
+        Ok(g) => g,
+        Err(e) => {
+            log::error!("cannot watch the credential files ({e}): a new password needs a restart of the container");
+            return 1;
+        }
+    };
+    // SAFETY: fd 3 is the notification pipe PID 1 gave us (vfork::NOTIFY_FD); we own it now.
+    let mut notify = unsafe { std::fs::File::from_raw_fd(super::vfork::NOTIFY_FD) };
+    let mut tell = |line: String| writeln!(notify, "{line}").is_ok();
+    guard.on_readable(Instant::now()); // events from before we watched: look once
+    loop {
+        let now = Instant::now();
+        if guard.due(now) {
+            if guard.token_known_stale() && !tell("stale".into()) {
+                return 0; // PID 1 is gone
+            }
+            if let Some((_old, new)) = guard.reconcile() {
+                if !tell(format!("token {new}")) {
+                    return 0;
+                }
+            }
+        }
+        let timeout = guard.deadline().map_or(-1, |at| {
+            let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
+            libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+        });
+        let mut pfd = libc::pollfd { fd: guard.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for a descriptor the guard owns.
+        if unsafe { libc::poll(&mut pfd, 1, timeout) } > 0 {
+            guard.on_readable(Instant::now());
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The supervisor's shell: one single-threaded loop that sleeps in `sigtimedwait` until a
-//! signal, a file event (SIGIO from inotify) or the machine's next deadline, turns what it saw
-//! into events for the pure state machine (`state.rs`) and carries out the effects it returns:
-//! signalling the child's group, starting the child, exiting. Every SIGCHLD reaps every zombie.
+//! signal, a message of the credential service (SIGIO from its pipe) or the machine's next
+//! deadline, turns what it saw into events for the pure state machine (`state.rs`) and carries
+//! out the effects it returns: signalling the child's group, starting the child, exiting. Every
+//! SIGCHLD reaps every zombie. No file is read, no lock taken, no bcrypt run here: the credential
+//! service (`service.rs`, running `guard.rs`) does that in a process of its own.
 
 pub mod child;
 pub mod guard;
 pub mod hooks;
 pub mod policy;
 pub mod reaper;
+pub mod service;
 pub mod session;
 pub mod signals;
 pub mod state;
@@ -17,7 +20,7 @@ use std::time::Instant;
 
 use crate::companion;
 use child::ChildSpec;
-use guard::Guard;
+use service::{CredentialService, Message};
 use session::Session;
 use signals::{signal_name, Received, Signals};
 use state::{Effect, Event, Exited, Machine, State};
@@ -31,8 +34,10 @@ pub const PROBE_NEW: &str = "COMFY_INIT_PROBE_NEW_TOKEN";
 pub struct Supervisor {
     spec: ChildSpec,
     signals: Signals,
-    /// Credentials kept in step (None with COMFY_INIT_AUTH=off).
-    guard: Option<Guard>,
+    /// The token ComfyUI runs with, and the service that keeps the credentials in step (None
+    /// with COMFY_INIT_AUTH=off).
+    token: Option<String>,
+    service: Option<CredentialService>,
     session: Session,
     machine: Machine,
     /// A new token may be reloaded in place by the companion (else: restart).
@@ -41,7 +46,7 @@ pub struct Supervisor {
     change: Option<(String, String)>,
     /// The pre-start hooks of this start.
     hooks: Vec<std::path::PathBuf>,
-    /// The credential folders may hold unread events (SIGIO came, or we just started).
+    /// The service's pipe may hold unread messages (SIGIO came, or we just started).
     files_ready: bool,
 }
 
@@ -52,7 +57,7 @@ impl Supervisor {
         settings: Settings,
         mut spec: ChildSpec,
         signals: Signals,
-        guard: Option<Guard>,
+        token: Option<String>,
         reload: bool,
         hooks: Vec<std::path::PathBuf>,
     ) -> Result<Supervisor, child::SpawnError> {
@@ -63,11 +68,7 @@ impl Supervisor {
                 );
             }
         }
-        if let Some(guard) = &guard {
-            if let Err(e) = signals::signal_when_readable(guard.fd()) {
-                log::error!("cannot be told of changes to the credential files ({e}): a new password needs a restart");
-            }
-        }
+        let service = token.as_ref().and_then(|t| start_service(t));
         let session = Session::new();
         spec.env_set.push((session::ENV.into(), session.path().into()));
         if reload {
@@ -86,7 +87,18 @@ impl Supervisor {
         if let Some(pid) = started {
             log::info!("started {} (pid {pid})", spec.argv[0].to_string_lossy());
         }
-        Ok(Supervisor { spec, signals, guard, session, machine, reload, change: None, hooks, files_ready: true })
+        Ok(Supervisor {
+            spec,
+            signals,
+            token,
+            service,
+            session,
+            machine,
+            reload,
+            change: None,
+            hooks,
+            files_ready: true,
+        })
     }
 
     /// The loop. Returns the exit code for comfy-init.
@@ -94,6 +106,9 @@ impl Supervisor {
         loop {
             if let State::Done(code) = self.machine.state() {
                 self.forget_companion();
+                if let Some(service) = &self.service {
+                    service.stop();
+                }
                 // The kernel closes our descriptors at exit; closing them ourselves costs a syscall.
                 std::mem::forget(self);
                 return code;
@@ -115,7 +130,7 @@ impl Supervisor {
                     self.on_reaped(pid, status, none_left);
                 }
             }
-            self.on_credentials(Instant::now());
+            self.on_service(Instant::now());
             if let Some(pgid) = self.machine.awaited_group() {
                 if !child::group_alive(pgid) {
                     self.feed(Event::GroupGone);
@@ -129,7 +144,7 @@ impl Supervisor {
     /// wake-up. None: it woke for the deadline.
     fn wait_for_event(&self) -> Option<Received> {
         let now = Instant::now();
-        let files = self.guard.as_ref().and_then(Guard::deadline);
+        let files = self.service.as_ref().and_then(CredentialService::deadline);
         let timeout = self.machine.deadline(now).into_iter().chain(files).min().map(|at| {
             // A millisecond late rather than a hair early: waking before the deadline would spin.
             at.saturating_duration_since(now) + std::time::Duration::from_millis(1)
@@ -152,6 +167,10 @@ impl Supervisor {
     /// `none_left`: the reaper found no child at all, so the group is gone too (its members are
     /// our descendants, and every descendant of ours is our child or a child's descendant).
     fn on_reaped(&mut self, pid: i32, status: reaper::ExitStatus, none_left: bool) {
+        if let Some(service) = self.service.as_mut().filter(|s| s.is(pid)) {
+            service.on_exit(&status, Instant::now());
+            return;
+        }
         if !self.machine.awaits(pid) {
             log::debug!("reaped orphan pid {pid}: {status}");
             return;
@@ -169,26 +188,29 @@ impl Supervisor {
         self.feed(Event::Reaped { pid, exited: Exited { status, reboot }, group_alive });
     }
 
-    /// The credential files changed and settled. When the password is known to be new, ComfyUI
-    /// is told to stop first: its stop takes seconds, the new bcrypt hash a quarter of one, and
-    /// they overlap. Then the reconciliation decides (and restarts if it was not known before).
-    fn on_credentials(&mut self, now: Instant) {
-        let Some(guard) = &mut self.guard else { return };
-        if std::mem::take(&mut self.files_ready) {
-            guard.on_readable(now);
-        }
-        if !guard.due(now) {
+    /// What the credential service said. `stale`: the configured password is not the running
+    /// token's, and a ComfyUI that cannot reload starts stopping now (its stop takes seconds, the
+    /// new hash a quarter of one: they overlap). `token T`: PASSWORD holds T; a new one is reloaded
+    /// by the companion or restarts ComfyUI.
+    fn on_service(&mut self, now: Instant) {
+        let Some(service) = self.service.as_mut() else { return };
+        service.on_tick(self.token.as_deref().unwrap_or_default(), now);
+        if !std::mem::take(&mut self.files_ready) {
             return;
         }
-        // A ComfyUI that can reload must keep running until the new PASSWORD is written.
-        let known_stale = guard.token_known_stale();
-        if known_stale && self.ready_companion().is_none() {
-            self.feed(Event::TokenChanged { companion: None });
-        }
-        if let Some(change) = self.guard.as_mut().and_then(Guard::reconcile) {
-            self.change = Some(change);
-            let companion = self.ready_companion();
-            self.feed(Event::TokenChanged { companion });
+        for message in service.messages() {
+            match message {
+                Message::Stale if self.ready_companion().is_none() => {
+                    self.feed(Event::TokenChanged { companion: None })
+                }
+                Message::Stale => {}
+                Message::Token(new) => {
+                    let Some(old) = self.token.replace(new.clone()).filter(|old| *old != new) else { continue };
+                    self.change = Some((old, new));
+                    let companion = self.ready_companion();
+                    self.feed(Event::TokenChanged { companion });
+                }
+            }
         }
     }
 
@@ -294,6 +316,20 @@ fn send(pgid: i32, signo: i32) {
             log::debug!("{} not delivered: process group {pgid} is gone", signal_name(signo));
         } else {
             log::warn!("cannot send {} to process group {pgid}: {e}", signal_name(signo));
+        }
+    }
+}
+
+/// The credential service, started with the token ComfyUI starts with. Not started: said; the
+/// token then stays as it is until the container restarts.
+fn start_service(token: &str) -> Option<CredentialService> {
+    let started =
+        CredentialService::new().and_then(|mut service| service.start(token, Instant::now()).map(|()| service));
+    match started {
+        Ok(service) => Some(service),
+        Err(e) => {
+            log::error!("cannot start the credential service ({e}): a new password needs a restart of the container");
+            None
         }
     }
 }

@@ -16,6 +16,9 @@ use std::ffi::{c_char, c_int, c_void, CString, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
+/// Where a child finds its notification descriptor (`Request::notify_fd`).
+pub const NOTIFY_FD: c_int = 3;
+
 /// What could not be done in the child, and the errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -36,6 +39,7 @@ pub struct Job {
     cwd: Option<CString>,
     user: Option<(u32, u32)>,
     terminal: bool,
+    notify_fd: Option<c_int>,
     /// Owners of the bytes the pointer arrays point into.
     _strings: Vec<CString>,
     failure: Option<(Stage, c_int)>,
@@ -51,6 +55,8 @@ pub struct Request<'a> {
     pub user: Option<(u32, u32)>,
     /// Take the terminal's foreground for the child's group.
     pub terminal: bool,
+    /// A descriptor the child gets as its fd 3 (s6's notification fd: a service's messages).
+    pub notify_fd: Option<c_int>,
 }
 
 impl Job {
@@ -86,6 +92,7 @@ impl Job {
             cwd,
             user: request.user,
             terminal: request.terminal,
+            notify_fd: request.notify_fd,
             _strings: strings,
             failure: None,
         })
@@ -215,6 +222,15 @@ unsafe fn prepare(job: &Job) -> Result<(), (Stage, c_int)> {
     // A terminal (docker run -it) goes to ComfyUI's group, and only to it. Every signal is blocked
     // (inherited from PID 1), so the SIGTTOU that tcsetpgrp raises from a background group cannot
     // stop us.
+    if let Some(fd) = job.notify_fd {
+        // dup3 clears close-on-exec on the copy: fd 3 survives the exec, the original does not.
+        let kept = if fd == NOTIFY_FD {
+            libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFD, 0)
+        } else {
+            libc::syscall(libc::SYS_dup3, fd, NOTIFY_FD, 0)
+        };
+        sys(kept).map_err(|e| (Stage::Exec, e))?;
+    }
     let mut termios: libc::termios = std::mem::zeroed();
     if job.terminal && libc::syscall(libc::SYS_ioctl, libc::STDIN_FILENO, libc::TCGETS, &mut termios) == 0 {
         let me: libc::pid_t = libc::syscall(libc::SYS_getpid) as libc::pid_t;
@@ -280,8 +296,15 @@ mod tests {
         let argv = [OsString::from("/bin/true")];
         let set = [("COMFY_INIT_TEST_SET".to_string(), OsString::from("new"))];
         let remove = ["PATH".to_string()];
-        let request =
-            Request { argv: &argv, env_set: &set, env_remove: &remove, cwd: None, user: None, terminal: false };
+        let request = Request {
+            argv: &argv,
+            env_set: &set,
+            env_remove: &remove,
+            cwd: None,
+            user: None,
+            terminal: false,
+            notify_fd: None,
+        };
         let job = Job::new(&request).unwrap();
         let env: Vec<String> = job.envp[..job.envp.len() - 1]
             .iter()

@@ -406,3 +406,58 @@ fn an_idle_supervisor_does_not_wake_up() {
     let after = voluntary_switches(pid);
     assert_eq!(after, before, "comfy-init woke up {} times in 5 s of idleness", after - before);
 }
+
+/// The credential service's pid among PID 1's children.
+fn service_of(init: &Running) -> Option<i32> {
+    children_of(init.init_pid()).into_iter().map(|p| p.pid).find(|p| is_credential_service(*p))
+}
+
+#[test]
+fn a_killed_credential_service_is_started_again_and_comfyui_keeps_its_token() {
+    root_only!("a_killed_credential_service_is_started_again_and_comfyui_keeps_its_token");
+    let ws = Workspace::new("sv-service");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=first-pass\n");
+    let init = ws.launch().env("FAKE_COMFYUI_START_DELAY", "0.3").start();
+    let token = up(&ws, &init);
+    let pid = ws.comfyui_pid(&token).unwrap();
+    let service = service_of(&init).expect("a credential service under PID 1");
+    // SAFETY: a signal to the service this test's comfy-init started.
+    unsafe { libc::kill(service, libc::SIGKILL) };
+    let again = init.until(LONG, || service_of(&init).is_some_and(|s| s != service));
+    assert!(again, "the service was not started again: {}", init.stderr());
+    assert!(init.stderr().contains("the credential service exited"), "{}", init.stderr());
+    assert_eq!(ws.comfyui_pid(&token), Some(pid), "ComfyUI lost its token or was restarted");
+    // The new service does the job: a new password is applied.
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=second-pass");
+    let (new, _) = new_token_served(&ws, &init, &token, Instant::now());
+    assert!(bcrypt::verify("second-pass", &new).unwrap(), "the new token is not the new password's");
+}
+
+#[test]
+fn sigterm_is_answered_at_once_while_the_credential_service_hashes() {
+    // PID 1 runs no bcrypt: while the service checks a new password against a cost-14 hash, a
+    // docker stop is answered at once. Before, PID 1 finished the hashes and wrote PASSWORD first.
+    root_only!("sigterm_is_answered_at_once_while_the_credential_service_hashes");
+    let ws = Workspace::new("sv-busy");
+    let slow = bcrypt::hash("first-pass", 14).unwrap();
+    fs::create_dir_all(ws.comfyui().join("login")).unwrap();
+    write(&ws.password_file(), &format!("{slow}\nadmin"));
+    write(&ws.env_file(), "COMFYUI_PASSWORD=first-pass\n");
+    let mut init = ws.launch().env("FAKE_COMFYUI_STOP_DELAY", "0").env("FAKE_COMFYUI_START_DELAY", "0.3").start();
+    assert_eq!(up(&ws, &init), slow);
+    // The service's first look verifies the password against the cost-14 hash (about a second).
+    std::thread::sleep(Duration::from_secs(2));
+    // A new password: verified against that hash, then hashed anew; a rename is acted on at once.
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=second-pass");
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    init.signal(libc::SIGTERM);
+    assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
+    eprintln!("SIGTERM -> exit in {:?} while the service hashed at cost 14", asked.elapsed());
+    let (hash, _) = fs::read_to_string(ws.password_file())
+        .unwrap()
+        .split_once('\n')
+        .map(|(h, u)| (h.to_string(), u.to_string()))
+        .unwrap();
+    assert_eq!(hash, slow, "PID 1 waited for the hash and the write before stopping: {}", init.stderr());
+}

@@ -271,9 +271,14 @@ pub fn children_of(ppid: i32) -> Vec<Proc> {
         .collect()
 }
 
-/// (zombies among `init_pid`'s children, all its children).
+/// Whether `pid` is comfy-init's credential service (a child of PID 1 for its whole life).
+pub fn is_credential_service(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(13).any(|w| w == b"__credentials"))
+}
+
+/// (zombies among `init_pid`'s children, all its children but the credential service).
 pub fn zombies_and_orphans(init_pid: i32) -> (usize, usize) {
-    let kids = children_of(init_pid);
+    let kids: Vec<Proc> = children_of(init_pid).into_iter().filter(|p| !is_credential_service(p.pid)).collect();
     let zombies = kids.iter().filter(|p| p.state == 'Z').count();
     (zombies, kids.len())
 }
