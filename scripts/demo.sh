@@ -4,7 +4,8 @@
 # place (no restart, the token redacted from the log), ComfyUI-Login's open doors closed (user
 # files through .js paths, wrong logins throttled), the PyTorch-against-card check, a hostile
 # PASSWORD refused without blocking, guest mode called out, and a
-# clean stop. Runs as PID 1 of a fresh PID namespace when root.
+# clean stop, and PID 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
+# namespace when root.
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/dist/comfy-init}")
@@ -75,6 +76,9 @@ wait_for 30 "$BIN" healthcheck
 sed 's/^/  | /' "$LOG"
 libs=$(awk '$6 ~ /\.so/ {print $6}' "/proc/$INIT_PID/maps" | sort -u | xargs -r -n1 basename | tr '\n' ' ')
 echo "shared libraries PID 1 maps: ${libs:-none (statically linked: no dynamic loader at start; NVML is asked by comfy-init-nvml)}"
+
+bold "PID 1's children: the credential service (bcrypt, locks and writes live there) and ComfyUI"
+ps -o pid=,pgid=,user=,args= --ppid "$INIT_PID" | cut -c1-120 | sed 's/^/  | /'
 
 bold "The .env now holds the generated password and the token, single-quoted"
 sed 's/^/  | /' "$WORK/.env"
