@@ -329,16 +329,6 @@ fn read_secret(path: &Path, bytes: &[u8]) -> Result<String, String> {
     Ok(text.to_string())
 }
 
-/// Cheap (no bcrypt, no write): whether the configured password is known, from bcrypt answers
-/// already computed, not to match `running`. False when unknown or invalid: `reconcile` decides.
-pub fn known_stale(s: &Settings, running: &str) -> bool {
-    let Ok(snap) = Snapshot::read(s) else { return false };
-    match gather(s, &snap, &mut Vec::new()) {
-        Ok(Sources { password: Some(p), .. }) => token::known_mismatch(&p, running),
-        _ => false,
-    }
-}
-
 /// Fail closed: no ComfyUI folder, no ComfyUI started unprotected by accident.
 fn require_comfyui_dir(s: &Settings) -> Result<(), String> {
     if s.comfyui_dir.is_dir() {

@@ -85,12 +85,6 @@ impl Guard {
         self.guest_mode = risk.is_some();
     }
 
-    /// Cheap (no bcrypt): is the configured password known not to be the running token's? Then
-    /// the token will change, and ComfyUI can start stopping before the new hash is computed.
-    pub fn token_known_stale(&self) -> bool {
-        credentials::known_stale(&self.settings, &self.token)
-    }
-
     /// Reconciles. Some((old, new)) when the token changed: the child must pick up `new`.
     pub fn reconcile(&mut self) -> Option<(String, String)> {
         self.burst = None;
@@ -119,7 +113,7 @@ impl Guard {
 }
 
 /// `comfy-init __credentials`: watches the credential files until PID 1 goes away, and tells it
-/// `stale` and `token <T>` on fd 3 (see supervisor::service). Exits 1 when it cannot watch or
+/// `token <T>` on fd 3 (see supervisor::service) once PASSWORD holds a new token. Exits 1 when it cannot watch or
 /// cannot be heard; PID 1 starts it again.
 pub fn serve(settings: Settings) -> u8 {
     let token = std::env::var(super::service::ENV_TOKEN).unwrap_or_default();
@@ -137,12 +131,9 @@ pub fn serve(settings: Settings) -> u8 {
     loop {
         let now = Instant::now();
         if guard.due(now) {
-            if guard.token_known_stale() && !tell("stale".into()) {
-                return 0; // PID 1 is gone
-            }
             if let Some((_old, new)) = guard.reconcile() {
                 if !tell(format!("token {new}")) {
-                    return 0;
+                    return 0; // PID 1 is gone
                 }
             }
         }

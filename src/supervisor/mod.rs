@@ -188,29 +188,20 @@ impl Supervisor {
         self.feed(Event::Reaped { pid, exited: Exited { status, reboot }, group_alive });
     }
 
-    /// What the credential service said. `stale`: the configured password is not the running
-    /// token's, and a ComfyUI that cannot reload starts stopping now (its stop takes seconds, the
-    /// new hash a quarter of one: they overlap). `token T`: PASSWORD holds T; a new one is reloaded
-    /// by the companion or restarts ComfyUI.
+    /// What the credential service said: `token T`, PASSWORD holds T; a new one is reloaded by
+    /// the companion or restarts ComfyUI. Nothing is stopped before PASSWORD holds the new token
+    /// (issue 23: an early stop could not be rolled back when the write then failed).
     fn on_service(&mut self, now: Instant) {
         let Some(service) = self.service.as_mut() else { return };
         service.on_tick(self.token.as_deref().unwrap_or_default(), now);
         if !std::mem::take(&mut self.files_ready) {
             return;
         }
-        for message in service.messages() {
-            match message {
-                Message::Stale if self.ready_companion().is_none() => {
-                    self.feed(Event::TokenChanged { companion: None })
-                }
-                Message::Stale => {}
-                Message::Token(new) => {
-                    let Some(old) = self.token.replace(new.clone()).filter(|old| *old != new) else { continue };
-                    self.change = Some((old, new));
-                    let companion = self.ready_companion();
-                    self.feed(Event::TokenChanged { companion });
-                }
-            }
+        for Message::Token(new) in service.messages() {
+            let Some(old) = self.token.replace(new.clone()).filter(|old| *old != new) else { continue };
+            self.change = Some((old, new));
+            let companion = self.ready_companion();
+            self.feed(Event::TokenChanged { companion });
         }
     }
 

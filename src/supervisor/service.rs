@@ -1,8 +1,8 @@
 //! The credential service, seen from PID 1 (issue 23): `comfy-init __credentials`, a child of its
 //! own that watches the credential files, hashes, takes the lock and writes, and tells PID 1 what
-//! came of it in lines on its fd 3 (s6's notification fd): `stale` (the configured password is
-//! known not to be the running token's: a ComfyUI that cannot reload may start stopping now) and
-//! `token <T>` (PASSWORD now holds T). PID 1 reads those lines when the pipe turns readable
+//! came of it in lines on its fd 3 (s6's notification fd): `token <T>` once PASSWORD holds a new
+//! token T. Nothing is acted on before that: a change that then fails (a read-only `login/`)
+//! leaves ComfyUI running untouched, as the log says. PID 1 reads those lines when the pipe turns readable
 //! (SIGIO, like any file event), and never waits on a file, a lock or bcrypt itself. A service
 //! that dies is started again after a doubling delay; ComfyUI keeps its token meanwhile.
 
@@ -22,7 +22,6 @@ pub const COMMAND: &str = "__credentials";
 /// What the service said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Stale,
     Token(String),
 }
 
@@ -160,7 +159,6 @@ impl CredentialService {
 pub fn parse(line: &[u8]) -> Option<Message> {
     let line = std::str::from_utf8(line).ok()?;
     match line.split_once(' ') {
-        None if line == "stale" => Some(Message::Stale),
         Some(("token", token)) if !token.is_empty() && token.is_ascii() && !token.contains(' ') => {
             Some(Message::Token(token.to_string()))
         }
@@ -192,9 +190,8 @@ mod tests {
     #[test]
     fn only_the_two_messages_are_understood() {
         let token = "$2b$12$abcdefghijklmnopqrstuuJq8f1V1cQ0M7b0f2i3O0yC6m5Yx5v1e";
-        assert_eq!(parse(b"stale"), Some(Message::Stale));
         assert_eq!(parse(format!("token {token}").as_bytes()), Some(Message::Token(token.into())));
-        for junk in [&b""[..], b"token ", b"token a b", b"stale now", b"tok", b"token \xff", b"hello world"] {
+        for junk in [&b""[..], b"token ", b"token a b", b"stale", b"tok", b"token \xff", b"hello world"] {
             assert_eq!(parse(junk), None, "{junk:?}");
         }
     }

@@ -641,3 +641,29 @@ fn a_password_generated_before_a_concurrent_save_of_env_is_stored_not_lost() {
     assert!(err.contains(&format!("password: {password}")) && err.contains("It is stored in"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("PASSWORD: written"), "an earlier pass's write unsaid");
 }
+
+#[test]
+fn a_new_password_that_cannot_be_written_leaves_comfyui_running_untouched() {
+    // Issue 23: ComfyUI was stopped as soon as the new password was known to differ, before
+    // PASSWORD was written; when the write then failed, the log said "ComfyUI keeps running"
+    // while it was being restarted. Now nothing is acted on before PASSWORD holds the new token.
+    root_only!("a_new_password_that_cannot_be_written_leaves_comfyui_running_untouched");
+    let ws = Workspace::new("ro-login-run").set("COMFY_INIT_COMPANION", "off");
+    let login = ws.comfyui().join("login");
+    fs::create_dir_all(&login).unwrap();
+    let hash = bcrypt::hash("first-pass", 4).unwrap();
+    write(&ws.password_file(), &format!("{hash}\nadmin"));
+    write(&ws.env_file(), "COMFYUI_PASSWORD=first-pass\n");
+    let mounts = format!("{} && exec \"$@\"", read_only(&login));
+    let prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", &mounts, "sh"];
+    let init = ws.launch().prefix(&prefix).env("FAKE_COMFYUI_START_DELAY", "0.3").start();
+    assert!(init.until(Duration::from_secs(20), || ws.status(Some(&hash)) == 200), "{}", init.stderr());
+    let pid = ws.comfyui_pid(&hash).unwrap();
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=second-pass");
+    let said = init.until(Duration::from_secs(20), || init.stderr().contains("keeps running with its current token"));
+    assert!(said, "{}", init.stderr());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ws.comfyui_pid(&hash), Some(pid), "ComfyUI was stopped or restarted: {}", init.stderr());
+    assert_eq!(ws.starts(), 1, "{}", init.stderr());
+    assert!(init.stderr().contains("login/PASSWORD"), "the failed write is named: {}", init.stderr());
+}
