@@ -125,8 +125,8 @@ pub fn serve(settings: Settings) -> u8 {
         }
     };
     // SAFETY: fd 3 is the notification pipe PID 1 gave us (vfork::NOTIFY_FD); we own it now.
-    let mut notify = unsafe { std::fs::File::from_raw_fd(super::vfork::NOTIFY_FD) };
-    let mut tell = |line: String| writeln!(notify, "{line}").is_ok();
+    let notify = unsafe { std::fs::File::from_raw_fd(super::vfork::NOTIFY_FD) };
+    let tell = |line: String| writeln!(&notify, "{line}").is_ok();
     guard.on_readable(Instant::now()); // events from before we watched: look once
     loop {
         let now = Instant::now();
@@ -141,10 +141,20 @@ pub fn serve(settings: Settings) -> u8 {
             let ms = at.saturating_duration_since(Instant::now()).as_millis() + 1;
             libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
         });
-        let mut pfd = libc::pollfd { fd: guard.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd for a descriptor the guard owns.
-        if unsafe { libc::poll(&mut pfd, 1, timeout) } > 0 {
-            guard.on_readable(Instant::now());
+        // The pipe to PID 1 too: its write end reports POLLERR once nobody reads (PID 1 died
+        // without killing us, as a SIGKILLed subreaper does): then we go too.
+        let mut fds = [
+            libc::pollfd { fd: guard.fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: notify.as_raw_fd(), events: 0, revents: 0 },
+        ];
+        // SAFETY: two valid pollfds for descriptors we own.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) } > 0 {
+            if fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                return 0;
+            }
+            if fds[0].revents != 0 {
+                guard.on_readable(Instant::now());
+            }
         }
     }
 }

@@ -461,3 +461,20 @@ fn sigterm_is_answered_at_once_while_the_credential_service_hashes() {
         .unwrap();
     assert_eq!(hash, slow, "PID 1 waited for the hash and the write before stopping: {}", init.stderr());
 }
+
+#[test]
+fn the_credential_service_goes_when_comfy_init_is_killed() {
+    // Not PID 1 (`docker run --init`, or run by hand): a SIGKILLed comfy-init cannot stop its
+    // service, and the kernel does not either. It sees its pipe to PID 1 broken and exits.
+    let ws = Workspace::new("sv-orphan");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=first-pass\n");
+    let init = ws.launch().not_pid1().env("FAKE_COMFYUI_START_DELAY", "0.3").start();
+    let token = up(&ws, &init);
+    let comfyui = ws.comfyui_pid(&token).unwrap() as i32;
+    let service = service_of(&init).expect("a credential service");
+    // SAFETY: signals to processes this test started.
+    unsafe { libc::kill(init.init_pid(), libc::SIGKILL) };
+    let gone = wait_until(LONG, &mut || !pid_exists(service));
+    unsafe { libc::kill(comfyui, libc::SIGKILL) };
+    assert!(gone, "the credential service outlived comfy-init");
+}
