@@ -130,40 +130,13 @@ pub struct NewFileAttrs {
     pub force: bool,
 }
 
-/// Replaces `path` with `content`. An existing file keeps its mode and owner; a new one gets
-/// `attrs`. Errors carry the file's name and the next step.
-pub fn write_atomic(path: &Path, content: &[u8], attrs: NewFileAttrs) -> Result<(), String> {
-    write_atomic_if(path, content, attrs, || Ok::<(), String>(()))
-}
-
-/// [`write_atomic`], with `still_wanted` asked once the new content is written and synced, just
-/// before the rename: an Err leaves `path` as it is (the temp file removed) and is returned. The
-/// fsync takes milliseconds; a check made before it would leave them open to a user's save.
-pub fn write_atomic_if<E: From<String>>(
-    path: &Path,
-    content: &[u8],
-    attrs: NewFileAttrs,
-    still_wanted: impl FnOnce() -> Result<(), E>,
-) -> Result<(), E> {
-    /// Carries the caller's error through [`write_atomic_checked`], whose I/O errors are typed.
-    enum Either<E> {
-        Io(IoError),
-        Unwanted(E),
-    }
-    impl<E> From<IoError> for Either<E> {
-        fn from(e: IoError) -> Self {
-            Either::Io(e)
-        }
-    }
-    write_atomic_checked(path, content, attrs, || still_wanted().map_err(Either::Unwanted)).map_err(|e| match e {
-        Either::Io(e) => E::from(e.to_string()),
-        Either::Unwanted(e) => e,
-    })
-}
-
-/// [`write_atomic_if`] with typed I/O errors: the path and the OS error (errno) kept, so that a
-/// caller can tell a mount point (the rename answers EBUSY: a single-file bind mount) from a
-/// read-only filesystem or a full disk.
+/// Replaces `path` with `content`: a temp file beside it, written and synced, then `still_wanted`
+/// is asked (the fsync takes milliseconds; a check made before it would leave them open to a
+/// user's save), then the rename and a sync of the folder. An Err from `still_wanted` leaves
+/// `path` as it is (the temp file removed) and is returned. An existing file keeps its mode and
+/// owner unless `attrs.force`; a new one gets `attrs`. I/O errors are typed: the path and the OS
+/// error (errno) kept, so that a caller can tell a mount point (the rename answers EBUSY: a
+/// single-file bind mount) from a read-only filesystem or a full disk.
 pub fn write_atomic_checked<E: From<IoError>>(
     path: &Path,
     content: &[u8],
@@ -276,12 +249,6 @@ impl std::error::Error for IoError {
     }
 }
 
-impl From<IoError> for String {
-    fn from(e: IoError) -> String {
-        e.to_string()
-    }
-}
-
 /// Opens a folder, and only a folder: a FIFO swapped in for it fails (ENOTDIR) instead of
 /// blocking the open.
 pub fn open_dir(dir: &Path) -> io::Result<File> {
@@ -371,7 +338,7 @@ pub fn read_at(dir: &File, name: &str, cap: u64) -> Option<Vec<u8>> {
     (bytes.len() as u64 <= cap).then_some(bytes)
 }
 
-/// [`write_atomic`] by folder descriptor, for root writing into a folder someone else owns:
+/// [`write_atomic_checked`] by folder descriptor, for root writing into a folder someone else owns:
 /// the temp file is created in `dir` with `O_CREAT|O_EXCL|O_NOFOLLOW` (nothing planted under its
 /// name is opened, let alone followed), renamed over `name` with `renameat` (which replaces a
 /// symlink there, never writes through it), then `dir` is synced. The file gets `mode` and our
@@ -479,10 +446,10 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let file = dir.join("f");
         let attrs = NewFileAttrs { mode: 0o600, owner: None, force: false };
-        write_atomic(&file, b"one", attrs).unwrap();
+        write_atomic_checked(&file, b"one", attrs, || Ok::<(), IoError>(())).unwrap();
         assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
-        write_atomic(&file, b"two", attrs).unwrap();
+        write_atomic_checked(&file, b"two", attrs, || Ok::<(), IoError>(())).unwrap();
         assert_eq!(fs::read(&file).unwrap(), b"two");
         assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "temp file left behind");

@@ -92,7 +92,7 @@ pub fn parse(bytes: &[u8]) -> FileState {
 }
 
 /// Writes `hash\nusername` atomically, mode 0600, owned by `owner` when given.
-/// `still_wanted`: see [`fsutil::write_atomic_if`]. I/O errors keep their errno and path.
+/// `still_wanted`: see [`fsutil::write_atomic_checked`]. I/O errors keep their errno and path.
 pub fn write<E: From<IoError>>(
     file: &Path,
     hash: &str,
