@@ -191,7 +191,7 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
     };
     logging::init();
     let started = prepare(command, comfyui_args).and_then(|p| {
-        Supervisor::start(p.settings.supervisor, p.spec, signals, p.token, p.reload, p.hooks).map_err(Error::Spawn)
+        Supervisor::start(p.settings.supervisor, p.spec, signals, p.auth, p.reload, p.hooks).map_err(Error::Spawn)
     });
     match started {
         Ok(supervisor) => supervisor.run(),
@@ -210,16 +210,18 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
 struct Prepared {
     settings: Settings,
     spec: ChildSpec,
-    /// The token ComfyUI starts with (None: COMFY_INIT_AUTH=off); the credential service keeps
-    /// it in step from then on.
-    token: Option<String>,
+    /// Credentials are managed (COMFY_INIT_AUTH): the credential service makes them valid before
+    /// anything starts, and keeps them in step from then on.
+    auth: bool,
     /// A new token may be reloaded in place.
     reload: bool,
     hooks: Vec<std::path::PathBuf>,
 }
 
-/// Everything before the child starts: settings, GPU preflight, the pre-start hooks, folders and
-/// privileges, the companion node, credentials. Err: nothing was started.
+/// Everything before the supervisor starts: settings, GPU preflight, the pre-start hooks' list,
+/// folders and privileges, the companion node. The credentials are the credential service's
+/// (its first reconciliation runs under the supervisor, where a stop is answered at once).
+/// Err: nothing was started.
 fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) -> Result<Prepared, Error> {
     let settings = Settings::from_env()?;
     let hooks = supervisor::hooks::list(&settings.pre_start).map_err(|e| Error::Config(config::ConfigError(e)))?;
@@ -252,20 +254,13 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
         spec.user = Some(owner);
     }
     let mut reload = false;
-    let token = if settings.auth {
+    if settings.auth {
         let companion = companion_installed(&settings);
         reload = companion && settings.on_token_change == config::OnTokenChange::Reload;
         check_guest_mode(&settings, !companion)?;
-        let not_started = |e: String| {
-            Error::Credentials(format!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD"))
-        };
-        let token = prepare_credentials(&settings.credentials);
-        stop_if_asked("the credentials check")?;
-        Some(token.map_err(not_started)?)
     } else {
         log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it");
-        None
-    };
+    }
     // The plaintext password is ours; the child and its custom nodes do not need it.
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
     if command.is_empty() {
@@ -275,7 +270,8 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
     } else {
         spec.argv = command;
     }
-    Ok(Prepared { settings, spec, token, reload, hooks })
+    let auth = settings.auth;
+    Ok(Prepared { settings, spec, auth, reload, hooks })
 }
 
 /// Err(Stopped) when a stop request is waiting: start-up goes no further.
@@ -323,12 +319,4 @@ fn check_guest_mode(settings: &Settings, token_logged: bool) -> Result<(), Error
             "{risk}; ComfyUI not started (COMFY_INIT_GUEST_MODE=refuse; =warn starts with a warning)"
         ))),
     }
-}
-
-/// Reconciles before the first start: the token ComfyUI starts with. The credential service
-/// watches for changes from then on.
-fn prepare_credentials(settings: &credentials::Settings) -> Result<String, String> {
-    let out = credentials::reconcile(settings, None, credentials::Mode::Wait).map_err(|e| e.to_string())?;
-    credentials::log_outcome(&out);
-    Ok(out.token)
 }

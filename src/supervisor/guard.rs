@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd};
 use std::time::{Duration, Instant};
 
 use crate::credentials::{self, Failure, Mode, Settings};
+use crate::error::EXIT_CONFIG;
 use crate::watch::{Activity, Watcher};
 
 /// A write still in progress (no rename, no close yet) is one reaction: wait this long after the
@@ -45,10 +46,9 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn new(settings: Settings, token: String) -> nix::Result<Guard> {
-        let watcher = Watcher::new(settings.watch_targets())?;
+    fn new(settings: Settings, watcher: Watcher, token: String) -> Guard {
         let guest_mode = std::fs::symlink_metadata(settings.guest_mode_path()).is_ok();
-        Ok(Guard { settings, watcher, token, burst: None, retry_at: None, guest_mode })
+        Guard { settings, watcher, token, burst: None, retry_at: None, guest_mode }
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -112,21 +112,32 @@ impl Guard {
     }
 }
 
-/// `comfy-init __credentials`: watches the credential files until PID 1 goes away, and tells it
-/// `token <T>` on fd 3 (see supervisor::service) once PASSWORD holds a new token. Exits 1 when it cannot watch or
-/// cannot be heard; PID 1 starts it again.
+/// `comfy-init __credentials`: at the first start (no running token in its environment), makes
+/// login/PASSWORD valid and tells PID 1 `token <T>`, or says why it cannot and exits 78 (PID 1
+/// then starts nothing); then watches the credential files until PID 1 goes away, and tells it
+/// `token <T>` on fd 3 (see supervisor::service) once PASSWORD holds a new token. Exits 1 when
+/// it cannot watch or cannot be heard; PID 1 starts it again.
 pub fn serve(settings: Settings) -> u8 {
-    let token = std::env::var(super::service::ENV_TOKEN).unwrap_or_default();
-    let mut guard = match Guard::new(settings, token) {
-        Ok(g) => g,
+    // SAFETY: fd 3 is the notification pipe PID 1 gave us (vfork::NOTIFY_FD); we own it now.
+    let notify = unsafe { std::fs::File::from_raw_fd(super::vfork::NOTIFY_FD) };
+    let tell = |line: String| writeln!(&notify, "{line}").is_ok();
+    // Watching starts before the first look, so that no edit falls between the two.
+    let watcher = Watcher::new(settings.watch_targets());
+    let token = match std::env::var(super::service::ENV_TOKEN) {
+        Ok(running) => running,
+        Err(_) => match first_reconciliation(&settings) {
+            Ok(token) if tell(format!("token {token}")) => token,
+            Ok(_) => return 0, // PID 1 is gone
+            Err(code) => return code,
+        },
+    };
+    let mut guard = match watcher {
+        Ok(watcher) => Guard::new(settings, watcher, token),
         Err(e) => {
             log::error!("cannot watch the credential files ({e}): a new password needs a restart of the container");
             return 1;
         }
     };
-    // SAFETY: fd 3 is the notification pipe PID 1 gave us (vfork::NOTIFY_FD); we own it now.
-    let notify = unsafe { std::fs::File::from_raw_fd(super::vfork::NOTIFY_FD) };
-    let tell = |line: String| writeln!(&notify, "{line}").is_ok();
     guard.on_readable(Instant::now()); // events from before we watched: look once
     loop {
         let now = Instant::now();
@@ -155,6 +166,22 @@ pub fn serve(settings: Settings) -> u8 {
             if fds[0].revents != 0 {
                 guard.on_readable(Instant::now());
             }
+        }
+    }
+}
+
+/// The reconciliation before the first start: the token ComfyUI starts with, or (said here,
+/// where the reason is known) the exit code that ends the start: ComfyUI never runs without a
+/// valid login/PASSWORD. A lock held by a `rotate` or `sync` is waited for: PID 1 is not.
+fn first_reconciliation(settings: &Settings) -> Result<String, u8> {
+    match credentials::reconcile(settings, None, Mode::Wait) {
+        Ok(out) => {
+            credentials::log_outcome(&out);
+            Ok(out.token)
+        }
+        Err(e) => {
+            log::error!("{e}; ComfyUI not started: it never runs without a valid login/PASSWORD");
+            Err(EXIT_CONFIG)
         }
     }
 }

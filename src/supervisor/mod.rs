@@ -34,8 +34,8 @@ pub const PROBE_NEW: &str = "COMFY_INIT_PROBE_NEW_TOKEN";
 pub struct Supervisor {
     spec: ChildSpec,
     signals: Signals,
-    /// The token ComfyUI runs with, and the service that keeps the credentials in step (None
-    /// with COMFY_INIT_AUTH=off).
+    /// The token ComfyUI runs with (None: not known yet, or COMFY_INIT_AUTH=off), and the
+    /// service that makes and keeps the credentials valid (None with COMFY_INIT_AUTH=off).
     token: Option<String>,
     service: Option<CredentialService>,
     session: Session,
@@ -52,12 +52,14 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Becomes a child subreaper when we are not PID 1 (`docker run --init`), so orphans still
-    /// come to us, and starts the child. Err: the first start failed (exit 126/127).
+    /// come to us, and starts the credential service (`auth`), which makes login/PASSWORD valid
+    /// first; the pre-start hooks and the child follow through the machine, like every later
+    /// start. Err: the service could not be started (nothing else was).
     pub fn start(
         settings: Settings,
         mut spec: ChildSpec,
         signals: Signals,
-        token: Option<String>,
+        auth: bool,
         reload: bool,
         hooks: Vec<std::path::PathBuf>,
     ) -> Result<Supervisor, child::SpawnError> {
@@ -68,37 +70,32 @@ impl Supervisor {
                 );
             }
         }
-        let service = token.as_ref().and_then(|t| start_service(t));
+        let service = match auth {
+            true => Some(CredentialService::start_first(Instant::now())?),
+            false => None,
+        };
         let session = Session::new();
         spec.env_set.push((session::ENV.into(), session.path().into()));
         if reload {
             spec.env_set.push((companion::ENV_SESSION.into(), session.path().into()));
         }
-        let (machine, started) = match hooks.first() {
-            None => {
-                let first = child::spawn(&spec)?;
-                (Machine::new(settings, first), Some(first.pid))
-            }
-            Some(hook) => {
-                let first = spawn_hook(hook, &spec)?;
-                (Machine::pre_start(settings, hooks.iter().map(|h| hooks::name(h)).collect(), first), None)
-            }
-        };
-        if let Some(pid) = started {
-            log::info!("started {} (pid {pid})", spec.argv[0].to_string_lossy());
-        }
-        Ok(Supervisor {
+        let machine = Machine::new(settings, hooks.iter().map(|h| hooks::name(h)).collect());
+        let mut supervisor = Supervisor {
             spec,
             signals,
-            token,
+            token: None,
             service,
             session,
             machine,
             reload,
             change: None,
             hooks,
-            files_ready: true,
-        })
+            files_ready: false,
+        };
+        if !auth {
+            supervisor.feed(Event::CredentialsReady);
+        }
+        Ok(supervisor)
     }
 
     /// The loop. Returns the exit code for comfy-init.
@@ -167,9 +164,8 @@ impl Supervisor {
     /// `none_left`: the reaper found no child at all, so the group is gone too (its members are
     /// our descendants, and every descendant of ours is our child or a child's descendant).
     fn on_reaped(&mut self, pid: i32, status: reaper::ExitStatus, none_left: bool) {
-        if let Some(service) = self.service.as_mut().filter(|s| s.is(pid)) {
-            service.on_exit(&status, Instant::now());
-            return;
+        if self.service.as_ref().is_some_and(|s| s.is(pid)) {
+            return self.on_service_exit(status);
         }
         if !self.machine.awaits(pid) {
             log::debug!("reaped orphan pid {pid}: {status}");
@@ -188,9 +184,10 @@ impl Supervisor {
         self.feed(Event::Reaped { pid, exited: Exited { status, reboot }, group_alive });
     }
 
-    /// What the credential service said: `token T`, PASSWORD holds T; a new one is reloaded by
-    /// the companion or restarts ComfyUI. Nothing is stopped before PASSWORD holds the new token
-    /// (issue 23: an early stop could not be rolled back when the write then failed).
+    /// What the credential service said: `token T`, PASSWORD holds T. The first is the start's
+    /// go-ahead; a new one later is reloaded by the companion or restarts ComfyUI. Nothing is
+    /// stopped before PASSWORD holds the new token (issue 23: an early stop could not be rolled
+    /// back when the write then failed).
     fn on_service(&mut self, now: Instant) {
         let Some(service) = self.service.as_mut() else { return };
         service.on_tick(self.token.as_deref().unwrap_or_default(), now);
@@ -198,10 +195,28 @@ impl Supervisor {
             return;
         }
         for Message::Token(new) in service.messages() {
-            let Some(old) = self.token.replace(new.clone()).filter(|old| *old != new) else { continue };
-            self.change = Some((old, new));
-            let companion = self.ready_companion();
-            self.feed(Event::TokenChanged { companion });
+            match self.token.replace(new.clone()) {
+                None => self.feed(Event::CredentialsReady),
+                Some(old) if old != new => {
+                    self.change = Some((old, new));
+                    let companion = self.ready_companion();
+                    self.feed(Event::TokenChanged { companion });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The service ended. Before its first token, the start ends with it (it said why); after,
+    /// it is started again after a delay and ComfyUI keeps its token meanwhile.
+    fn on_service_exit(&mut self, status: reaper::ExitStatus) {
+        // What it said before it went comes first (a token written just before an exit).
+        self.files_ready = true;
+        self.on_service(Instant::now());
+        match (&self.token, self.service.as_mut()) {
+            (None, _) => self.feed(Event::CredentialsFailed(status)),
+            (Some(_), Some(service)) => service.on_exit(&status, Instant::now()),
+            (Some(_), None) => {}
         }
     }
 
@@ -307,20 +322,6 @@ fn send(pgid: i32, signo: i32) {
             log::debug!("{} not delivered: process group {pgid} is gone", signal_name(signo));
         } else {
             log::warn!("cannot send {} to process group {pgid}: {e}", signal_name(signo));
-        }
-    }
-}
-
-/// The credential service, started with the token ComfyUI starts with. Not started: said; the
-/// token then stays as it is until the container restarts.
-fn start_service(token: &str) -> Option<CredentialService> {
-    let started =
-        CredentialService::new().and_then(|mut service| service.start(token, Instant::now()).map(|()| service));
-    match started {
-        Ok(service) => Some(service),
-        Err(e) => {
-            log::error!("cannot start the credential service ({e}): a new password needs a restart of the container");
-            None
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The credential service, seen from PID 1 (issue 23): `comfy-init __credentials`, a child of its
-//! own that watches the credential files, hashes, takes the lock and writes, and tells PID 1 what
-//! came of it in lines on its fd 3 (s6's notification fd): `token <T>` once PASSWORD holds a new
-//! token T. Nothing is acted on before that: a change that then fails (a read-only `login/`)
-//! leaves ComfyUI running untouched, as the log says. PID 1 reads those lines when the pipe turns readable
-//! (SIGIO, like any file event), and never waits on a file, a lock or bcrypt itself. A service
-//! that dies is started again after a doubling delay; ComfyUI keeps its token meanwhile.
+//! own that makes login/PASSWORD valid before anything else starts (the first reconciliation),
+//! then watches the credential files, hashes, takes the lock and writes, and tells PID 1 what
+//! came of it in lines on its fd 3 (s6's notification fd): `token <T>` once PASSWORD holds a
+//! token T, the first time and at every change. A first reconciliation that fails is said in the
+//! log and ends the service with 78 before any token: PID 1 then starts nothing. Later, nothing
+//! is acted on before a token: a change that fails (a read-only `login/`) leaves ComfyUI running
+//! untouched, as the log says. PID 1 reads those lines when the pipe turns readable (SIGIO, like
+//! any file event), and never waits on a file, a lock or bcrypt itself. A service that dies once
+//! ComfyUI runs is started again after a doubling delay; ComfyUI keeps its token meanwhile.
 
 use std::fs::File;
 use std::io::Read;
@@ -14,7 +17,8 @@ use std::time::{Duration, Instant};
 use super::child::{self, ChildSpec};
 use super::signals;
 
-/// The running token, in the service's environment (root's child: never on a command line).
+/// The running token, in the service's environment (root's child: never on a command line);
+/// absent at the first start, when there is none yet.
 pub const ENV_TOKEN: &str = "COMFY_INIT_RUNNING_TOKEN";
 /// The hidden command that runs the service.
 pub const COMMAND: &str = "__credentials";
@@ -44,7 +48,7 @@ pub struct CredentialService {
 
 impl CredentialService {
     /// How the service is started: this binary, as root, in its own group, without the terminal.
-    pub fn new() -> std::io::Result<CredentialService> {
+    fn new() -> std::io::Result<CredentialService> {
         let me = std::env::current_exe()?;
         let spec = ChildSpec { argv: vec![me.into(), COMMAND.into()], ..ChildSpec::default() };
         let now = Instant::now();
@@ -59,11 +63,22 @@ impl CredentialService {
         })
     }
 
-    /// Starts it, with the token ComfyUI runs with. Err: said by the caller, retried later.
-    pub fn start(&mut self, token: &str, now: Instant) -> std::io::Result<()> {
+    /// The first start, before ComfyUI's: the first reconciliation. Err: nothing can start.
+    pub fn start_first(now: Instant) -> Result<CredentialService, child::SpawnError> {
+        let failed = |source| child::SpawnError { program: format!("comfy-init {COMMAND}"), source };
+        let mut service = CredentialService::new().map_err(failed)?;
+        service.start(None, now).map_err(failed)?;
+        Ok(service)
+    }
+
+    /// Starts it, with the token ComfyUI runs with (None: the first start). Err: said by the
+    /// caller; a restart is tried again later.
+    fn start(&mut self, token: Option<&str>, now: Instant) -> std::io::Result<()> {
         let (read, write) = pipe()?;
         let mut spec = self.spec.clone();
-        spec.env_set.push((ENV_TOKEN.into(), token.into()));
+        if let Some(token) = token {
+            spec.env_set.push((ENV_TOKEN.into(), token.into()));
+        }
         spec.notify_fd = Some(write.as_raw_fd());
         let started = child::spawn(&spec).map_err(|e| std::io::Error::other(e.to_string()))?;
         drop(write); // ours closed: the service's exit is the pipe's end
@@ -100,10 +115,10 @@ impl CredentialService {
         self.restart_at
     }
 
-    /// Starts it again once its delay is over.
+    /// Starts it again once its delay is over, with the token ComfyUI runs with.
     pub fn on_tick(&mut self, token: &str, now: Instant) {
         if self.restart_at.is_some_and(|at| now >= at) {
-            match self.start(token, now) {
+            match self.start(Some(token), now) {
                 Ok(()) => log::info!("credential service started again"),
                 Err(e) => {
                     log::error!("cannot start the credential service again ({e}): trying again in {:?}", self.delay);

@@ -60,6 +60,10 @@ pub struct Exited {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
+    /// The credential service makes login/PASSWORD hold a valid token (the first reconciliation:
+    /// the lock, bcrypt, the writes, all in its own process). Nothing else starts before it says
+    /// so: ComfyUI never runs without a valid PASSWORD.
+    Credentials,
     /// Pre-start hook number `index` runs (in its own process group, like ComfyUI).
     PreStart {
         hook: Child,
@@ -97,6 +101,11 @@ pub enum State {
 /// What the loop saw, turned into one thing that happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
+    /// PASSWORD holds a valid token (the service's first `token` message), or credentials are
+    /// not managed (COMFY_INIT_AUTH=off): the start goes on.
+    CredentialsReady,
+    /// The credential service ended before PASSWORD held a valid token (it said why in the log).
+    CredentialsFailed(ExitStatus),
     Spawned(Child),
     /// The command could not be started: the shell's status (126/127).
     SpawnFailed(i32),
@@ -161,19 +170,15 @@ pub struct Machine {
     state: State,
     /// The pre-start hooks' names, in the order they run (for the log).
     hooks: Vec<String>,
+    /// The child was started once: a command that cannot be started at all is not retried.
+    started_once: bool,
 }
 
 impl Machine {
-    /// The first child already runs (its start failing is the caller's exit 126/127).
-    pub fn new(settings: Settings, first: Child) -> Machine {
+    /// Waiting for the credentials; then the pre-start hooks (by name, in order), then the child.
+    pub fn new(settings: Settings, hooks: Vec<String>) -> Machine {
         let policy = RestartPolicy::new(settings.restart, Limits::default());
-        Machine { settings, policy, state: State::Running(first), hooks: Vec::new() }
-    }
-
-    /// The first pre-start hook already runs; ComfyUI starts once they all have.
-    pub fn pre_start(settings: Settings, hooks: Vec<String>, first: Child) -> Machine {
-        let policy = RestartPolicy::new(settings.restart, Limits::default());
-        Machine { settings, policy, state: State::PreStart { hook: first, index: 0 }, hooks }
+        Machine { settings, policy, state: State::Credentials, hooks, started_once: false }
     }
 
     pub fn state(&self) -> State {
@@ -208,7 +213,7 @@ impl Machine {
                 Some((now + GROUP_RECHECK).min(next))
             }
             State::Backoff { until, .. } | State::Reloading { until, .. } => Some(until),
-            State::PreStart { .. } | State::SpawningHook { .. } => None,
+            State::Credentials | State::PreStart { .. } | State::SpawningHook { .. } => None,
             State::Spawning | State::Running(_) | State::Done(_) => None,
         }
     }
@@ -216,6 +221,8 @@ impl Machine {
     pub fn step(&mut self, event: Event, now: Instant) -> Vec<Effect> {
         let mut fx = Vec::new();
         match event {
+            Event::CredentialsReady => self.on_credentials_ready(&mut fx),
+            Event::CredentialsFailed(status) => self.on_credentials_failed(status, &mut fx),
             Event::Spawned(child) => self.on_spawned(child),
             Event::SpawnFailed(code) => self.on_spawn_failed(code, now, &mut fx),
             Event::Reaped { pid, exited, group_alive } => self.on_reaped(pid, exited, group_alive, now, &mut fx),
@@ -236,14 +243,45 @@ impl Machine {
         fx
     }
 
-    fn on_spawned(&mut self, child: Child) {
-        if self.state == State::Spawning {
-            self.state = State::Running(child);
+    /// The first pre-start hook, or the child when there is none.
+    fn on_credentials_ready(&mut self, fx: &mut Vec<Effect>) {
+        if self.state != State::Credentials {
+            return; // a later token is a TokenChanged
+        }
+        if self.hooks.is_empty() {
+            self.spawn(fx);
+        } else {
+            self.state = State::SpawningHook { index: 0 };
+            fx.push(Effect::SpawnHook { index: 0 });
         }
     }
 
-    /// A start that failed counts as a crash with the shell's status.
+    fn on_credentials_failed(&mut self, status: ExitStatus, fx: &mut Vec<Effect>) {
+        if self.state == State::Credentials {
+            fx.push(log(
+                log::Level::Error,
+                format!(
+                    "the credential service ended ({status}) before login/PASSWORD held a valid token: \
+                     ComfyUI not started (it never runs without one)"
+                ),
+            ));
+            self.finish(status.code(), fx);
+        }
+    }
+
+    fn on_spawned(&mut self, child: Child) {
+        if self.state == State::Spawning {
+            self.state = State::Running(child);
+            self.started_once = true;
+        }
+    }
+
+    /// A start that failed counts as a crash with the shell's status; the very first one ends it
+    /// (a command that is not there will not appear by waiting).
     fn on_spawn_failed(&mut self, code: i32, now: Instant, fx: &mut Vec<Effect>) {
+        if self.state == State::Spawning && !self.started_once {
+            return self.finish(code, fx);
+        }
         if self.state == State::Spawning {
             let never_ran = Child { pid: 0, started: now };
             self.decide(never_ran, Exited { status: ExitStatus::Code(code), reboot: false }, now, fx);
@@ -318,6 +356,13 @@ impl Machine {
             State::Backoff { last, .. } => {
                 let code = last.code();
                 self.finish(code, fx);
+            }
+            State::Credentials => {
+                fx.push(log(
+                    log::Level::Info,
+                    format!("{} during the credentials check: ComfyUI not started", signal_name(signo)),
+                ));
+                self.finish(128 + signo, fx);
             }
             State::Reloading { child, .. } | State::PreStart { hook: child, .. } => {
                 let child = *child;
@@ -540,7 +585,15 @@ mod tests {
     /// A machine whose child (pid 100) started at `t0`, with the clock at `t0`.
     fn running(restart: RestartMode) -> (Machine, Instant) {
         let t0 = Instant::now();
-        (Machine::new(settings(restart), Child { pid: PID, started: t0 }), t0)
+        (started(settings(restart), t0), t0)
+    }
+
+    /// Through the way every start goes: credentials ready, the child spawned.
+    fn started(settings: Settings, t0: Instant) -> Machine {
+        let mut m = Machine::new(settings, Vec::new());
+        assert_eq!(acts(m.step(Event::CredentialsReady, t0)), [Effect::Spawn]);
+        m.step(Event::Spawned(Child { pid: PID, started: t0 }), t0);
+        m
     }
 
     fn exit(code: i32) -> Exited {
@@ -874,7 +927,10 @@ mod tests {
         let t0 = Instant::now();
         let s = Settings { stop_on_hook_failure: stop_on_failure, ..settings(RestartMode::OnFailure) };
         let names = vec!["10-deps".to_string(), "20-models".to_string()];
-        (Machine::pre_start(s, names, Child { pid: 500, started: t0 }), t0)
+        let mut m = Machine::new(s, names);
+        assert_eq!(acts(m.step(Event::CredentialsReady, t0)), [Effect::SpawnHook { index: 0 }]);
+        m.step(Event::HookStarted(Child { pid: 500, started: t0 }), t0);
+        (m, t0)
     }
 
     fn hook_exit(pid: i32, code: i32) -> Event {
@@ -971,8 +1027,83 @@ mod tests {
             restart: RestartMode::Never,
             stop_on_hook_failure: true,
         };
-        let mut m = Machine::new(s, Child { pid: PID, started: t0 });
+        let mut m = started(s, t0);
         assert_eq!(acts(m.step(Event::StopRequested(libc::SIGINT), t0)), [signal(libc::SIGTERM)]);
         assert!(acts(m.step(reaped(0, true), t0)).is_empty());
+    }
+
+    // The credential service's events, in every state they can meet.
+
+    fn waiting_for_credentials() -> (Machine, Instant) {
+        (Machine::new(settings(RestartMode::OnFailure), Vec::new()), Instant::now())
+    }
+
+    #[test]
+    fn nothing_starts_before_the_credentials_are_ready_and_nothing_wakes_up_meanwhile() {
+        let (mut m, t0) = waiting_for_credentials();
+        assert_eq!(m.state(), State::Credentials);
+        assert_eq!(m.deadline(t0), None);
+        assert!(!m.awaits(PID));
+        assert!(acts(m.step(Event::Tick, t0)).is_empty());
+        assert!(acts(m.step(Event::TokenChanged { companion: None }, t0)).is_empty(), "no child to restart");
+        assert!(acts(m.step(Event::Forward(libc::SIGHUP), t0)).is_empty(), "no group to forward to");
+        assert_eq!(m.state(), State::Credentials);
+        assert_eq!(acts(m.step(Event::CredentialsReady, t0)), [Effect::Spawn]);
+        assert_eq!(m.state(), State::Spawning);
+    }
+
+    #[test]
+    fn a_stop_while_the_credentials_are_checked_exits_at_once_with_128_plus_n() {
+        let (mut m, t0) = waiting_for_credentials();
+        let fx = m.step(Event::StopRequested(libc::SIGTERM), t0);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(_, m) if m.contains("ComfyUI not started"))), "{fx:?}");
+        assert_eq!(acts(fx), [Effect::Exit(143)]);
+        assert!(acts(m.step(Event::CredentialsReady, t0)).is_empty(), "too late: nothing starts");
+    }
+
+    #[test]
+    fn credentials_refused_end_the_start_with_the_services_status() {
+        let (mut m, t0) = waiting_for_credentials();
+        let fx = m.step(Event::CredentialsFailed(ExitStatus::Code(78)), t0);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(log::Level::Error, m) if m.contains("ComfyUI not started"))));
+        assert_eq!(acts(fx), [Effect::Exit(78)]);
+        let (mut m, t0) = waiting_for_credentials();
+        assert_eq!(acts(m.step(Event::CredentialsFailed(ExitStatus::Signal(9)), t0)), [Effect::Exit(137)]);
+    }
+
+    #[test]
+    fn the_services_events_after_the_start_change_nothing() {
+        // Once ComfyUI runs, a new token is a TokenChanged, and a dead service is restarted by its
+        // own backoff (service.rs): ComfyUI keeps its token.
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        assert!(acts(m.step(Event::CredentialsReady, t0)).is_empty());
+        assert!(acts(m.step(Event::CredentialsFailed(ExitStatus::Code(1)), t0)).is_empty());
+        assert_eq!(m.state(), State::Running(Child { pid: PID, started: t0 }));
+        let (mut m, t0) = hooks(true);
+        assert!(acts(m.step(Event::CredentialsReady, t0)).is_empty());
+        assert!(acts(m.step(Event::CredentialsFailed(ExitStatus::Code(1)), t0)).is_empty());
+        assert!(matches!(m.state(), State::PreStart { index: 0, .. }));
+    }
+
+    #[test]
+    fn a_first_start_that_fails_exits_with_the_shells_status_a_later_one_backs_off() {
+        let (mut m, t0) = waiting_for_credentials();
+        m.step(Event::CredentialsReady, t0);
+        assert_eq!(acts(m.step(Event::SpawnFailed(127), t0)), [Effect::Exit(127)]);
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        m.step(Event::TokenChanged { companion: None }, t0);
+        m.step(reaped(0, false), t0);
+        assert_eq!(m.state(), State::Spawning);
+        assert!(acts(m.step(Event::SpawnFailed(127), t0)).is_empty());
+        assert!(matches!(m.state(), State::Backoff { .. }), "{:?}", m.state());
+    }
+
+    #[test]
+    fn hooks_run_after_the_credentials_and_a_hook_that_cannot_start_follows_the_hook_policy() {
+        let s = Settings { stop_on_hook_failure: true, ..settings(RestartMode::OnFailure) };
+        let mut m = Machine::new(s, vec!["10-deps".into()]);
+        let t0 = Instant::now();
+        assert_eq!(acts(m.step(Event::CredentialsReady, t0)), [Effect::SpawnHook { index: 0 }]);
+        assert_eq!(acts(m.step(Event::HookFailed(126), t0)), [Effect::Exit(126)]);
     }
 }

@@ -478,3 +478,28 @@ fn the_credential_service_goes_when_comfy_init_is_killed() {
     unsafe { libc::kill(comfyui, libc::SIGKILL) };
     assert!(gone, "the credential service outlived comfy-init");
 }
+
+#[test]
+fn sigterm_while_the_first_reconciliation_hashes_stops_at_once_without_starting_comfyui() {
+    // The first reconciliation runs in the credential service too: PID 1 answers a docker stop
+    // while it verifies against a cost-14 hash (about a second), and starts nothing.
+    root_only!("sigterm_while_the_first_reconciliation_hashes_stops_at_once_without_starting_comfyui");
+    let ws = Workspace::new("sv-first");
+    let slow = bcrypt::hash("first-pass", 14).unwrap();
+    fs::create_dir_all(ws.comfyui().join("login")).unwrap();
+    write(&ws.password_file(), &format!("{slow}\nadmin"));
+    write(&ws.env_file(), "COMFYUI_PASSWORD=second-pass\n");
+    let mut init = ws.launch().start();
+    assert!(init.until(LONG, || service_of(&init).is_some()), "no credential service: {}", init.stderr());
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    init.signal(libc::SIGTERM);
+    let code = init.wait(LONG);
+    eprintln!("SIGTERM -> exit in {:?} while the first reconciliation hashed at cost 14", asked.elapsed());
+    let err = init.stderr();
+    assert_eq!(code, Some(143), "{err}");
+    assert!(err.contains("SIGTERM during the credentials check: ComfyUI not started"), "{err}");
+    assert_eq!(ws.starts(), 0, "ComfyUI was started: {err}");
+    let hash = fs::read_to_string(ws.password_file()).unwrap();
+    assert!(hash.starts_with(&slow), "PID 1 waited for the hash and the write before stopping: {err}");
+}
