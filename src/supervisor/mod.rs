@@ -8,6 +8,7 @@
 pub mod child;
 pub mod guard;
 pub mod hooks;
+pub mod idle;
 pub mod policy;
 pub mod reaper;
 pub mod service;
@@ -100,6 +101,7 @@ impl Supervisor {
 
     /// The loop. Returns the exit code for comfy-init.
     pub fn run(mut self) -> i32 {
+        idle::release_startup_text();
         loop {
             if let State::Done(code) = self.machine.state() {
                 self.forget_companion();
