@@ -2,6 +2,10 @@
 # End-to-end test of docker/: builds docker/Dockerfile on a debootstrapped Debian base (no image
 # registry needed) with a prebuilt comfy-init and the stand-in ComfyUI, then drives the image with
 # docker run / restart / stop, an atomic .env edit, docker-compose and `docker run --init`.
+# Then it builds the image once more FROM SOURCE, the way users do: the repository root as the
+# context (the real .dockerignore), the Dockerfile's build stage compiling with cargo --locked
+# (crates from crates.io) on a build image holding the host's Rust toolchain, and checks that
+# image briefly (version, NVML helper, embedded companion, healthy, clean docker stop).
 #
 # usage: tests/docker/e2e.sh [PATH/TO/comfy-init]     (default target/dist/comfy-init; the
 #                                                     comfy-init-nvml beside it goes in too)
@@ -9,9 +13,11 @@
 # Prints `ok - ...` / `not ok - ...` per check and `N passed, N failed` last; exits non-zero on
 # any failure. With no Docker engine it says why and exits 0, unless COMFY_INIT_TESTS_MANDATORY=1.
 # Env: COMFY_INIT_TEST_BASE_IMAGE (default comfy-init-test-base:bookworm, built and cached by
-#      tests/docker/build-base-image.sh), COMFY_INIT_E2E_KEEP=1 keeps containers/image to debug.
-# Everything it creates (containers, image, compose project, temp files) is removed on exit;
-# the base image is kept as a cache.
+#      tests/docker/build-base-image.sh), COMFY_INIT_TEST_RUST_IMAGE (default
+#      comfy-init-test-rust:bookworm, built and cached by tests/docker/build-rust-image.sh),
+#      COMFY_INIT_E2E_KEEP=1 keeps containers/images to debug.
+# Everything it creates (containers, images, compose project, temp files) is removed on exit;
+# the base and build images are kept as caches.
 set -euo pipefail
 
 T0=$SECONDS
@@ -24,6 +30,8 @@ BASE_IMAGE=${COMFY_INIT_TEST_BASE_IMAGE:-comfy-init-test-base:bookworm}
 MANDATORY=${COMFY_INIT_TESTS_MANDATORY:-0}
 RUN_ID=e2e$$x$RANDOM
 IMG=comfy-init-e2e:$RUN_ID
+IMG_SRC=comfy-init-e2e:$RUN_ID-src
+RUST_IMAGE=${COMFY_INIT_TEST_RUST_IMAGE:-comfy-init-test-rust:bookworm}
 LABEL=comfy-init-e2e=$RUN_ID
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/comfy-init-e2e.XXXXXX")
 PASS=0
@@ -58,7 +66,7 @@ cleanup() {
         rc=1
     fi
     if [[ ${COMFY_INIT_E2E_KEEP:-0} == 1 ]]; then
-        echo "# kept: containers labelled $LABEL, image $IMG, folder $WORK" >&2
+        echo "# kept: containers labelled $LABEL, images $IMG $IMG_SRC, folder $WORK" >&2
         exit "$rc"
     fi
     if ((${#COMPOSE[@]})) && [[ -f $WORK/compose/compose.yml ]]; then
@@ -72,6 +80,7 @@ cleanup() {
     mapfile -t ids < <(docker ps -aq --filter "label=$LABEL" 2>/dev/null)
     ((${#ids[@]})) && docker rm -f "${ids[@]}" >/dev/null 2>&1
     docker image inspect "$IMG" >/dev/null 2>&1 && docker rmi -f "$IMG" >/dev/null 2>&1
+    docker image inspect "$IMG_SRC" >/dev/null 2>&1 && docker rmi -f "$IMG_SRC" >/dev/null 2>&1
     # The classic builder leaves the build stage (and a failed build's steps) behind untagged.
     local id
     for id in "${NEW_IMAGES[@]}"; do
@@ -604,6 +613,84 @@ if ((${#COMPOSE[@]})); then
         [[ -n $C5 ]] && diagnose "$C5"
     fi
     cpu down -v --remove-orphans >/dev/null 2>&1 || true
+fi
+
+# ---------------------------------------------------------------------------------------------
+# From source, once: the repository root as the context, so through the real .dockerignore, and
+# the Dockerfile's own build stage (cargo --locked, crates from crates.io, scripts/build.sh) on a
+# build image holding the host's toolchain (rustup's servers may be out of reach). Then a
+# reduced set of checks on that image.
+
+t=$SECONDS
+if out=$("$HERE/build-rust-image.sh" "$RUST_IMAGE" "$BASE_IMAGE" 2>&1); then
+    ok "build image $RUST_IMAGE is there ($((SECONDS - t)) s: $(tail -n 1 <<<"$out"))"
+    rust_ok=1
+else
+    not_ok "build image $RUST_IMAGE builds (the host's toolchain, gcc and libc6-dev on $BASE_IMAGE)"
+    note <<<"$out"
+    rust_ok=0
+fi
+if [[ $rust_ok == 1 ]]; then
+    mapfile -t images_before < <(docker images -aq --no-trunc)
+    t=$SECONDS
+    # --no-cache: a build stage left cached by an earlier run would skip the compile.
+    if out=$(cd "$ROOT" && docker build -f docker/Dockerfile --no-cache \
+        --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+        --build-arg "BUILD_IMAGE=$RUST_IMAGE" \
+        --build-arg COMFYUI_STANDIN=tests/fixtures/fake_comfyui.py \
+        --force-rm --label "$LABEL" -t "$IMG_SRC" . 2>&1); then
+        echo "# from-source build: $((SECONDS - t)) s"
+        ok "from source: docker/Dockerfile builds with the repository root as context ($((SECONDS - t)) s)"
+        build_ok=1
+    else
+        echo "# from-source build: $((SECONDS - t)) s (failed)"
+        not_ok "from source: docker/Dockerfile builds with the repository root as context"
+        note <<<"$(tail -n 30 <<<"$out")"
+        build_ok=0
+    fi
+    mapfile -t images_after < <(docker images -aq --no-trunc)
+    for id in "${images_after[@]}"; do
+        [[ " ${images_before[*]} " == *" $id "* ]] || NEW_IMAGES+=("$id")
+    done
+fi
+if [[ $rust_ok == 1 && $build_ok == 1 ]]; then
+    version=$(sed -n 's/^version = "\(.*\)"/comfy-init \1/p' "$ROOT/Cargo.toml" | head -n 1)
+    # cargo's colours split its lines: compare without them.
+    check "from source: cargo compiled comfy-init in the build stage ('Compiling ${version/ / v}' in the build log)" \
+        grep -qF "Compiling ${version/ / v} (/src)" <<<"$(sed 's/\x1b\[[0-9;]*m//g' <<<"$out")"
+    got=$(docker run --rm --label "$LABEL" "$IMG_SRC" --version 2>&1 | head -n 1 || true)
+    check "from source: comfy-init --version in the image is Cargo.toml's ('$got')" test "$got" = "$version"
+    out=$(docker run --rm --label "$LABEL" "$IMG_SRC" gpu --json 2>/dev/null || true)
+    code=$(python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["findings"][0]["code"])' <<<"$out" 2>/dev/null || true)
+    check "from source: comfy-init gpu --json asks NVML through comfy-init-nvml (got '${code:-no JSON}')" \
+        test "$code" = library_missing
+    mkdir -p "$WORK/src-config"
+    printf 'COMFYUI_PASSWORD=e2e-source-password\n' >"$WORK/src-config/.env"
+    C9=comfy-init-$RUN_ID-src
+    EV9=$WORK/events/src.log
+    docker run -d --name "$C9" --label "$LABEL" -p 127.0.0.1::8188 \
+        -v "$WORK/src-config:/config" -v "$WORK/events:/events" \
+        -e COMFY_INIT_GPU=off -e FAKE_COMFYUI_EVENTS=/events/src.log \
+        "${HEALTH_OPTS[@]}" "$IMG_SRC" >/dev/null
+    if wait_healthy "$C9" 60; then
+        ok "from source: the container turns healthy"
+    else
+        not_ok "from source: the container turns healthy"
+        diagnose "$C9"
+    fi
+    check "from source: the token gets 200 on /system_stats" code_is 200 "$C9" /system_stats "$(token_of "$C9")"
+    check "from source: no token gets 401 on /system_stats" code_is 401 "$C9" /system_stats
+    # What include_str! embedded: the companion/ the context let through, installed as it is here.
+    same_companion() {
+        local f
+        for f in "$ROOT"/companion/*.py; do
+            docker exec "$C9" cat "/opt/ComfyUI/custom_nodes/comfy-init-companion/${f##*/}" 2>/dev/null |
+                cmp -s - "$f" || return 1
+        done
+    }
+    check "from source: the companion installed in custom_nodes/ is the repository's companion/" same_companion
+    stop_timed "$C9"
+    check_clean_stop "$C9" "$EV9" "from source: docker stop"
 fi
 
 finish
