@@ -1,7 +1,8 @@
 //! The image builds from source: everything `docker/Dockerfile`'s build stage reads must be in
 //! the build context that `.dockerignore` lets through (issue 23: `companion/` was left out, and
 //! `include_str!` failed the from-source build while the e2e test, injecting a prebuilt binary,
-//! passed).
+//! passed). This is the quick check, without Docker; tests/docker/e2e.sh also builds the image
+//! from source once, through the real context.
 
 use std::fs;
 use std::path::{Path, PathBuf};
