@@ -302,7 +302,7 @@ class Bench:
         for n, (p, pid, fd) in running.items():
             os.close(fd)
             self.stop(p, pid)
-        self.add("2. steady RSS, supervising an idle child (VmRSS)", "KiB", rss, ("tini", "<=1.3x"))
+        self.add("2. steady RSS, supervising an idle child (VmRSS)", "KiB", rss, ("tini", "<=1.2x"))
         self.add("2. of which anonymous (RssAnon: heap, stack, data; the rest is file-backed text)", "KiB", anon)
         self.add(f"3. idle wake-ups in {IDLE_SECONDS} s (voluntary+nonvoluntary ctxt switches)", "count", wakeups,
                  ("zero", "==0"))
@@ -950,8 +950,8 @@ class Bench:
                 ref, rule = goal
                 if rule == "<=":
                     goal_txt, met = f"≤ {ref}", me <= vals[ref]
-                elif rule == "<=1.3x":
-                    goal_txt, met = f"≤ 1.3× {ref}", me <= 1.3 * vals[ref]
+                elif rule == "<=1.2x":
+                    goal_txt, met = f"≤ 1.2× {ref}", me <= 1.2 * vals[ref]
                 elif rule == "==0":
                     goal_txt, met = "0", me == 0
                 elif rule == "<100":
@@ -960,7 +960,7 @@ class Bench:
                     goal_txt, met = "≤ 300 ms", me <= 300
                 elif rule == "<=1.5":
                     goal_txt, met = "≤ 1.5", me <= 1.5
-                ref_val = {"<=": vals.get(ref), "<=1.3x": 1.3 * vals.get(ref, 0)}.get(rule)
+                ref_val = {"<=": vals.get(ref), "<=1.2x": 1.2 * vals.get(ref, 0)}.get(rule)
                 if met:
                     met = "yes"
                 elif ref_val:
