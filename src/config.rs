@@ -290,7 +290,7 @@ fn gpu_settings(get: Lookup, owner: Option<(u32, u32)>) -> Result<GpuSettings, C
             (n > 0.0).then_some(n)
         }
     };
-    let timeout = positive_duration(ENV_TIMEOUT, non_empty(ENV_TIMEOUT), crate::gpu::helper::TIMEOUT)?;
+    let timeout = positive_duration(ENV_TIMEOUT, non_empty(ENV_TIMEOUT), crate::gpu::model::TIMEOUT)?;
     Ok(GpuSettings {
         policy,
         min_vram_gb,

@@ -2,8 +2,8 @@
 //! No I/O here; everything is unit-tested below.
 
 use super::model::{gib, CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Stage};
-use super::model::{GpuPolicy, GpuSettings, Select};
-use super::torch::{self, Coverage, Found};
+use super::model::{Found, GpuPolicy, GpuSettings, Select, Torch};
+use super::torch::{self, Coverage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -178,7 +178,7 @@ fn check_torch(found: Option<&Found>, usable: &[&GpuInfo], findings: &mut Vec<Fi
 
 /// Whether this PyTorch build has kernels for this card: an error when not, a warning when the
 /// build is not in the table.
-fn card_finding(found: &Found, t: &torch::Torch, cuda: &str, g: &GpuInfo) -> Option<Finding> {
+fn card_finding(found: &Found, t: &Torch, cuda: &str, g: &GpuInfo) -> Option<Finding> {
     let cc = g.compute_capability?;
     let card = format!("GPU {} ({}, compute capability {}.{})", g.index, g.display_name(), cc.0, cc.1);
     match torch::coverage(Some(found), Some(cc)) {

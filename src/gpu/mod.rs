@@ -23,12 +23,7 @@ pub mod wire;
 
 pub use evaluate::{evaluate, Severity, Verdict};
 pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Select, Stage, TorchProbe};
-
-pub const ENV_POLICY: &str = "COMFY_INIT_GPU";
-pub const ENV_MIN_VRAM: &str = "COMFY_INIT_MIN_VRAM_GB";
-pub const ENV_NVML_LIB: &str = "COMFY_INIT_NVML_LIB";
-pub const ENV_TIMEOUT: &str = "COMFY_INIT_GPU_TIMEOUT";
-pub const ENV_CUDA_VERSION: &str = "CUDA_VERSION";
+pub use model::{ENV_CUDA_VERSION, ENV_MIN_VRAM, ENV_NVML_LIB, ENV_POLICY, ENV_TIMEOUT};
 
 /// What the preflight decided for the child.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -6,38 +6,12 @@
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::model::TorchProbe;
+use super::model::{Found, Torch, TorchProbe};
 use crate::fsutil::{self, Links};
-
-/// What `torch/version.py` says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Torch {
-    /// Where the package is.
-    pub dir: PathBuf,
-    /// `__version__`, e.g. `2.8.0+cu128`.
-    pub version: String,
-    /// `cuda`: the CUDA version it was built for (`12.8`); None for a CPU-only or ROCm build.
-    pub cuda: Option<String>,
-    /// `hip`: the ROCm version of a ROCm build.
-    pub hip: Option<String>,
-}
-
-/// What the probe found of PyTorch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
-    Torch(Torch),
-    /// The interpreter answered: no `torch` to import.
-    Missing {
-        python: String,
-    },
-    /// The question could not be asked or answered (no interpreter, a timeout, an unreadable
-    /// version.py): why.
-    Unknown(String),
-}
 
 impl Torch {
     /// Its kernels, when the support matrix knows its build; None for a CPU-only or ROCm build
@@ -374,6 +348,7 @@ pub fn parse_version(text: &str) -> Option<(String, Option<String>, Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn version_py_is_read_as_pytorch_writes_it() {

@@ -11,9 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::child::ChildSpec;
-
-/// The hidden subcommand that runs a hook and prefixes its output.
-pub const PREFIX: &str = "__prefix";
+use crate::cli::PREFIX;
 
 /// The executables in `dir`, in name order; none when the folder does not exist. Hidden files,
 /// folders and files without an execute bit are left out (a README can sit beside the hooks).

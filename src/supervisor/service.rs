@@ -17,7 +17,7 @@ use super::signals;
 /// The running token, in the service's environment (root's child: never on a command line).
 pub const ENV_TOKEN: &str = "COMFY_INIT_RUNNING_TOKEN";
 /// The hidden command that runs the service.
-pub const COMMAND: &str = "__credentials";
+pub const COMMAND: &str = crate::cli::CREDENTIAL_SERVICE;
 
 /// What the service said.
 #[derive(Debug, Clone, PartialEq, Eq)]
