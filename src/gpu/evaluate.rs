@@ -88,10 +88,47 @@ impl Verdict {
     }
 }
 
+/// COMFY_INIT_GPU_SELECT names no usable card: what it says, and the cards there are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("COMFY_INIT_GPU_SELECT={select} names no usable GPU here: {}", Cards(cards))]
+pub struct NoSuchGpu {
+    pub select: Select,
+    pub cards: Vec<Card>,
+}
+
+/// A usable card, as a refused selection lists it: `0 (NVIDIA GeForce RTX 4090, GPU-...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    pub index: u32,
+    pub name: String,
+    pub uuid: Option<String>,
+}
+
+impl std::fmt::Display for Card {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, {})", self.index, self.name, self.uuid.as_deref().unwrap_or("no UUID"))
+    }
+}
+
+/// The cards, `; `-separated, or that there are none.
+struct Cards<'a>(&'a [Card]);
+
+impl std::fmt::Display for Cards<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no GPU is visible");
+        }
+        for (i, card) in self.0.iter().enumerate() {
+            write!(f, "{}{card}", if i == 0 { "" } else { "; " })?;
+        }
+        Ok(())
+    }
+}
+
 /// COMFY_INIT_GPU_SELECT resolved against the cards found: (their indices, the value for
 /// CUDA_VISIBLE_DEVICES: the UUID, else the index). Ok(None): no selection. Err: a refusal naming
 /// the cards there are.
-pub fn select(report: &GpuReport, settings: &GpuSettings) -> Result<Option<(Vec<u32>, String)>, String> {
+pub fn select(report: &GpuReport, settings: &GpuSettings) -> Result<Option<(Vec<u32>, String)>, NoSuchGpu> {
     let Some(select) = &settings.select else { return Ok(None) };
     let usable: Vec<&GpuInfo> = report.gpus.iter().filter(|g| !g.is_lost()).collect();
     let chosen = match select {
@@ -110,17 +147,8 @@ pub fn select(report: &GpuReport, settings: &GpuSettings) -> Result<Option<(Vec<
     match chosen {
         Some(g) => Ok(Some((vec![g.index], g.uuid.clone().unwrap_or_else(|| g.index.to_string())))),
         None => {
-            let cards: Vec<String> = usable
-                .iter()
-                .map(|g| format!("{} ({}, {})", g.index, g.display_name(), g.uuid.as_deref().unwrap_or("no UUID")))
-                .collect();
-            let value = match select {
-                Select::Index(i) => i.to_string(),
-                Select::Uuid(u) => u.clone(),
-                Select::Best => "best".into(),
-            };
-            let there = if cards.is_empty() { "no GPU is visible".to_string() } else { cards.join("; ") };
-            Err(format!("COMFY_INIT_GPU_SELECT={value} names no usable GPU here: {there}"))
+            let card = |g: &&GpuInfo| Card { index: g.index, name: g.display_name().to_string(), uuid: g.uuid.clone() };
+            Err(NoSuchGpu { select: select.clone(), cards: usable.iter().map(card).collect() })
         }
     }
 }
@@ -451,7 +479,7 @@ fn evaluate_devices(report: &GpuReport, settings: &GpuSettings, findings: &mut V
         findings.push(Finding {
             severity: Severity::Error,
             code: "select_invalid",
-            message: why,
+            message: why.to_string(),
             advice: String::new(),
         });
     }

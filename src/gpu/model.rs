@@ -86,6 +86,17 @@ pub enum Select {
     Best,
 }
 
+/// As it is written in `COMFY_INIT_GPU_SELECT`.
+impl fmt::Display for Select {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Select::Index(i) => write!(f, "{i}"),
+            Select::Uuid(u) => f.write_str(u),
+            Select::Best => f.write_str("best"),
+        }
+    }
+}
+
 impl Select {
     pub fn parse(value: &str) -> Option<Select> {
         let v = value.trim();

@@ -321,7 +321,7 @@ pub fn read_version(dir: &Path) -> Found {
     let text = match fsutil::read_bounded(&path, 64 * 1024, Links::Refuse) {
         Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
         Ok(None) => return Found::Unknown(format!("{} is missing", path.display())),
-        Err(e) => return Found::Unknown(e),
+        Err(e) => return Found::Unknown(e.to_string()),
     };
     match parse_version(&text) {
         Some((version, cuda, hip)) => Found::Torch(Torch { dir: dir.to_path_buf(), version, cuda, hip }),
