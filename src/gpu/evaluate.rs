@@ -288,7 +288,8 @@ NVIDIA driver and the NVIDIA Container Toolkit installed; NVIDIA_DRIVER_CAPABILI
 `utility` (e.g. `compute,utility` or `all`), otherwise libnvidia-ml is not mounted";
 
 /// The advice table: what each probe failure means and what to do about it.
-/// Returns (code, message, advice).
+/// Returns (code, message, advice). A message table: one arm per kind of failure, each holding
+/// its whole text.
 pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
     match err {
         ProbeError::LibraryMissing { requested: Some(path), .. } => (
@@ -296,21 +297,14 @@ pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
             format!("COMFY_INIT_NVML_LIB={path}: no such file, NVML cannot be loaded"),
             format!("unset COMFY_INIT_NVML_LIB or point it at the host's libnvidia-ml.so.1; {ADVICE_CONTAINER_GPU}"),
         ),
-        ProbeError::LibraryMissing { requested: None, tried } => {
-            let mut dirs: Vec<&str> = Vec::new();
-            for t in tried {
-                if let Some((dir, _)) = t.rsplit_once('/') {
-                    if !dirs.contains(&dir) {
-                        dirs.push(dir);
-                    }
-                }
-            }
-            (
-                "library_missing",
-                format!("NVML library libnvidia-ml.so.1 not found (looked in the loader path and {})", dirs.join(", ")),
-                ADVICE_CONTAINER_GPU.to_string(),
-            )
-        }
+        ProbeError::LibraryMissing { requested: None, tried } => (
+            "library_missing",
+            format!(
+                "NVML library libnvidia-ml.so.1 not found (looked in the loader path and {})",
+                folders(tried).join(", ")
+            ),
+            ADVICE_CONTAINER_GPU.to_string(),
+        ),
         ProbeError::LibraryInvalid { path, detail, overridden } => (
             "library_invalid",
             format!("{path} is not a loadable NVML library: {detail}"),
@@ -354,7 +348,20 @@ pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
     }
 }
 
-fn describe_nvml(stage: &Stage, failure: &NvmlFailure, detail: &str) -> (&'static str, String, String) {
+/// The folders of the paths tried, each once, in order.
+fn folders(tried: &[String]) -> Vec<&str> {
+    let mut dirs: Vec<&str> = Vec::new();
+    for (dir, _) in tried.iter().filter_map(|t| t.rsplit_once('/')) {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+/// What the probe was doing at `stage` ("opening GPU 1"), and which GPU that concerns ("GPU 1",
+/// or "a GPU" before any is known), in words.
+fn stage_words(stage: &Stage) -> (String, String) {
     let at = match stage {
         Stage::Init => "initialising NVML".to_string(),
         Stage::DeviceCount => "counting GPUs".to_string(),
@@ -365,6 +372,14 @@ fn describe_nvml(stage: &Stage, failure: &NvmlFailure, detail: &str) -> (&'stati
         Stage::Handle(i) | Stage::Query { index: i, .. } => format!("GPU {i}"),
         _ => "a GPU".to_string(),
     };
+    (at, gpu)
+}
+
+/// [`describe`] for an NVML error: the same message table, one arm per NVML failure (and stage,
+/// where the stage changes what it means), each holding its whole text. Longer than 60 lines by
+/// nature and read best in one piece: issue 23 exempts tables from the 60-line limit.
+fn describe_nvml(stage: &Stage, failure: &NvmlFailure, detail: &str) -> (&'static str, String, String) {
+    let (at, gpu) = stage_words(stage);
     match (stage, failure) {
         (_, NvmlFailure::DriverNotLoaded) => (
             "driver_not_loaded",
