@@ -50,8 +50,15 @@ pub struct UsageError {
     pub message: String,
 }
 
-/// The hidden subcommand of the reload probe: not for users, so not in --help.
+// The hidden subcommands comfy-init runs itself with: not for users, so not in --help. Named
+// here, where they are parsed; the supervisor, which spawns them, takes the names from here.
+
+/// The reload probe.
 pub const PROBE_RELOAD: &str = "__probe-reload";
+/// The credential service.
+pub const CREDENTIAL_SERVICE: &str = "__credentials";
+/// A pre-start hook under the prefixer of its output: `__prefix NAME COMMAND...`.
+pub const PREFIX: &str = "__prefix";
 
 pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
     let mut args = args.into_iter();
@@ -70,8 +77,8 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
         Some(PROBE_RELOAD) if rest.is_empty() => Ok(Command::ProbeReload),
-        Some(crate::supervisor::service::COMMAND) if rest.is_empty() => Ok(Command::CredentialService),
-        Some(crate::supervisor::hooks::PREFIX) if rest.len() >= 2 => {
+        Some(CREDENTIAL_SERVICE) if rest.is_empty() => Ok(Command::CredentialService),
+        Some(PREFIX) if rest.len() >= 2 => {
             Ok(Command::Prefix { name: rest[0].to_string_lossy().into_owned(), command: rest[1..].to_vec() })
         }
         // `docker run IMAGE --cpu --preview-method auto`: flags that are not ours go to ComfyUI.

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{self, Links};
+use crate::fsutil::{self, DirError, IoError, Links};
 
 /// Its folder under `custom_nodes/`.
 pub const FOLDER: &str = "comfy-init-companion";
@@ -31,13 +31,26 @@ pub fn reload_signal() -> i32 {
     libc::SIGRTMIN() + 7
 }
 
+/// Why the companion could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{} is not a folder", .0.display())]
+    NoComfyUi(PathBuf),
+    /// A symlink where its folder should be, or a folder that cannot be made or opened.
+    #[error(transparent)]
+    Folder(#[from] DirError),
+    /// A file that cannot be written (a read-only custom_nodes): the path and the errno.
+    #[error(transparent)]
+    Write(#[from] IoError),
+}
+
 /// Writes the companion into `custom_nodes/` where it differs (a file per write, atomically;
 /// readable by ComfyUI's user). Err: why it cannot be installed (a read-only custom_nodes, a
 /// symlink where its folder should be).
-pub fn install(comfyui_dir: &Path) -> Result<PathBuf, String> {
+pub fn install(comfyui_dir: &Path) -> Result<PathBuf, InstallError> {
     // Never create ComfyUI's folder: without it, the credentials step must fail closed.
     if !comfyui_dir.is_dir() {
-        return Err(format!("{} is not a folder", comfyui_dir.display()));
+        return Err(InstallError::NoComfyUi(comfyui_dir.to_path_buf()));
     }
     // Root writes here, and custom_nodes may be PUID's (with hooks, or PUID's own mount): a
     // symlink planted as custom_nodes/comfy-init-companion would make root write Python into
@@ -45,7 +58,7 @@ pub fn install(comfyui_dir: &Path) -> Result<PathBuf, String> {
     // (the operator's), custom_nodes and our folder are opened in it without following a link,
     // and each file is created and renamed inside our folder's descriptor. Our files stay
     // root's: PUID may delete or replace them in its own folder, but root never writes outside.
-    let top = fsutil::open_dir(comfyui_dir).map_err(|e| fsutil::explain_write_error(comfyui_dir, &e))?;
+    let top = fsutil::open_dir(comfyui_dir).map_err(|e| IoError::write(comfyui_dir, e))?;
     let nodes_path = comfyui_dir.join("custom_nodes");
     let nodes = fsutil::open_dir_at(&top, "custom_nodes", &nodes_path, Some(0o755))?;
     let dir = nodes_path.join(FOLDER);

@@ -10,14 +10,9 @@ use crate::privileges::Chown;
 use crate::supervisor::{self, policy::RestartMode, signals::parse_signal};
 
 /// A configuration error: the message is complete and meant for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// How settings are looked up: the process environment in production, a map in tests.
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -290,7 +285,7 @@ fn gpu_settings(get: Lookup, owner: Option<(u32, u32)>) -> Result<GpuSettings, C
             (n > 0.0).then_some(n)
         }
     };
-    let timeout = positive_duration(ENV_TIMEOUT, non_empty(ENV_TIMEOUT), crate::gpu::helper::TIMEOUT)?;
+    let timeout = positive_duration(ENV_TIMEOUT, non_empty(ENV_TIMEOUT), crate::gpu::model::TIMEOUT)?;
     Ok(GpuSettings {
         policy,
         min_vram_gb,
@@ -483,10 +478,10 @@ mod tests {
         assert_eq!(cmd[2..6], ["--listen", "0.0.0.0", "--port", "8188"].map(std::ffi::OsString::from));
     }
 
-    fn gpu(pairs: &[(&str, &str)]) -> Result<GpuSettings, String> {
+    fn gpu(pairs: &[(&str, &str)]) -> Result<GpuSettings, ConfigError> {
         let map: std::collections::HashMap<String, String> =
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        gpu_settings(&move |k| map.get(k).cloned(), None).map_err(|e| e.0)
+        gpu_settings(&move |k| map.get(k).cloned(), None)
     }
 
     #[test]
@@ -528,11 +523,11 @@ mod tests {
 
     #[test]
     fn bad_gpu_values_name_the_variable_the_value_and_the_choices() {
-        let e = gpu(&[(crate::gpu::ENV_POLICY, "maybe")]).unwrap_err();
+        let e = gpu(&[(crate::gpu::ENV_POLICY, "maybe")]).unwrap_err().0;
         assert!(e.contains("COMFY_INIT_GPU") && e.contains("maybe"), "{e}");
         assert!(e.contains("require") && e.contains("warn") && e.contains("off"), "{e}");
         for bad in ["lots", "-1", "NaN", "inf", "8GB"] {
-            let e = gpu(&[(crate::gpu::ENV_MIN_VRAM, bad)]).unwrap_err();
+            let e = gpu(&[(crate::gpu::ENV_MIN_VRAM, bad)]).unwrap_err().0;
             assert!(e.contains("COMFY_INIT_MIN_VRAM_GB") && e.contains(bad), "{e}");
             assert!(e.contains("number"), "{e}");
         }

@@ -17,39 +17,37 @@ pub enum Links {
     Refuse,
 }
 
+/// Why [`read_bounded`] read nothing: the OS failed (errno kept), or what is there is not
+/// something we read. Shown as one line naming the file; the caller adds what to do about it
+/// (an [`IoError`] taken out of `Io` says it in its own words, see its `Display`).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {}: {}", .0.path.display(), .0.source)]
+    Io(#[source] IoError),
+    #[error(transparent)]
+    Refused(#[from] Unreadable),
+}
+
+/// What is there is not something we read: a symlink where none is accepted, not a regular
+/// file, or too big.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    #[error("{} is a symlink, which is not accepted here", .0.display())]
+    Symlink(PathBuf),
+    /// `what`: "a folder", "a named pipe (FIFO)"...
+    #[error("{} is {what}, not a file", path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error("{} is {size} bytes, more than the {cap} it can sensibly hold, and is not read", path.display())]
+    TooBig { path: PathBuf, size: u64, cap: u64 },
+}
+
 /// Reads a file that someone else (a user, the unprivileged ComfyUI) may have replaced with
 /// anything. Opened with `O_NONBLOCK` (a FIFO cannot hang us: opening one for reading without a
 /// writer returns at once, and we never read from it), checked with `fstat` on the open file
 /// (no race with a swap), and read up to `cap` bytes: a bigger file is refused, never loaded.
-/// Ok(None): the file does not exist. Err: names the file and what it is; the caller adds what
-/// to do about it.
-pub fn read_bounded(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8>>, String> {
-    read_bounded_checked(path, cap, links).map_err(|e| match e {
-        ReadError::Io(e) => format!("cannot read {}: {}", path.display(), e.source),
-        ReadError::Refused(why) => why,
-    })
-}
-
-/// Why [`read_bounded_checked`] read nothing: the OS failed (errno kept), or what is there is
-/// not something we read (a folder, a FIFO, a symlink where none is accepted, too big).
-#[derive(Debug)]
-pub enum ReadError {
-    Io(IoError),
-    Refused(String),
-}
-
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::Io(e) => e.fmt(f),
-            ReadError::Refused(why) => f.write_str(why),
-        }
-    }
-}
-
-/// [`read_bounded`] with typed errors.
-pub fn read_bounded_checked(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8>>, ReadError> {
-    let refused = |why: String| Err(ReadError::Refused(why));
+/// Ok(None): the file does not exist.
+pub fn read_bounded(path: &Path, cap: u64, links: Links) -> Result<Option<Vec<u8>>, ReadError> {
+    let refused = |why: Unreadable| Err(ReadError::Refused(why));
     let failed = |e: io::Error| ReadError::Io(IoError::new("read", path, e));
     let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
     if links == Links::Refuse {
@@ -59,21 +57,19 @@ pub fn read_bounded_checked(path: &Path, cap: u64, links: Links) -> Result<Optio
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) && links == Links::Refuse => {
-            return refused(format!("{} is a symlink, which is not accepted here", path.display()))
+            return refused(Unreadable::Symlink(path.to_path_buf()))
         }
         // Opening a socket fails with ENXIO.
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            return refused(format!("{} is a socket, not a file", path.display()))
+            return refused(Unreadable::NotAFile { path: path.to_path_buf(), what: "a socket" })
         }
         Err(e) => return Err(failed(e)),
     };
     let meta = file.metadata().map_err(failed)?;
     if let Some(what) = not_a_file(meta.file_type()) {
-        return refused(format!("{} is {what}, not a file", path.display()));
+        return refused(Unreadable::NotAFile { path: path.to_path_buf(), what });
     }
-    let too_big = |size: u64| {
-        format!("{} is {size} bytes, more than the {cap} it can sensibly hold, and is not read", path.display())
-    };
+    let too_big = |size: u64| Unreadable::TooBig { path: path.to_path_buf(), size, cap };
     if meta.len() > cap {
         return refused(too_big(meta.len()));
     }
@@ -207,7 +203,8 @@ pub fn write_in_place_checked<E: From<IoError>>(
 
 /// A failed file operation, typed: what was done, on which path, and the OS error with its errno.
 /// Shown as one line an operator can act on (see [`explain_write_error`]).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {}: {}", path.display(), self.meaning())]
 pub struct IoError {
     /// "read", "write", "lock", "delete"...: said as "cannot {op} {path}".
     pub op: &'static str,
@@ -228,24 +225,16 @@ impl IoError {
     pub fn errno(&self) -> Option<i32> {
         self.source.raw_os_error()
     }
-}
 
-impl std::fmt::Display for IoError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let meaning = match (self.op, self.source.raw_os_error()) {
+    /// What the OS error means here, in words, with what to do where there is something to do.
+    fn meaning(&self) -> String {
+        match (self.op, self.source.raw_os_error()) {
             ("read", Some(libc::EACCES | libc::EPERM)) => {
                 "permission denied: make it readable for comfy-init's user (see PUID/PGID)".to_string()
             }
             ("read" | "lock", _) => self.source.to_string(),
             _ => errno_meaning(&self.source),
-        };
-        write!(f, "cannot {} {}: {meaning}", self.op, self.path.display())
-    }
-}
-
-impl std::error::Error for IoError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
+        }
     }
 }
 
@@ -299,24 +288,32 @@ pub fn dir_writable(dir: &Path) -> bool {
             .unwrap_or(false)
 }
 
+/// Why [`open_dir_at`] opened no folder: a symlink was there (said as such), or the OS failed
+/// (to make it or to open it: said as a failed write, errno kept).
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("{} is a symlink, which comfy-init (root) does not follow", .0.display())]
+    Symlink(PathBuf),
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
 /// Opens the folder `name` inside the folder `dir` (shown as `path`), made first (mode `create`)
 /// when missing, and never through a symlink: root writing into a folder someone else owns must
 /// not be sent elsewhere by a link planted there (`O_NOFOLLOW`; with `O_DIRECTORY` a symlink
 /// fails with ENOTDIR). Err: one line naming the path; a symlink is said as such.
-pub fn open_dir_at(dir: &File, name: &str, path: &Path, create: Option<u32>) -> Result<File, String> {
+pub fn open_dir_at(dir: &File, name: &str, path: &Path, create: Option<u32>) -> Result<File, DirError> {
     use nix::sys::stat::{mkdirat, Mode};
     if let Some(mode) = create {
         match mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode)) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(explain_write_error(path, &io::Error::from(e))),
+            Err(e) => return Err(IoError::write(path, e.into()).into()),
         }
     }
     let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
     open_at(dir, name, flags, 0).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOTDIR | libc::ELOOP) if is_symlink_at(dir, name) => {
-            format!("{} is a symlink, which comfy-init (root) does not follow", path.display())
-        }
-        _ => explain_write_error(path, &e),
+        Some(libc::ENOTDIR | libc::ELOOP) if is_symlink_at(dir, name) => DirError::Symlink(path.to_path_buf()),
+        _ => IoError::write(path, e).into(),
     })
 }
 
@@ -343,7 +340,7 @@ pub fn read_at(dir: &File, name: &str, cap: u64) -> Option<Vec<u8>> {
 /// name is opened, let alone followed), renamed over `name` with `renameat` (which replaces a
 /// symlink there, never writes through it), then `dir` is synced. The file gets `mode` and our
 /// owner. `dir_path` is for messages only.
-pub fn write_atomic_at(dir: &File, dir_path: &Path, name: &str, content: &[u8], mode: u32) -> Result<(), String> {
+pub fn write_atomic_at(dir: &File, dir_path: &Path, name: &str, content: &[u8], mode: u32) -> Result<(), IoError> {
     let path = dir_path.join(name);
     let tmp = format!(".{name}.comfy-init-{}.tmp", std::process::id());
     remove_stale_temp_files_at(dir, name);
@@ -357,7 +354,7 @@ pub fn write_atomic_at(dir: &File, dir_path: &Path, name: &str, content: &[u8], 
     let renamed = written.and_then(|()| nix::fcntl::renameat(fd, tmp.as_str(), fd, name).map_err(io::Error::from));
     if let Err(e) = renamed.and_then(|()| dir.sync_all()) {
         let _ = nix::unistd::unlinkat(fd, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-        return Err(explain_write_error(&path, &e));
+        return Err(IoError::write(&path, e));
     }
     Ok(())
 }
@@ -505,7 +502,8 @@ mod tests {
         std::os::unix::fs::symlink(dir.join("victim"), dir.join("planted")).unwrap();
         let top = open_dir(&dir).unwrap();
         let err = open_dir_at(&top, "planted", &dir.join("planted"), Some(0o755)).unwrap_err();
-        assert!(err.contains("is a symlink"), "{err}");
+        assert!(matches!(&err, DirError::Symlink(p) if *p == dir.join("planted")), "{err}");
+        assert!(err.to_string().ends_with("planted is a symlink, which comfy-init (root) does not follow"), "{err}");
         let ours = open_dir_at(&top, "ours", &dir.join("ours"), Some(0o755)).unwrap();
         std::os::unix::fs::symlink(dir.join("victim/file"), dir.join("ours/node.py")).unwrap();
         write_atomic_at(&ours, &dir.join("ours"), "node.py", b"print()", 0o644).unwrap();

@@ -281,7 +281,7 @@ pub fn judge_user_file(reply: &Reply) -> Result<(), Problem> {
 pub fn evaluate(
     auth: &Auth,
     fetch: &mut dyn FnMut(Request) -> Reply,
-    gpu: Option<&dyn Fn() -> Result<String, String>>,
+    gpu: Option<&dyn Fn() -> Result<String, gpu::NotAlive>>,
 ) -> Result<Healthy, Problem> {
     fn refusals(fetch: &mut dyn FnMut(Request) -> Reply, wrong: Option<&str>) -> Result<(), Problem> {
         let wrong = wrong.map(Request::WrongBearer);
@@ -311,7 +311,7 @@ pub fn evaluate(
         }
     };
     if let Some(check) = gpu {
-        healthy.gpu = Some(check().map_err(|e| Problem::GpuLost(one_line(&e)))?);
+        healthy.gpu = Some(check().map_err(|e| Problem::GpuLost(one_line(&e.to_string())))?);
     }
     Ok(healthy)
 }
@@ -358,7 +358,7 @@ fn auth(settings: &Settings) -> Auth {
     }
     match credentials::current_token(&settings.credentials) {
         Ok(t) => Auth::Token(t),
-        Err(e) => Auth::Unreadable(e),
+        Err(e) => Auth::Unreadable(e.to_string()),
     }
 }
 
@@ -514,7 +514,8 @@ fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Proble
         STAGE.store(STAGE_GPU, Ordering::SeqCst);
         gpu::check_alive(&gpu_settings, deadline)
     };
-    let gpu: Option<&dyn Fn() -> Result<String, String>> = (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
+    let gpu: Option<&dyn Fn() -> Result<String, gpu::NotAlive>> =
+        (s.gpu.policy == GpuPolicy::Require).then_some(&gpu_check);
     evaluate(auth, &mut http, gpu).map(|h| Healthy { guest_mode, token_logged, ..h })
 }
 
@@ -582,6 +583,7 @@ pub fn command(settings: Result<Settings, ConfigError>) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::{NvmlFailure, ProbeError, Stage};
 
     const T: Target = Target { port: 8188, timeout: Duration::from_secs(5) };
     const STATS: &str = r#"{"system": {"comfyui_version": "0.3.40", "os": "posix"},
@@ -599,7 +601,7 @@ mod tests {
     fn run(
         auth: &Auth,
         answer: impl Fn(Request) -> Reply,
-        gpu: Option<&dyn Fn() -> Result<String, String>>,
+        gpu: Option<&dyn Fn() -> Result<String, gpu::NotAlive>>,
     ) -> (Result<Healthy, Problem>, Vec<String>) {
         let mut asked = Vec::new();
         let mut fetch = |r: Request| {
@@ -796,13 +798,14 @@ mod tests {
         let (result, _) = run(&token(), protected, Some(&alive));
         let line = result.unwrap().line(T);
         assert!(line.ends_with("; NVML opens NVIDIA GeForce RTX 4090"), "{line}");
-        let lost = || Err("the GPU fell off the bus:\nreboot the host".to_string());
+        let fell_off = ProbeError::Nvml { stage: Stage::Init, failure: NvmlFailure::GpuLost, detail: "lost".into() };
+        let lost = || Err(gpu::NotAlive(fell_off.clone()));
         let (result, _) = run(&token(), protected, Some(&lost));
         let line = result.unwrap_err().line(T);
         assert!(line.starts_with("UNHEALTHY: GPU lost"), "{line}");
         assert!(!line.contains('\n'));
         // ComfyUI down: the GPU is not asked, the HTTP problem is reported.
-        let never = || -> Result<String, String> { panic!("asked the GPU") };
+        let never = || -> Result<String, gpu::NotAlive> { panic!("asked the GPU") };
         let (result, _) = run(&token(), |_| Reply::Timeout, Some(&never));
         assert_eq!(result, Err(Problem::Timeout));
     }

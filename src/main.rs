@@ -119,8 +119,8 @@ fn sync(dry_run: bool) -> u8 {
     logging::init();
     let mode = if dry_run { credentials::Mode::DryRun } else { credentials::Mode::Wait };
     let result = Settings::from_env()
-        .map_err(|e| e.to_string())
-        .and_then(|s| credentials::reconcile(&s.credentials, None, mode).map_err(|e| e.to_string()));
+        .map_err(Error::from)
+        .and_then(|s| credentials::reconcile(&s.credentials, None, mode).map_err(Error::from));
     match result {
         Ok(out) => {
             let verb = if dry_run { "would change" } else { "changed" };
@@ -144,8 +144,9 @@ fn sync(dry_run: bool) -> u8 {
 
 /// `comfy-init token`: the bearer token alone on stdout, for `$(comfy-init token)`.
 fn token() -> u8 {
-    let result =
-        Settings::from_env().map_err(|e| e.to_string()).and_then(|s| credentials::current_token(&s.credentials));
+    let result = Settings::from_env()
+        .map_err(Error::from)
+        .and_then(|s| credentials::current_token(&s.credentials).map_err(Error::from));
     match result {
         Ok(token) => {
             println!("{token}");
@@ -162,8 +163,8 @@ fn token() -> u8 {
 fn rotate() -> u8 {
     logging::init();
     let result = Settings::from_env()
-        .map_err(|e| e.to_string())
-        .and_then(|s| credentials::rotate(&s.credentials).map_err(|e| e.to_string()));
+        .map_err(Error::from)
+        .and_then(|s| credentials::rotate(&s.credentials).map_err(Error::from));
     match result {
         Ok(out) => {
             for change in &out.changes {
@@ -224,7 +225,7 @@ struct Prepared {
 /// Err: nothing was started.
 fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) -> Result<Prepared, Error> {
     let settings = Settings::from_env()?;
-    let hooks = supervisor::hooks::list(&settings.pre_start).map_err(|e| Error::Config(config::ConfigError(e)))?;
+    let hooks = supervisor::hooks::list(&settings.pre_start).map_err(Error::Hooks)?;
     // NVML is asked by a process of its own (gpu::helper): nothing foreign runs in PID 1. A stop
     // request interrupts its waits; it is answered before the check's verdict.
     let for_child = gpu::preflight(&settings.gpu);
@@ -247,7 +248,7 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
             .collect();
         let changed =
             privileges::prepare_folders(&settings.comfyui.dir, owner, settings.chown, !hooks.is_empty(), &login_nodes)
-                .map_err(|e| Error::Config(config::ConfigError(e)))?;
+                .map_err(Error::Ownership)?;
         for change in changed {
             log::info!("ownership: {change}");
         }

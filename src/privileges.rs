@@ -47,6 +47,49 @@ const HARD_LINKS_NAMED: usize = 20;
 /// either: `O_NONBLOCK`).
 const FOLDER: OFlag = OFlag::O_RDONLY.union(OFlag::O_DIRECTORY).union(OFlag::O_NOFOLLOW).union(OFlag::O_NONBLOCK);
 
+/// A folder of ComfyUI's that cannot be given to PUID:PGID: whose it is, why not, and the
+/// command that fixes it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} belongs to uid {found}, but ComfyUI runs as PUID={uid}, and comfy-init cannot give it to \
+     {uid}:{gid} ({why}): run on the host `chown -R {uid}:{gid} <the folder mounted at {}>` (or \
+     inside: `chown -R {uid}:{gid} {}`)",
+    dir.display(),
+    dir.display(),
+    dir.display()
+)]
+pub struct ChownError {
+    pub dir: PathBuf,
+    /// Its owner.
+    pub found: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[source]
+    pub why: Refused,
+}
+
+/// Why a folder was not given.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("COMFY_INIT_CHOWN=off")]
+    Off,
+    /// The folder itself could not be changed: the OS error.
+    #[error(transparent)]
+    Os(std::io::Error),
+    /// `COMFY_INIT_CHOWN=recursive`: something inside could not be read or changed.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+}
+
+/// What stopped the recursive walk, with the path inside and the OS error.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot chown {}: {source}", path.display())]
+    Chown { path: PathBuf, source: std::io::Error },
+}
+
 /// `COMFY_INIT_CHOWN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chown {
@@ -66,7 +109,7 @@ pub fn prepare_folders(
     chown: Chown,
     custom_nodes: bool,
     login_nodes: &[PathBuf],
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ChownError> {
     let mut changed = Vec::new();
     // The configured path is the operator's, not PUID's: a symlink in it is followed (images
     // often link /ComfyUI somewhere). Everything below is opened relative to this descriptor.
@@ -101,20 +144,22 @@ fn give_folder(
     owner: (u32, u32),
     chown: Chown,
     changed: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), ChownError> {
+    let refused =
+        |why: Refused| ChownError { dir: path.to_path_buf(), found: st.st_uid, uid: owner.0, gid: owner.1, why };
     if (st.st_uid, st.st_gid) != owner {
         if chown == Chown::Off {
-            return Err(refusal(path, st.st_uid, owner, "COMFY_INIT_CHOWN=off"));
+            return Err(refused(Refused::Off));
         }
         // On the descriptor: the folder checked is the folder changed.
         fchown(fd.as_raw_fd(), Some(Uid::from_raw(owner.0)), Some(Gid::from_raw(owner.1)))
-            .map_err(|e| refusal(path, st.st_uid, owner, &os_error(e)))?;
+            .map_err(|e| refused(Refused::Os(e.into())))?;
         changed.push(format!("{}: now owned by {}:{}", path.display(), owner.0, owner.1));
     }
     if chown == Chown::Recursive {
         let mut walk = Walk { dev: st.st_dev, owner, changed: 0, hard_links: 0 };
-        let dir = fd.try_clone().map_err(|e| refusal(path, st.st_uid, owner, &e.to_string()))?;
-        walk.folder(dir, path, 1).map_err(|e| refusal(path, st.st_uid, owner, &e))?;
+        let dir = fd.try_clone().map_err(|e| refused(Refused::Os(e)))?;
+        walk.folder(dir, path, 1).map_err(|e| refused(e.into()))?;
         if walk.hard_links > HARD_LINKS_NAMED {
             let more = walk.hard_links - HARD_LINKS_NAMED;
             log::warn!("{}: {more} more files with other hard links left as they are", path.display());
@@ -137,7 +182,7 @@ fn give_login_node(
     owner: (u32, u32),
     chown: Chown,
     changed: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), ChownError> {
     let names: Option<Vec<&OsStr>> = node.strip_prefix(comfyui_dir).ok().and_then(|rel| {
         rel.components().map(|c| if let Component::Normal(name) = c { Some(name) } else { None }).collect()
     });
@@ -260,8 +305,8 @@ struct Walk {
 
 impl Walk {
     /// Each entry of the folder `dir` (shown as `path`), at `depth` below the top.
-    fn folder(&mut self, dir: OwnedFd, path: &Path, depth: usize) -> Result<(), String> {
-        let cannot_read = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    fn folder(&mut self, dir: OwnedFd, path: &Path, depth: usize) -> Result<(), WalkError> {
+        let cannot_read = |source| WalkError::Read { path: path.to_path_buf(), source };
         let mut entries = crate::fsutil::Entries::new(dir).map_err(cannot_read)?;
         let fd = entries.fd();
         while let Some(name) = entries.next_name() {
@@ -275,7 +320,7 @@ impl Walk {
 
     /// One entry: opened as itself (`O_PATH|O_NOFOLLOW` opens a symlink, a FIFO, a device
     /// without following or blocking), then judged by `fstat` on that descriptor.
-    fn entry(&mut self, dir: RawFd, name: &CStr, path: &Path, depth: usize) -> Result<(), String> {
+    fn entry(&mut self, dir: RawFd, name: &CStr, path: &Path, depth: usize) -> Result<(), WalkError> {
         let Ok(fd) = open_at(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW) else { return Ok(()) }; // gone
         let Ok(st) = fstat(fd.as_raw_fd()) else { return Ok(()) };
         if st.st_dev != self.dev {
@@ -291,7 +336,14 @@ impl Walk {
     /// A folder inside: re-opened as a folder (`O_PATH` cannot be read), and walked only when
     /// the folder opened is the one judged: swapped for a symlink or another folder in between,
     /// it is skipped. From here on the walk holds it by descriptor, wherever it is moved.
-    fn subfolder(&mut self, dir: RawFd, name: &CStr, st: &FileStat, path: &Path, depth: usize) -> Result<(), String> {
+    fn subfolder(
+        &mut self,
+        dir: RawFd,
+        name: &CStr,
+        st: &FileStat,
+        path: &Path,
+        depth: usize,
+    ) -> Result<(), WalkError> {
         if depth >= MAX_DEPTH {
             log::warn!("{} is more than {MAX_DEPTH} folders deep: not walked, not changed", path.display());
             return Ok(());
@@ -304,7 +356,7 @@ impl Walk {
         }
         if (now.st_uid, now.st_gid) != self.owner {
             fchown(sub.as_raw_fd(), Some(Uid::from_raw(self.owner.0)), Some(Gid::from_raw(self.owner.1)))
-                .map_err(|e| format!("cannot chown {}: {}", path.display(), os_error(e)))?;
+                .map_err(|e| WalkError::Chown { path: path.to_path_buf(), source: e.into() })?;
             self.changed += 1;
         }
         self.folder(sub, path, depth + 1)
@@ -312,7 +364,7 @@ impl Walk {
 
     /// Anything but a folder: a symlink is given as a link (never followed), a file only when
     /// this is its one name (a hard link may be `/etc/shadow`'s inode).
-    fn leaf(&mut self, dir: RawFd, name: &CStr, fd: &OwnedFd, st: &FileStat, path: &Path) -> Result<(), String> {
+    fn leaf(&mut self, dir: RawFd, name: &CStr, fd: &OwnedFd, st: &FileStat, path: &Path) -> Result<(), WalkError> {
         if (st.st_uid, st.st_gid) == self.owner {
             return Ok(());
         }
@@ -331,7 +383,7 @@ impl Walk {
             swapped(path);
             return Ok(());
         }
-        chown_fd(fd, self.owner).map_err(|e| format!("cannot chown {}: {}", path.display(), os_error(e)))?;
+        chown_fd(fd, self.owner).map_err(|e| WalkError::Chown { path: path.to_path_buf(), source: e.into() })?;
         self.changed += 1;
         Ok(())
     }
@@ -375,17 +427,6 @@ fn is(st: &FileStat, kind: libc::mode_t) -> bool {
 /// An errno as the rest of comfy-init words it (as std::io does).
 fn os_error(e: Errno) -> String {
     std::io::Error::from(e).to_string()
-}
-
-fn refusal(dir: &Path, found: u32, (uid, gid): (u32, u32), why: &str) -> String {
-    format!(
-        "{} belongs to uid {found}, but ComfyUI runs as PUID={uid}, and comfy-init cannot give it to \
-         {uid}:{gid} ({why}): run on the host `chown -R {uid}:{gid} <the folder mounted at {}>` (or \
-         inside: `chown -R {uid}:{gid} {}`)",
-        dir.display(),
-        dir.display(),
-        dir.display()
-    )
 }
 
 /// `models` must be readable (and searchable) by ComfyUI's user; it is never changed. Opened as

@@ -2,7 +2,53 @@
 //! other byte (comments, blank lines, order, CRLF) as it was.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why a `.env` cannot be taken, or cannot take a change. Names the file, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("{} is not UTF-8 text: save it as UTF-8", .0.display())]
+    NotUtf8(PathBuf),
+    #[error(
+        "{} line {}: {error}; dotenvy and docker compose cannot read it: fix or quote that line",
+        path.display(),
+        error.line()
+    )]
+    Syntax {
+        path: PathBuf,
+        #[source]
+        error: SyntaxError,
+    },
+    /// See [`set_checked`].
+    #[error(
+        "{}: {key} cannot be rewritten without changing other values (is its value quoted over \
+         several lines, or does another value refer to it?): put {key}='...' on a line of its own",
+        path.display()
+    )]
+    Unrewritable { path: PathBuf, key: String },
+}
+
+/// The first line dotenvy refuses, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntaxError {
+    /// dotenvy choked on a fragment of line `number` (1-based; shown whole, trimmed, as `text`),
+    /// at character `index` of its value.
+    #[error("cannot parse '{text}' (at character {index} of the value)")]
+    Line { number: usize, text: String, index: usize },
+    /// Another of dotenvy's errors: it names no line.
+    #[error(transparent)]
+    Other(dotenvy::Error),
+}
+
+impl SyntaxError {
+    /// The line's number, 0 when dotenvy named none.
+    pub fn line(&self) -> usize {
+        match self {
+            SyntaxError::Line { number, .. } => *number,
+            SyntaxError::Other(_) => 0,
+        }
+    }
+}
 
 /// A parsed `.env`: its text and its values (a key set twice: the last one wins, as in compose).
 #[derive(Debug, Clone)]
@@ -14,16 +60,9 @@ pub struct EnvFile {
 impl EnvFile {
     /// The file's bytes (read by the caller, see `fsutil::read_bounded`) as dotenvy reads them.
     /// Err names the file and, for a syntax error, the line.
-    pub fn parse(path: &Path, bytes: &[u8]) -> Result<EnvFile, String> {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| format!("{} is not UTF-8 text: save it as UTF-8", path.display()))?
-            .to_string();
-        let values = parse(&text).map_err(|(line, reason)| {
-            format!(
-                "{} line {line}: {reason}; dotenvy and docker compose cannot read it: fix or quote that line",
-                path.display()
-            )
-        })?;
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<EnvFile, EnvError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| EnvError::NotUtf8(path.to_path_buf()))?.to_string();
+        let values = parse(&text).map_err(|error| EnvError::Syntax { path: path.to_path_buf(), error })?;
         Ok(EnvFile { text, values })
     }
 
@@ -39,8 +78,8 @@ impl EnvFile {
     }
 }
 
-/// Values by key, or (line number, reason) for the first line dotenvy refuses.
-pub fn parse(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
+/// Values by key, or the first line dotenvy refuses.
+pub fn parse(text: &str) -> Result<HashMap<String, String>, SyntaxError> {
     let mut values = HashMap::new();
     for item in dotenvy::Iter::new(text.as_bytes()) {
         match item {
@@ -52,12 +91,9 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
                 let fragment = fragment.trim();
                 let (number, line) =
                     text.lines().enumerate().find(|(_, l)| l.contains(fragment)).unwrap_or((0, fragment));
-                return Err((
-                    number + 1,
-                    format!("cannot parse '{}' (at character {index} of the value)", line.trim()),
-                ));
+                return Err(SyntaxError::Line { number: number + 1, text: line.trim().to_string(), index });
             }
-            Err(e) => return Err((0, e.to_string())),
+            Err(e) => return Err(SyntaxError::Other(e)),
         }
     }
     Ok(values)
@@ -67,7 +103,7 @@ pub fn parse(text: &str) -> Result<HashMap<String, String>, (usize, String)> {
 /// old value. A `.env` where the key's line is not a whole assignment (a quoted value spread over
 /// several lines, a line that only looks like one inside another value) is refused rather than
 /// damaged.
-pub fn set_checked(path: &Path, text: &str, key: &str, value: &str) -> Result<String, String> {
+pub fn set_checked(path: &Path, text: &str, key: &str, value: &str) -> Result<String, EnvError> {
     let new = set(text, key, value);
     let before = parse(text).ok();
     let after = parse(&new).ok();
@@ -81,11 +117,7 @@ pub fn set_checked(path: &Path, text: &str, key: &str, value: &str) -> Result<St
     if sound {
         Ok(new)
     } else {
-        Err(format!(
-            "{}: {key} cannot be rewritten without changing other values (is its value quoted over \
-             several lines, or does another value refer to it?): put {key}='...' on a line of its own",
-            path.display()
-        ))
+        Err(EnvError::Unrewritable { path: path.to_path_buf(), key: key.to_string() })
     }
 }
 
@@ -173,9 +205,11 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_line() {
-        let (line, reason) = parse("A=1\n# ok\nB=two words\n").unwrap_err();
-        assert_eq!(line, 3);
-        assert!(reason.contains("'B=two words'"), "{reason}");
+        let e = parse("A=1\n# ok\nB=two words\n").unwrap_err();
+        assert_eq!(e.line(), 3);
+        assert!(e.to_string().contains("'B=two words'"), "{e}");
+        let e = EnvFile::parse(Path::new("/x/.env"), b"A=1\nB=two words\n").unwrap_err();
+        assert!(e.to_string().starts_with("/x/.env line 2: cannot parse 'B=two words'"), "{e}");
     }
 
     const POOL: &[&str] = &[

@@ -10,10 +10,11 @@ pub mod token;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::{self, IoError, Links, NewFileAttrs, ReadError};
+use crate::fsutil::{self, IoError, Links, NewFileAttrs, ReadError, Unreadable};
 use crate::privileges::as_puid_where_exposed;
-use dotenv_edit::EnvFile;
+use dotenv_edit::{EnvError, EnvFile};
 use plan::{Choice, FileState, Inputs};
+use token::{HashError, PasswordRule};
 
 pub const KEY_PASSWORD: &str = "COMFYUI_PASSWORD";
 pub const KEY_USERNAME: &str = "COMFYUI_USERNAME";
@@ -128,59 +129,97 @@ pub fn token_redacted(s: &Settings) -> bool {
 pub const ENV_CAP: u64 = 1 << 20;
 
 /// Why a reconciliation did not complete.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// Refused by a rule, with the source and the rule named: nothing written.
-    Refused(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The system failed a read or a write that had to succeed (PASSWORD, the lock, the files
     /// the decision is made from): the path and the OS error, errno kept. Not a policy: the same
     /// pass may succeed once the disk, the mount or the permission is fixed.
-    Io(IoError),
+    #[error(transparent)]
+    Io(#[from] IoError),
     /// Another comfy-init holds the lock and we were asked not to wait (PID 1's loop).
+    #[error("another comfy-init is writing the credentials")]
     Busy,
     /// A file changed between our read and our write: we wrote no further, try again.
+    #[error("the credential files changed while comfy-init was writing them")]
     Changed,
 }
 
-impl std::fmt::Display for Failure {
+/// PASSWORD unreadable: an OS error stays an OS error (said as [`IoError`] says it), what we
+/// refuse to read is a refusal.
+impl From<password_file::ReadFailure> for Failure {
+    fn from(e: password_file::ReadFailure) -> Failure {
+        match e {
+            password_file::ReadFailure::Io(e) => Failure::Io(e),
+            password_file::ReadFailure::Refused(why) => Failure::Refused(Refusal::PasswordFile(why)),
+        }
+    }
+}
+
+/// What a reconciliation refuses, and why: each names the file or variable, the rule, and what
+/// to do. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}: COMFY_INIT_ENV_FILE must name a text file (put one there, or point the variable at yours)")]
+    EnvFileUnreadable(#[source] Unreadable),
+    #[error(transparent)]
+    EnvFile(#[from] EnvError),
+    #[error("COMFYUI_PASSWORD_FILE: {} does not exist: mount the secret there or unset the variable", .0.display())]
+    SecretMissing(PathBuf),
+    #[error("COMFYUI_PASSWORD_FILE: {0}: mount the secret there or unset the variable")]
+    SecretUnreadable(#[source] Unreadable),
+    #[error("COMFYUI_PASSWORD_FILE={} is not UTF-8 text: write the password as UTF-8", .0.display())]
+    SecretNotUtf8(PathBuf),
+    #[error("{0}: remove it, comfy-init will create the file")]
+    PasswordFile(#[source] password_file::Refusal),
+    #[error("the password from {from} {rule}")]
+    Password {
+        from: PasswordSource,
+        #[source]
+        rule: PasswordRule,
+    },
+    #[error("{KEY_USERNAME} is not a usable username: set one without surrounding spaces or line breaks")]
+    Username,
+    /// bcrypt failed (or was handed a password it cannot take).
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(
+        "COMFYUI_DIR={} is not a folder: mount ComfyUI there or point COMFYUI_DIR at it \
+         (COMFY_INIT_AUTH=off runs without ComfyUI-Login, unprotected)",
+        .0.display()
+    )]
+    NoComfyUi(PathBuf),
+    #[error(
+        "{} or {} kept changing while comfy-init was writing them, for {MAX_BUSY:?}: stop whatever \
+         rewrites them and try again",
+        env_file.display(),
+        password.display()
+    )]
+    KeptChanging { env_file: PathBuf, password: PathBuf },
+    /// `rotate` with COMFYUI_PASSWORD_FILE set.
+    #[error("the password comes from COMFYUI_PASSWORD_FILE ({}): change that secret instead", .0.display())]
+    PasswordFromSecret(PathBuf),
+    /// `rotate` where `.env` cannot be written.
+    #[error("{} is not writable: rotate needs to store the new password there", .0.display())]
+    EnvNotWritable(PathBuf),
+}
+
+/// Where a configured password comes from, as messages name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Secret(PathBuf),
+    EnvFile(PathBuf),
+    Environment,
+}
+
+impl std::fmt::Display for PasswordSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Refused(why) => f.write_str(why),
-            Failure::Io(e) => e.fmt(f),
-            Failure::Busy => f.write_str("another comfy-init is writing the credentials"),
-            Failure::Changed => f.write_str("the credential files changed while comfy-init was writing them"),
-        }
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Failure::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-/// A rule's refusal (the decision's errors are all of that kind).
-impl From<String> for Failure {
-    fn from(why: String) -> Failure {
-        Failure::Refused(why)
-    }
-}
-
-impl From<IoError> for Failure {
-    fn from(e: IoError) -> Failure {
-        Failure::Io(e)
-    }
-}
-
-/// A read refused (not a file, too big) stays a refusal; an OS error stays an OS error.
-impl From<ReadError> for Failure {
-    fn from(e: ReadError) -> Failure {
-        match e {
-            ReadError::Io(e) => Failure::Io(e),
-            ReadError::Refused(why) => Failure::Refused(why),
+            PasswordSource::Secret(path) => write!(f, "COMFYUI_PASSWORD_FILE ({})", path.display()),
+            PasswordSource::EnvFile(path) => write!(f, "{KEY_PASSWORD} in {}", path.display()),
+            PasswordSource::Environment => write!(f, "the environment variable {KEY_PASSWORD}"),
         }
     }
 }
@@ -210,7 +249,7 @@ impl Snapshot {
         // As PUID where PUID could have redirected them (privileges::as_puid_where_exposed).
         let env = as_puid_where_exposed(&s.env_file, s.owner, || read_env(&s.env_file))?;
         let password =
-            as_puid_where_exposed(&s.password_path(), s.owner, || password_file::read_raw_checked(&s.password_path()))?;
+            as_puid_where_exposed(&s.password_path(), s.owner, || password_file::read_raw(&s.password_path()))?;
         let secret = match &s.password_file {
             None => None,
             Some(path) => Some(read_secret_file(path)?),
@@ -221,23 +260,18 @@ impl Snapshot {
 
 /// The `.env` file's bytes; Ok(None) when there is none.
 fn read_env(path: &Path) -> Result<Option<Vec<u8>>, Failure> {
-    fsutil::read_bounded_checked(path, ENV_CAP, Links::Follow).map_err(|e| match e {
-        ReadError::Refused(why) => Failure::Refused(format!(
-            "{why}: COMFY_INIT_ENV_FILE must name a text file (put one there, or point the variable at yours)"
-        )),
+    fsutil::read_bounded(path, ENV_CAP, Links::Follow).map_err(|e| match e {
+        ReadError::Refused(why) => Refusal::EnvFileUnreadable(why).into(),
         ReadError::Io(e) => Failure::Io(e),
     })
 }
 
 /// The bytes of COMFYUI_PASSWORD_FILE, which must exist.
 fn read_secret_file(path: &Path) -> Result<Vec<u8>, Failure> {
-    let refused = |why: String| {
-        Failure::Refused(format!("COMFYUI_PASSWORD_FILE: {why}: mount the secret there or unset the variable"))
-    };
-    match fsutil::read_bounded_checked(path, ENV_CAP, Links::Follow) {
+    match fsutil::read_bounded(path, ENV_CAP, Links::Follow) {
         Ok(Some(bytes)) => Ok(bytes),
-        Ok(None) => Err(refused(format!("{} does not exist", path.display()))),
-        Err(ReadError::Refused(why)) => Err(refused(why)),
+        Ok(None) => Err(Refusal::SecretMissing(path.to_path_buf()).into()),
+        Err(ReadError::Refused(why)) => Err(Refusal::SecretUnreadable(why).into()),
         Err(ReadError::Io(e)) => Err(Failure::Io(e)),
     }
 }
@@ -250,7 +284,7 @@ struct Sources {
     env: Option<EnvFile>,
 }
 
-fn gather(s: &Settings, snap: &Snapshot, warnings: &mut Vec<String>) -> Result<Sources, String> {
+fn gather(s: &Settings, snap: &Snapshot, warnings: &mut Vec<String>) -> Result<Sources, Refusal> {
     let env = match &snap.env {
         None => None,
         Some(bytes) => Some(EnvFile::parse(&s.env_file, bytes)?),
@@ -268,15 +302,15 @@ fn gather(s: &Settings, snap: &Snapshot, warnings: &mut Vec<String>) -> Result<S
     let from_env = env_value(KEY_PASSWORD);
     let username = env_value(KEY_USERNAME);
     let pinned = env_value(KEY_TOKEN);
-    let mut candidates: Vec<(String, String)> = Vec::new();
+    let mut candidates: Vec<(String, PasswordSource)> = Vec::new();
     if let (Some(v), Some(p)) = (secret, &s.password_file) {
-        candidates.push((v, format!("COMFYUI_PASSWORD_FILE ({})", p.display())));
+        candidates.push((v, PasswordSource::Secret(p.clone())));
     }
     if let Some(v) = from_env {
-        candidates.push((v, format!("{KEY_PASSWORD} in {env_file_name}")));
+        candidates.push((v, PasswordSource::EnvFile(s.env_file.clone())));
     }
     if let Some(v) = &s.env_password {
-        candidates.push((v.clone(), format!("the environment variable {KEY_PASSWORD}")));
+        candidates.push((v.clone(), PasswordSource::Environment));
     }
     let password = candidates.first().cloned();
     if let Some((chosen, from)) = &password {
@@ -285,13 +319,11 @@ fn gather(s: &Settings, snap: &Snapshot, warnings: &mut Vec<String>) -> Result<S
                 warnings.push(format!("the password from {other_from} differs from the one in {from}; using {from}"));
             }
         }
-        token::validate_password(chosen, from)?;
+        token::validate_password(chosen).map_err(|rule| Refusal::Password { from: from.clone(), rule })?;
     }
     let username = username.or_else(|| s.env_username.clone()).unwrap_or_else(|| "admin".into());
     if username.is_empty() || username.trim() != username || username.contains(['\n', '\r', '\0']) {
-        return Err(format!(
-            "{KEY_USERNAME} is not a usable username: set one without surrounding spaces or line breaks"
-        ));
+        return Err(Refusal::Username);
     }
     let pinned = pinned.or_else(|| s.env_token.clone());
     Ok(Sources { password: password.map(|(v, _)| v), username, pinned, env })
@@ -321,24 +353,18 @@ fn is_plain_word(raw: &str) -> bool {
 }
 
 /// A `_FILE` secret: one trailing newline is not part of the password (`echo pw > file`).
-fn read_secret(path: &Path, bytes: &[u8]) -> Result<String, String> {
-    let text = std::str::from_utf8(bytes).map_err(|_| {
-        format!("COMFYUI_PASSWORD_FILE={} is not UTF-8 text: write the password as UTF-8", path.display())
-    })?;
+fn read_secret(path: &Path, bytes: &[u8]) -> Result<String, Refusal> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Refusal::SecretNotUtf8(path.to_path_buf()))?;
     let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(text);
     Ok(text.to_string())
 }
 
 /// Fail closed: no ComfyUI folder, no ComfyUI started unprotected by accident.
-fn require_comfyui_dir(s: &Settings) -> Result<(), String> {
+fn require_comfyui_dir(s: &Settings) -> Result<(), Refusal> {
     if s.comfyui_dir.is_dir() {
         return Ok(());
     }
-    Err(format!(
-        "COMFYUI_DIR={} is not a folder: mount ComfyUI there or point COMFYUI_DIR at it \
-         (COMFY_INIT_AUTH=off runs without ComfyUI-Login, unprotected)",
-        s.comfyui_dir.display()
-    ))
+    Err(Refusal::NoComfyUi(s.comfyui_dir.clone()))
 }
 
 /// What a reconciliation did (or, dry, would do). No secret in `changes`.
@@ -453,12 +479,7 @@ fn reconcile_with(
             Err(e) => return Err(e),
         }
     }
-    Err(Failure::Refused(format!(
-        "{} or {} kept changing while comfy-init was writing them, for {MAX_BUSY:?}: \
-         stop whatever rewrites them and try again",
-        s.env_file.display(),
-        s.password_path().display()
-    )))
+    Err(Refusal::KeptChanging { env_file: s.env_file.clone(), password: s.password_path() }.into())
 }
 
 fn finish(d: Decision) -> Outcome {
@@ -477,7 +498,7 @@ fn decide(
     running: Option<&str>,
     new_password: Option<&str>,
     carried: Option<&Generated>,
-) -> Result<Decision, String> {
+) -> Result<Decision, Refusal> {
     let mut warnings = Vec::new();
     let mut sources = gather(s, snap, &mut warnings)?;
     let configured = sources.password.clone();
@@ -533,7 +554,7 @@ fn too_costly_warning(file: &FileState, password_configured: bool) -> Option<Str
 }
 
 /// The token the plan chose, why (for the log), and the password generated for it, if any.
-fn token_for(choice: Choice) -> Result<(String, &'static str, Option<String>), String> {
+fn token_for(choice: Choice) -> Result<(String, &'static str, Option<String>), HashError> {
     Ok(match choice {
         Choice::Keep(hash) => (hash, "kept", None),
         Choice::Pinned(token) => (token, "from COMFYUI_BEARER_TOKEN", None),
@@ -552,7 +573,7 @@ fn env_text(
     env: &Option<EnvFile>,
     token: &str,
     generated: Option<&str>,
-) -> Result<(Option<String>, Vec<String>), String> {
+) -> Result<(Option<String>, Vec<String>), EnvError> {
     let Some(text) = env_update(&s.env_file, env, token, generated)? else { return Ok((None, Vec::new())) };
     let mut changes = vec![format!("{}: {KEY_TOKEN} updated", s.env_file.display())];
     if generated.is_some() {
@@ -727,7 +748,7 @@ fn env_update(
     env: &Option<EnvFile>,
     token: &str,
     generated: Option<&str>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, EnvError> {
     let text = env.as_ref().map(|e| e.text.clone()).unwrap_or_default();
     let current = env.as_ref().and_then(|e| e.get(KEY_TOKEN));
     let quoted_ok = env.as_ref().and_then(|e| e.raw(KEY_TOKEN)).map(|r| r.starts_with('\'')).unwrap_or(false);
@@ -770,18 +791,28 @@ pub fn announce(out: &Outcome) {
     log::warn!("===============================================================");
 }
 
+/// Why PASSWORD holds no token: each says how to get one.
+#[derive(Debug, thiserror::Error)]
+pub enum NoToken {
+    #[error(transparent)]
+    Unreadable(#[from] password_file::ReadFailure),
+    #[error("{} does not exist yet: run 'comfy-init sync' or start the container", .0.display())]
+    Missing(PathBuf),
+    #[error("{} is empty: run 'comfy-init sync' to repair it", .0.display())]
+    Empty(PathBuf),
+    /// `why`: what is wrong with it (see [`FileState::Malformed`]).
+    #[error("{} is malformed ({why}): run 'comfy-init sync' to repair it", path.display())]
+    Malformed { path: PathBuf, why: String },
+}
+
 /// The token ComfyUI uses: the hash in PASSWORD. Err when there is none yet.
-pub fn current_token(s: &Settings) -> Result<String, String> {
+pub fn current_token(s: &Settings) -> Result<String, NoToken> {
     let path = s.password_path();
     match password_file::read(&path)? {
         FileState::Hash { hash, .. } => Ok(hash),
-        FileState::Missing => {
-            Err(format!("{} does not exist yet: run 'comfy-init sync' or start the container", path.display()))
-        }
-        FileState::Empty => Err(format!("{} is empty: run 'comfy-init sync' to repair it", path.display())),
-        FileState::Malformed(why) => {
-            Err(format!("{} is malformed ({why}): run 'comfy-init sync' to repair it", path.display()))
-        }
+        FileState::Missing => Err(NoToken::Missing(path)),
+        FileState::Empty => Err(NoToken::Empty(path)),
+        FileState::Malformed(why) => Err(NoToken::Malformed { path, why }),
     }
 }
 
@@ -790,10 +821,7 @@ pub fn current_token(s: &Settings) -> Result<String, String> {
 /// lost (the pass starts over from it).
 pub fn rotate(s: &Settings) -> Result<Outcome, Failure> {
     if let Some(p) = &s.password_file {
-        return Err(Failure::Refused(format!(
-            "the password comes from COMFYUI_PASSWORD_FILE ({}): change that secret instead",
-            p.display()
-        )));
+        return Err(Refusal::PasswordFromSecret(p.clone()).into());
     }
     require_comfyui_dir(s)?;
     env_writable(s)?;
@@ -808,10 +836,7 @@ fn env_writable(s: &Settings) -> Result<(), Failure> {
     as_puid_where_exposed(&s.env_file, s.owner, || {
         let target = fsutil::write_target(&s.env_file);
         if !fsutil::dir_writable(target.parent().unwrap_or(Path::new("."))) {
-            return Err(Failure::Refused(format!(
-                "{} is not writable: rotate needs to store the new password there",
-                s.env_file.display()
-            )));
+            return Err(Refusal::EnvNotWritable(s.env_file.clone()).into());
         }
         let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
         match std::fs::OpenOptions::new().write(true).custom_flags(flags).open(&target) {

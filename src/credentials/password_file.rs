@@ -4,8 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::plan::FileState;
 use super::token::check_shape;
-use super::Failure;
-use crate::fsutil::{self, IoError, Links, NewFileAttrs, ReadError};
+use crate::fsutil::{self, IoError, Links, NewFileAttrs, ReadError, Unreadable};
 
 pub fn path(comfyui_dir: &Path) -> PathBuf {
     comfyui_dir.join("login").join("PASSWORD")
@@ -14,9 +13,38 @@ pub fn path(comfyui_dir: &Path) -> PathBuf {
 /// PASSWORD holds a hash and a username: a few hundred bytes. More is not ours to read.
 pub const CAP: u64 = 4096;
 
+/// Why PASSWORD was not read: the OS failed (errno and path kept), or it is something we must
+/// not touch or read. Either way the message ends with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFailure {
+    #[error("cannot read {}: {}: remove it, comfy-init will create the file", .0.path.display(), .0.source)]
+    Io(#[source] IoError),
+    #[error("{0}: remove it, comfy-init will create the file")]
+    Refused(#[source] Refusal),
+}
+
+/// What PASSWORD is when it is nothing we read: a folder, a FIFO, a device, a huge file, or a
+/// symlink leading outside the login folder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Unreadable(Unreadable),
+    /// A symlink inside the login folder, to something unreadable.
+    #[error("{} -> {target}", link.display())]
+    Through {
+        link: PathBuf,
+        #[source]
+        target: Unreadable,
+    },
+    /// `target`: None when the link leads nowhere.
+    #[error("{} is a symlink to {} outside the login folder", link.display(),
+        target.as_ref().map_or_else(|| "a missing file".into(), |t| t.display().to_string()))]
+    Outside { link: PathBuf, target: Option<PathBuf> },
+}
+
 /// What PASSWORD holds. Err when it is something we must not touch or read: a folder, a FIFO,
 /// a device, a huge file, or a symlink leading outside the login folder.
-pub fn read(file: &Path) -> Result<FileState, String> {
+pub fn read(file: &Path) -> Result<FileState, ReadFailure> {
     Ok(match read_raw(file)? {
         None => FileState::Missing,
         Some(bytes) => parse(&bytes),
@@ -26,43 +54,24 @@ pub fn read(file: &Path) -> Result<FileState, String> {
 /// PASSWORD's bytes, read safely (see [`fsutil::read_bounded`]). A symlink is accepted when it
 /// stays inside the login folder (a Kubernetes Secret mounted there is `PASSWORD ->
 /// ..data/PASSWORD`); its resolved target is then opened without following links again.
-pub fn read_raw(file: &Path) -> Result<Option<Vec<u8>>, String> {
-    read_raw_unexplained(file).map_err(|e| match e {
-        ReadError::Io(e) => {
-            format!("cannot read {}: {}: remove it, comfy-init will create the file", e.path.display(), e.source)
-        }
-        ReadError::Refused(why) => format!("{why}: remove it, comfy-init will create the file"),
-    })
-}
-
-/// [`read_raw`] with typed errors: an OS error (EACCES, EIO) keeps its errno and path; what we
-/// refuse to read (a folder, a FIFO, a symlink out of `login/`) is a refusal saying what to do.
-pub fn read_raw_checked(file: &Path) -> Result<Option<Vec<u8>>, Failure> {
-    read_raw_unexplained(file).map_err(|e| match e {
-        ReadError::Io(e) => Failure::Io(e),
-        ReadError::Refused(why) => Failure::Refused(format!("{why}: remove it, comfy-init will create the file")),
-    })
-}
-
-fn read_raw_unexplained(file: &Path) -> Result<Option<Vec<u8>>, ReadError> {
+pub fn read_raw(file: &Path) -> Result<Option<Vec<u8>>, ReadFailure> {
     let is_link = std::fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink());
+    let read = |path: &Path, refused: &dyn Fn(Unreadable) -> Refusal| {
+        fsutil::read_bounded(path, CAP, Links::Refuse).map_err(|e| match e {
+            ReadError::Io(e) => ReadFailure::Io(e),
+            ReadError::Refused(why) => ReadFailure::Refused(refused(why)),
+        })
+    };
     if !is_link {
-        return fsutil::read_bounded_checked(file, CAP, Links::Refuse);
+        return read(file, &Refusal::Unreadable);
     }
     let login = file.parent().and_then(|d| d.canonicalize().ok());
     let target = file.canonicalize().ok();
     match (login, target) {
         (Some(login), Some(target)) if target.starts_with(&login) => {
-            fsutil::read_bounded_checked(&target, CAP, Links::Refuse).map_err(|e| match e {
-                ReadError::Refused(why) => ReadError::Refused(format!("{} -> {why}", file.display())),
-                io => io,
-            })
+            read(&target, &|why| Refusal::Through { link: file.to_path_buf(), target: why })
         }
-        (_, target) => Err(ReadError::Refused(format!(
-            "{} is a symlink to {} outside the login folder",
-            file.display(),
-            target.map(|t| t.display().to_string()).unwrap_or_else(|| "a missing file".into())
-        ))),
+        (_, target) => Err(ReadFailure::Refused(Refusal::Outside { link: file.to_path_buf(), target })),
     }
 }
 

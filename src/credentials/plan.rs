@@ -1,6 +1,8 @@
 //! The credential decision, pure: what PASSWORD must hold given what is on disk and what is
 //! configured. Every row of the table has a unit test; the I/O lives in `mod.rs`.
 
+use super::token::ShapeError;
+
 /// What `login/PASSWORD` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileState {
@@ -57,7 +59,7 @@ pub struct Plan {
 pub fn plan(
     i: &Inputs,
     verifies: &dyn Fn(&str, &str) -> bool,
-    check_shape: &dyn Fn(&str) -> Result<(), String>,
+    check_shape: &dyn Fn(&str) -> Result<(), ShapeError>,
 ) -> Plan {
     let mut warnings = Vec::new();
     // A valid hash is kept when it verifies the password, or when no password is configured.
@@ -95,7 +97,7 @@ pub fn plan(
 fn replacement(
     i: &Inputs,
     verifies: &dyn Fn(&str, &str) -> bool,
-    check_shape: &dyn Fn(&str) -> Result<(), String>,
+    check_shape: &dyn Fn(&str) -> Result<(), ShapeError>,
     warnings: &mut Vec<String>,
 ) -> Choice {
     let running_ok = |p: Option<&str>| match (i.running, p) {
@@ -136,11 +138,11 @@ mod tests {
     fn verifies(p: &str, h: &str) -> bool {
         h == format!("H({p})")
     }
-    fn shape(h: &str) -> Result<(), String> {
+    fn shape(h: &str) -> Result<(), ShapeError> {
         if h.starts_with("H(") {
             Ok(())
         } else {
-            Err("not a hash".into())
+            Err(ShapeError::Prefix)
         }
     }
     fn hash(h: &str, user: &str) -> FileState {
@@ -217,7 +219,7 @@ mod tests {
     fn pinned_token_malformed_or_wrong_is_replaced_with_a_warning() {
         let p = run(FileState::Missing, Some("pw"), Some("$2b$12$mangled"), None);
         assert_eq!(p.choice, rehash("pw"));
-        assert!(p.warnings[0].contains("malformed (not a hash)"), "{:?}", p.warnings);
+        assert!(p.warnings[0].contains("malformed (not starting with a bcrypt prefix"), "{:?}", p.warnings);
         let p = run(FileState::Missing, Some("pw"), Some("H(other)"), None);
         assert_eq!(p.choice, rehash("pw"));
         assert!(p.warnings[0].contains("does not match"), "{:?}", p.warnings);

@@ -18,27 +18,40 @@ const MAX_COST: u32 = 31;
 /// no password is configured, and replaced (with a warning) when one is.
 pub const MAX_VERIFY_COST: u32 = 14;
 
+/// Why a value is not a bcrypt hash ComfyUI-Login can use. Said after "the hash is" or inside
+/// "malformed (...)"; never quotes the value (it may be a secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// `ascii`: every byte is ASCII (the length is then in characters). `eaten`: shorter and
+    /// without the `$2` prefix, as a `$` expansion leaves it.
+    #[error("{len} {} long, a bcrypt hash has 60{}",
+        if *ascii { "characters" } else { "bytes, not all ASCII," },
+        if *eaten { " (a '$' expansion in an unquoted .env value eats the start)" } else { "" })]
+    Length { len: usize, ascii: bool, eaten: bool },
+    #[error("not starting with a bcrypt prefix ($2b$, $2a$ or $2y$)")]
+    Prefix,
+    #[error("without a bcrypt cost from {MIN_COST:02} to {MAX_COST} after the prefix")]
+    Cost,
+    #[error("has characters outside bcrypt's alphabet")]
+    Alphabet,
+}
+
 /// Why a value is not a bcrypt hash ComfyUI-Login can use, or Ok. Works on bytes: the value may
-/// come from any file or variable, and a message never quotes it (it may be a secret).
-pub fn check_shape(hash: &str) -> Result<(), String> {
+/// come from any file or variable.
+pub fn check_shape(hash: &str) -> Result<(), ShapeError> {
     let b = hash.as_bytes();
     if b.len() != 60 {
-        let hint = if b.len() < 60 && !b.starts_with(b"$2") {
-            " (a '$' expansion in an unquoted .env value eats the start)"
-        } else {
-            ""
-        };
-        let unit = if hash.is_ascii() { "characters" } else { "bytes, not all ASCII," };
-        return Err(format!("{} {unit} long, a bcrypt hash has 60{hint}", b.len()));
+        let eaten = b.len() < 60 && !b.starts_with(b"$2");
+        return Err(ShapeError::Length { len: b.len(), ascii: hash.is_ascii(), eaten });
     }
     if !matches!(&b[..4], b"$2b$" | b"$2a$" | b"$2y$") {
-        return Err("not starting with a bcrypt prefix ($2b$, $2a$ or $2y$)".into());
+        return Err(ShapeError::Prefix);
     }
     if cost(hash).is_none() || b[6] != b'$' {
-        return Err(format!("without a bcrypt cost from {MIN_COST:02} to {MAX_COST} after the prefix"));
+        return Err(ShapeError::Cost);
     }
     if !b[7..].iter().all(|c| BCRYPT_ALPHABET.contains(c)) {
-        return Err("has characters outside bcrypt's alphabet".into());
+        return Err(ShapeError::Alphabet);
     }
     Ok(())
 }
@@ -118,9 +131,18 @@ fn fits_bcrypt(password: &str) -> bool {
 
 pub const MAX_PASSWORD_BYTES: usize = 72;
 
+/// Why no hash was made.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("cannot hash the password: it is longer than 72 bytes or holds a NUL byte")]
+    Unfit,
+    #[error("cannot hash the password: {0}")]
+    Bcrypt(#[from] bcrypt::BcryptError),
+}
+
 /// A `$2b$12$` hash of `password`: one made earlier in this process if there is one (a pass
 /// that starts over after a concurrent edit needs no second quarter-second), else a fresh one.
-pub fn hash_once(password: &str) -> Result<String, String> {
+pub fn hash_once(password: &str) -> Result<String, HashError> {
     let answers = ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
     let earlier = answers.iter().rev().find(|(p, h, ok)| *ok && p == password && cost(h) == Some(COST));
     if let Some((_, h, _)) = earlier {
@@ -131,11 +153,11 @@ pub fn hash_once(password: &str) -> Result<String, String> {
 }
 
 /// A fresh `$2b$12$` hash. The password was validated (at most 72 bytes, no NUL) beforehand.
-pub fn hash(password: &str) -> Result<String, String> {
+pub fn hash(password: &str) -> Result<String, HashError> {
     if !fits_bcrypt(password) {
-        return Err("cannot hash the password: it is longer than 72 bytes or holds a NUL byte".into());
+        return Err(HashError::Unfit);
     }
-    let hash = bcrypt::hash(password, COST).map_err(|e| format!("cannot hash the password: {e}"))?;
+    let hash = bcrypt::hash(password, COST)?;
     remember(password, &hash, true);
     Ok(hash)
 }
@@ -147,25 +169,36 @@ pub fn generate_password() -> String {
     (0..24).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect()
 }
 
-/// The rules ComfyUI-Login's Python bcrypt imposes, plus what breaks its file format. `source`
-/// names where the password came from, for the message.
-pub fn validate_password(password: &str, source: &str) -> Result<(), String> {
-    let rule = if password.is_empty() {
-        Some("is empty: set a password, or remove it to have one generated")
+/// A rule of ComfyUI-Login's Python bcrypt, or of its file format, that a password breaks. Said
+/// after "the password from <where>" (the caller knows where it came from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordRule {
+    #[error("is empty: set a password, or remove it to have one generated")]
+    Empty,
+    #[error("is longer than 72 bytes, bcrypt's limit: use a shorter password")]
+    TooLong,
+    #[error("contains a NUL byte, which bcrypt refuses")]
+    Nul,
+    #[error("contains a line break, which the PASSWORD file cannot hold")]
+    LineBreak,
+    #[error("starts or ends with whitespace, which ComfyUI-Login's login form strips: remove it")]
+    Whitespace,
+}
+
+/// The rules ComfyUI-Login's Python bcrypt imposes, plus what breaks its file format.
+pub fn validate_password(password: &str) -> Result<(), PasswordRule> {
+    if password.is_empty() {
+        Err(PasswordRule::Empty)
     } else if password.len() > MAX_PASSWORD_BYTES {
-        Some("is longer than 72 bytes, bcrypt's limit: use a shorter password")
+        Err(PasswordRule::TooLong)
     } else if password.contains('\0') {
-        Some("contains a NUL byte, which bcrypt refuses")
+        Err(PasswordRule::Nul)
     } else if password.contains('\n') || password.contains('\r') {
-        Some("contains a line break, which the PASSWORD file cannot hold")
+        Err(PasswordRule::LineBreak)
     } else if password.trim() != password {
-        Some("starts or ends with whitespace, which ComfyUI-Login's login form strips: remove it")
+        Err(PasswordRule::Whitespace)
     } else {
-        None
-    };
-    match rule {
-        Some(rule) => Err(format!("the password from {source} {rule}")),
-        None => Ok(()),
+        Ok(())
     }
 }
 
@@ -180,28 +213,31 @@ mod tests {
         assert_eq!(check_shape(&good), Ok(()));
         // The seed report's token: 61 characters.
         let seed = "$2b$12$NErya5UooY9bJnscVc/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5ka";
-        assert!(check_shape(seed).unwrap_err().contains("61 characters"));
+        assert!(check_shape(seed).unwrap_err().to_string().contains("61 characters"));
         // What dotenvy leaves of an unquoted hash.
-        assert!(check_shape("/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5ka").unwrap_err().contains("'$' expansion"));
+        assert!(check_shape("/ec.hpVDX.nYM86/88bXIkF/hh2VeKRvU5ka").unwrap_err().to_string().contains("'$' expansion"));
         let wrong_prefix = format!("$3x${}", &good[4..]);
-        assert!(check_shape(&wrong_prefix).unwrap_err().contains("prefix"));
+        assert!(check_shape(&wrong_prefix).unwrap_err().to_string().contains("prefix"));
         // Every cost bcrypt allows is a valid shape; outside 04-31 is not.
         assert_eq!(check_shape(&format!("$2b$04{}", &good[6..])), Ok(()));
         assert_eq!(check_shape(&format!("$2y$31{}", &good[6..])), Ok(()));
         for bad in ["03", "32", "99", "1a", "+1"] {
-            assert!(check_shape(&format!("$2b${bad}{}", &good[6..])).unwrap_err().contains("cost"), "{bad}");
+            assert!(
+                check_shape(&format!("$2b${bad}{}", &good[6..])).unwrap_err().to_string().contains("cost"),
+                "{bad}"
+            );
         }
         // A multi-byte character where the prefix ends: a refusal, not a panic.
         let utf8 = format!("$2b\u{e9}{}", "A".repeat(55));
         assert_eq!(utf8.len(), 60);
-        assert!(check_shape(&utf8).unwrap_err().contains("prefix"));
+        assert!(check_shape(&utf8).unwrap_err().to_string().contains("prefix"));
         assert!(check_shape(&format!("$2b$1\u{e9}{}", "A".repeat(53))).is_err());
     }
 
     #[test]
     fn a_72_byte_password_is_hashed_and_verified_as_bcrypt_does() {
         let p = "x".repeat(72);
-        assert!(validate_password(&p, "X").is_ok());
+        assert!(validate_password(&p).is_ok());
         let h = hash(&p).unwrap();
         assert!(verifies(&p, &h));
         assert!(!verifies(&"x".repeat(71), &h));
@@ -240,7 +276,7 @@ mod tests {
 
     #[test]
     fn passwords_that_break_bcrypt_or_the_file_format_are_refused() {
-        assert!(validate_password("fine pass", "X").is_ok());
+        assert!(validate_password("fine pass").is_ok());
         for (bad, phrase) in [
             ("", "empty"),
             (&"a".repeat(73) as &str, "72 bytes"),
@@ -250,17 +286,17 @@ mod tests {
             (" lead", "whitespace"),
             ("trail ", "whitespace"),
         ] {
-            let err = validate_password(bad, "COMFYUI_PASSWORD in /x/.env").unwrap_err();
-            assert!(err.contains(phrase) && err.contains("/x/.env"), "{err}");
+            let err = validate_password(bad).unwrap_err().to_string();
+            assert!(err.contains(phrase), "{err}");
         }
-        assert!(validate_password(&"é".repeat(36), "X").is_ok()); // 72 bytes exactly
+        assert!(validate_password(&"é".repeat(36)).is_ok()); // 72 bytes exactly
     }
 
     #[test]
     fn generated_passwords_are_valid_and_differ() {
         let a = generate_password();
         assert_eq!(a.len(), 24);
-        assert!(validate_password(&a, "generated").is_ok());
+        assert!(validate_password(&a).is_ok());
         assert_ne!(a, generate_password());
     }
 }

@@ -2,8 +2,8 @@
 //! No I/O here; everything is unit-tested below.
 
 use super::model::{gib, CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Stage};
-use super::model::{GpuPolicy, GpuSettings, Select};
-use super::torch::{self, Coverage, Found};
+use super::model::{Found, GpuPolicy, GpuSettings, Select, Torch};
+use super::torch::{self, Coverage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -88,10 +88,47 @@ impl Verdict {
     }
 }
 
+/// COMFY_INIT_GPU_SELECT names no usable card: what it says, and the cards there are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("COMFY_INIT_GPU_SELECT={select} names no usable GPU here: {}", Cards(cards))]
+pub struct NoSuchGpu {
+    pub select: Select,
+    pub cards: Vec<Card>,
+}
+
+/// A usable card, as a refused selection lists it: `0 (NVIDIA GeForce RTX 4090, GPU-...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    pub index: u32,
+    pub name: String,
+    pub uuid: Option<String>,
+}
+
+impl std::fmt::Display for Card {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, {})", self.index, self.name, self.uuid.as_deref().unwrap_or("no UUID"))
+    }
+}
+
+/// The cards, `; `-separated, or that there are none.
+struct Cards<'a>(&'a [Card]);
+
+impl std::fmt::Display for Cards<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("no GPU is visible");
+        }
+        for (i, card) in self.0.iter().enumerate() {
+            write!(f, "{}{card}", if i == 0 { "" } else { "; " })?;
+        }
+        Ok(())
+    }
+}
+
 /// COMFY_INIT_GPU_SELECT resolved against the cards found: (their indices, the value for
 /// CUDA_VISIBLE_DEVICES: the UUID, else the index). Ok(None): no selection. Err: a refusal naming
 /// the cards there are.
-pub fn select(report: &GpuReport, settings: &GpuSettings) -> Result<Option<(Vec<u32>, String)>, String> {
+pub fn select(report: &GpuReport, settings: &GpuSettings) -> Result<Option<(Vec<u32>, String)>, NoSuchGpu> {
     let Some(select) = &settings.select else { return Ok(None) };
     let usable: Vec<&GpuInfo> = report.gpus.iter().filter(|g| !g.is_lost()).collect();
     let chosen = match select {
@@ -110,17 +147,8 @@ pub fn select(report: &GpuReport, settings: &GpuSettings) -> Result<Option<(Vec<
     match chosen {
         Some(g) => Ok(Some((vec![g.index], g.uuid.clone().unwrap_or_else(|| g.index.to_string())))),
         None => {
-            let cards: Vec<String> = usable
-                .iter()
-                .map(|g| format!("{} ({}, {})", g.index, g.display_name(), g.uuid.as_deref().unwrap_or("no UUID")))
-                .collect();
-            let value = match select {
-                Select::Index(i) => i.to_string(),
-                Select::Uuid(u) => u.clone(),
-                Select::Best => "best".into(),
-            };
-            let there = if cards.is_empty() { "no GPU is visible".to_string() } else { cards.join("; ") };
-            Err(format!("COMFY_INIT_GPU_SELECT={value} names no usable GPU here: {there}"))
+            let card = |g: &&GpuInfo| Card { index: g.index, name: g.display_name().to_string(), uuid: g.uuid.clone() };
+            Err(NoSuchGpu { select: select.clone(), cards: usable.iter().map(card).collect() })
         }
     }
 }
@@ -178,7 +206,7 @@ fn check_torch(found: Option<&Found>, usable: &[&GpuInfo], findings: &mut Vec<Fi
 
 /// Whether this PyTorch build has kernels for this card: an error when not, a warning when the
 /// build is not in the table.
-fn card_finding(found: &Found, t: &torch::Torch, cuda: &str, g: &GpuInfo) -> Option<Finding> {
+fn card_finding(found: &Found, t: &Torch, cuda: &str, g: &GpuInfo) -> Option<Finding> {
     let cc = g.compute_capability?;
     let card = format!("GPU {} ({}, compute capability {}.{})", g.index, g.display_name(), cc.0, cc.1);
     match torch::coverage(Some(found), Some(cc)) {
@@ -260,7 +288,8 @@ NVIDIA driver and the NVIDIA Container Toolkit installed; NVIDIA_DRIVER_CAPABILI
 `utility` (e.g. `compute,utility` or `all`), otherwise libnvidia-ml is not mounted";
 
 /// The advice table: what each probe failure means and what to do about it.
-/// Returns (code, message, advice).
+/// Returns (code, message, advice). A message table: one arm per kind of failure, each holding
+/// its whole text.
 pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
     match err {
         ProbeError::LibraryMissing { requested: Some(path), .. } => (
@@ -268,21 +297,14 @@ pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
             format!("COMFY_INIT_NVML_LIB={path}: no such file, NVML cannot be loaded"),
             format!("unset COMFY_INIT_NVML_LIB or point it at the host's libnvidia-ml.so.1; {ADVICE_CONTAINER_GPU}"),
         ),
-        ProbeError::LibraryMissing { requested: None, tried } => {
-            let mut dirs: Vec<&str> = Vec::new();
-            for t in tried {
-                if let Some((dir, _)) = t.rsplit_once('/') {
-                    if !dirs.contains(&dir) {
-                        dirs.push(dir);
-                    }
-                }
-            }
-            (
-                "library_missing",
-                format!("NVML library libnvidia-ml.so.1 not found (looked in the loader path and {})", dirs.join(", ")),
-                ADVICE_CONTAINER_GPU.to_string(),
-            )
-        }
+        ProbeError::LibraryMissing { requested: None, tried } => (
+            "library_missing",
+            format!(
+                "NVML library libnvidia-ml.so.1 not found (looked in the loader path and {})",
+                folders(tried).join(", ")
+            ),
+            ADVICE_CONTAINER_GPU.to_string(),
+        ),
         ProbeError::LibraryInvalid { path, detail, overridden } => (
             "library_invalid",
             format!("{path} is not a loadable NVML library: {detail}"),
@@ -326,7 +348,20 @@ pub fn describe(err: &ProbeError) -> (&'static str, String, String) {
     }
 }
 
-fn describe_nvml(stage: &Stage, failure: &NvmlFailure, detail: &str) -> (&'static str, String, String) {
+/// The folders of the paths tried, each once, in order.
+fn folders(tried: &[String]) -> Vec<&str> {
+    let mut dirs: Vec<&str> = Vec::new();
+    for (dir, _) in tried.iter().filter_map(|t| t.rsplit_once('/')) {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+/// What the probe was doing at `stage` ("opening GPU 1"), and which GPU that concerns ("GPU 1",
+/// or "a GPU" before any is known), in words.
+fn stage_words(stage: &Stage) -> (String, String) {
     let at = match stage {
         Stage::Init => "initialising NVML".to_string(),
         Stage::DeviceCount => "counting GPUs".to_string(),
@@ -337,6 +372,14 @@ fn describe_nvml(stage: &Stage, failure: &NvmlFailure, detail: &str) -> (&'stati
         Stage::Handle(i) | Stage::Query { index: i, .. } => format!("GPU {i}"),
         _ => "a GPU".to_string(),
     };
+    (at, gpu)
+}
+
+/// [`describe`] for an NVML error: the same message table, one arm per NVML failure (and stage,
+/// where the stage changes what it means), each holding its whole text. Longer than 60 lines by
+/// nature and read best in one piece: issue 23 exempts tables from the 60-line limit.
+fn describe_nvml(stage: &Stage, failure: &NvmlFailure, detail: &str) -> (&'static str, String, String) {
+    let (at, gpu) = stage_words(stage);
     match (stage, failure) {
         (_, NvmlFailure::DriverNotLoaded) => (
             "driver_not_loaded",
@@ -451,7 +494,7 @@ fn evaluate_devices(report: &GpuReport, settings: &GpuSettings, findings: &mut V
         findings.push(Finding {
             severity: Severity::Error,
             code: "select_invalid",
-            message: why,
+            message: why.to_string(),
             advice: String::new(),
         });
     }

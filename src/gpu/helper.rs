@@ -19,17 +19,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::model::{GpuReport, GpuSettings, ProbeError};
+use super::model::{GpuReport, GpuSettings, ProbeError, ENV_TIMEOUT};
 use super::wire;
-use super::ENV_TIMEOUT;
 
 pub const HELPER_NAME: &str = "comfy-init-nvml";
 pub const ENV_HELPER: &str = "COMFY_INIT_NVML_HELPER";
-
-/// How long NVML may take by default (`COMFY_INIT_GPU_TIMEOUT`). `nvmlInit` without persistence
-/// mode wakes every GPU, about a second each on large boxes; a driver that has not answered in
-/// this time is hung.
-pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// An answer longer than this is not one (a report is about 1 KiB a GPU).
 const MAX_ANSWER: usize = 1 << 20;

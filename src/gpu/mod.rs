@@ -23,12 +23,24 @@ pub mod wire;
 
 pub use evaluate::{evaluate, Severity, Verdict};
 pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Select, Stage, TorchProbe};
+pub use model::{ENV_CUDA_VERSION, ENV_MIN_VRAM, ENV_NVML_LIB, ENV_POLICY, ENV_TIMEOUT};
 
-pub const ENV_POLICY: &str = "COMFY_INIT_GPU";
-pub const ENV_MIN_VRAM: &str = "COMFY_INIT_MIN_VRAM_GB";
-pub const ENV_NVML_LIB: &str = "COMFY_INIT_NVML_LIB";
-pub const ENV_TIMEOUT: &str = "COMFY_INIT_GPU_TIMEOUT";
-pub const ENV_CUDA_VERSION: &str = "CUDA_VERSION";
+/// Why the preflight refuses to start ComfyUI: one short line (the details were just logged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreflightError {
+    #[error("COMFY_INIT_GPU_SELECT=best needs the GPU check: set {ENV_POLICY}=warn or require")]
+    BestNeedsCheck,
+    #[error(transparent)]
+    Select(#[from] evaluate::NoSuchGpu),
+    /// The verdict failed under `require`.
+    #[error("the GPU check failed (see above); set {ENV_POLICY}=warn to start anyway")]
+    Failed,
+}
+
+/// The healthcheck's light check failed: its line, problem and advice (see [`check_alive`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", alive_problem(.0))]
+pub struct NotAlive(pub ProbeError);
 
 /// What the preflight decided for the child.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -81,31 +93,29 @@ fn log_verdict(report: &GpuReport, verdict: &Verdict, settings: &GpuSettings) {
 /// Preflight for `run`: logs the report (each problem once, with what to do). Ok: the policy is
 /// met (always under warn; off touches nothing), with what the child gets. Err: one short line
 /// (the details were just logged).
-pub fn preflight(settings: &GpuSettings) -> Result<ForChild, String> {
+pub fn preflight(settings: &GpuSettings) -> Result<ForChild, PreflightError> {
     preflight_with(settings, helper::probe)
 }
 
-fn preflight_with(settings: &GpuSettings, probe: Probe) -> Result<ForChild, String> {
+fn preflight_with(settings: &GpuSettings, probe: Probe) -> Result<ForChild, PreflightError> {
     if settings.policy == GpuPolicy::Off {
         log::info!("gpu: check skipped ({ENV_POLICY}=off)");
         return match &settings.select {
             None => Ok(ForChild::default()),
             Some(Select::Index(i)) => Ok(ForChild { visible_devices: Some(i.to_string()) }),
             Some(Select::Uuid(u)) => Ok(ForChild { visible_devices: Some(u.clone()) }),
-            Some(Select::Best) => {
-                Err(format!("COMFY_INIT_GPU_SELECT=best needs the GPU check: set {ENV_POLICY}=warn or require"))
-            }
+            Some(Select::Best) => Err(PreflightError::BestNeedsCheck),
         };
     }
     let (report, verdict) = check_with(settings, probe);
     log_verdict(&report, &verdict, settings);
     let selected = match evaluate::select(&report, settings) {
         Ok(selected) => selected,
-        Err(refusal) if report.fatal.is_none() => return Err(refusal),
+        Err(refusal) if report.fatal.is_none() => return Err(refusal.into()),
         Err(_) => None, // no card is known at all: the verdict above says why
     };
     if !verdict.ok {
-        return Err(format!("the GPU check failed (see above); set {ENV_POLICY}=warn to start anyway"));
+        return Err(PreflightError::Failed);
     }
     let visible_devices = selected.map(|(_, value)| value);
     if let Some(v) = &visible_devices {
@@ -131,14 +141,15 @@ pub fn command(settings: &GpuSettings, json: bool) -> i32 {
     }
 }
 
-/// For the healthcheck: can NVML still be initialised and each device opened? Ok(name of GPU 0) or Err(problem + advice, one line).
-/// Under `off` it answers Ok without touching NVML; `warn` is not special here (the caller decides).
-pub fn check_alive(settings: &GpuSettings, deadline: std::time::Instant) -> Result<String, String> {
+/// For the healthcheck: can NVML still be initialised and each device opened? Ok(name of GPU 0)
+/// or Err(what failed; shown as problem + advice, one line). Under `off` it answers Ok without
+/// touching NVML; `warn` is not special here (the caller decides).
+pub fn check_alive(settings: &GpuSettings, deadline: std::time::Instant) -> Result<String, NotAlive> {
     if settings.policy == GpuPolicy::Off {
         return Ok(format!("GPU check off ({ENV_POLICY}=off)"));
     }
     let timeout = deadline.saturating_duration_since(std::time::Instant::now());
-    helper::alive(settings, timeout).map_err(|e| alive_problem(&e))
+    helper::alive(settings, timeout).map_err(NotAlive)
 }
 
 /// The healthcheck's one line for a failed light check: problem and advice.
@@ -178,9 +189,9 @@ mod tests {
         let mut s =
             GpuSettings { nvml_lib: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")), ..GpuSettings::default() };
         // The advice is logged once, with the report; the error only says where to look.
-        let e = preflight_with(&s, probe::probe).unwrap_err();
+        let e = preflight_with(&s, probe::probe).unwrap_err().to_string();
         assert!(e.contains("see above") && e.contains("COMFY_INIT_GPU=warn") && !e.contains('\n'), "{e}");
-        let e = alive_problem(&probe::alive(&s).unwrap_err());
+        let e = NotAlive(probe::alive(&s).unwrap_err()).to_string();
         assert!(e.contains("--gpus all") && !e.contains('\n'), "{e}");
         s.policy = GpuPolicy::Warn;
         assert_eq!(preflight_with(&s, probe::probe), Ok(ForChild::default()));

@@ -3,6 +3,18 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
+
+pub const ENV_POLICY: &str = "COMFY_INIT_GPU";
+pub const ENV_MIN_VRAM: &str = "COMFY_INIT_MIN_VRAM_GB";
+pub const ENV_NVML_LIB: &str = "COMFY_INIT_NVML_LIB";
+pub const ENV_TIMEOUT: &str = "COMFY_INIT_GPU_TIMEOUT";
+pub const ENV_CUDA_VERSION: &str = "CUDA_VERSION";
+
+/// How long NVML may take by default (`COMFY_INIT_GPU_TIMEOUT`). `nvmlInit` without persistence
+/// mode wakes every GPU, about a second each on large boxes; a driver that has not answered in
+/// this time is hung.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GpuPolicy {
@@ -36,7 +48,7 @@ pub struct GpuSettings {
     pub policy: GpuPolicy,
     pub min_vram_gb: Option<f64>,
     /// `COMFY_INIT_GPU_TIMEOUT`: how long NVML may take to answer the preflight.
-    pub timeout: std::time::Duration,
+    pub timeout: Duration,
     pub nvml_lib: Option<PathBuf>,
     pub image_cuda_version: Option<String>,
     /// `NVIDIA_VISIBLE_DEVICES`, shown in the report (the NVIDIA runtime acts on it, not us).
@@ -74,6 +86,17 @@ pub enum Select {
     Best,
 }
 
+/// As it is written in `COMFY_INIT_GPU_SELECT`.
+impl fmt::Display for Select {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Select::Index(i) => write!(f, "{i}"),
+            Select::Uuid(u) => f.write_str(u),
+            Select::Best => f.write_str("best"),
+        }
+    }
+}
+
 impl Select {
     pub fn parse(value: &str) -> Option<Select> {
         let v = value.trim();
@@ -94,7 +117,7 @@ impl Default for GpuSettings {
         GpuSettings {
             policy: GpuPolicy::Require,
             min_vram_gb: None,
-            timeout: crate::gpu::helper::TIMEOUT,
+            timeout: TIMEOUT,
             nvml_lib: None,
             image_cuda_version: None,
             visible_devices: None,
@@ -246,9 +269,35 @@ pub struct GpuReport {
     /// `NVIDIA_VISIBLE_DEVICES` as this process sees it, for the advice.
     pub visible_devices: Option<String>,
     /// The PyTorch ComfyUI will import (None: not looked at).
-    pub torch: Option<crate::gpu::torch::Found>,
+    pub torch: Option<Found>,
     /// The cards COMFY_INIT_GPU_SELECT chose (None: every card); the verdict judges only these.
     pub selected: Option<Vec<u32>>,
+}
+
+/// What `torch/version.py` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Torch {
+    /// Where the package is.
+    pub dir: PathBuf,
+    /// `__version__`, e.g. `2.8.0+cu128`.
+    pub version: String,
+    /// `cuda`: the CUDA version it was built for (`12.8`); None for a CPU-only or ROCm build.
+    pub cuda: Option<String>,
+    /// `hip`: the ROCm version of a ROCm build.
+    pub hip: Option<String>,
+}
+
+/// What the probe found of PyTorch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    Torch(Torch),
+    /// The interpreter answered: no `torch` to import.
+    Missing {
+        python: String,
+    },
+    /// The question could not be asked or answered (no interpreter, a timeout, an unreadable
+    /// version.py): why.
+    Unknown(String),
 }
 
 pub fn gib(bytes: u64) -> f64 {

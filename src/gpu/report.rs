@@ -4,8 +4,8 @@ use serde_json::{json, Value};
 
 use super::evaluate::{is_rtx, Severity, Verdict};
 use super::model::GpuSettings;
-use super::model::{gib, GpuInfo, GpuReport};
-use super::torch::{self, Coverage, Found};
+use super::model::{gib, Found, GpuInfo, GpuReport};
+use super::torch::{self, Coverage};
 
 /// `text` cut into lines of at most `width` characters, at spaces.
 pub fn wrap(text: &str, width: usize) -> Vec<String> {

@@ -6,38 +6,12 @@
 use std::io::{ErrorKind, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::model::TorchProbe;
+use super::model::{Found, Torch, TorchProbe};
 use crate::fsutil::{self, Links};
-
-/// What `torch/version.py` says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Torch {
-    /// Where the package is.
-    pub dir: PathBuf,
-    /// `__version__`, e.g. `2.8.0+cu128`.
-    pub version: String,
-    /// `cuda`: the CUDA version it was built for (`12.8`); None for a CPU-only or ROCm build.
-    pub cuda: Option<String>,
-    /// `hip`: the ROCm version of a ROCm build.
-    pub hip: Option<String>,
-}
-
-/// What the probe found of PyTorch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
-    Torch(Torch),
-    /// The interpreter answered: no `torch` to import.
-    Missing {
-        python: String,
-    },
-    /// The question could not be asked or answered (no interpreter, a timeout, an unreadable
-    /// version.py): why.
-    Unknown(String),
-}
 
 impl Torch {
     /// Its kernels, when the support matrix knows its build; None for a CPU-only or ROCm build
@@ -174,12 +148,27 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// user: whatever they run, runs as that user (`probe.user`, when we are root), in a process
 /// group of its own (no terminal, killed whole), with `probe.env` only and no bytecode written.
 pub fn find(probe: &TorchProbe) -> Found {
+    // SAFETY: geteuid cannot fail.
+    let as_user = probe.user.filter(|_| unsafe { libc::geteuid() } == 0);
+    match where_is_torch(probe, as_user) {
+        Ok(None) => Found::Missing { python: probe.python.clone() },
+        Ok(Some(dir)) => {
+            // A folder the probe (PUID) named: read as PUID wherever PUID could redirect it.
+            let dir = probe.dir.join(dir); // an absolute folder stays as it is
+            crate::privileges::as_puid_where_exposed(&dir.join("version.py"), probe.user, || read_version(&dir))
+        }
+        Err(e) => Found::Unknown(e.to_string()),
+    }
+}
+
+/// ComfyUI's interpreter, set up to say where `torch` is (see [`find`]): `probe.env` only, as
+/// `as_user` when given, in ComfyUI's folder, in a process group of its own.
+fn question(probe: &TorchProbe, as_user: Option<(u32, u32)>) -> Command {
     const ASK: &str = "import importlib.util as u\n\
                        s = u.find_spec('torch')\n\
                        print(list(s.submodule_search_locations)[0] if s and s.submodule_search_locations else '')";
-    let python = probe.python.as_str();
     // ComfyUI's environment (PYTHONPATH, a venv) decides what it imports: not isolated (-I).
-    let mut cmd = Command::new(python);
+    let mut cmd = Command::new(&probe.python);
     cmd.args(["-c", ASK]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     cmd.env_clear();
     // The allowlist is applied here too: whatever filled `env`, nothing else gets through.
@@ -189,8 +178,6 @@ pub fn find(probe: &TorchProbe) -> Found {
     }
     cmd.env("PYTHONDONTWRITEBYTECODE", "1"); // no __pycache__ of ours left in ComfyUI's tree
     cmd.process_group(0);
-    // SAFETY: geteuid cannot fail.
-    let as_user = probe.user.filter(|_| unsafe { libc::geteuid() } == 0);
     if let Some((uid, gid)) = as_user {
         // std sets the group, then drops every supplementary group (setgroups(0), as we name
         // none), then the user, before exec; the integration tests check all three.
@@ -199,10 +186,16 @@ pub fn find(probe: &TorchProbe) -> Found {
     if probe.dir.is_dir() {
         cmd.current_dir(&probe.dir); // main.py's folder is first on ComfyUI's sys.path
     }
-    let who = as_user.map(|(uid, gid)| format!(" as {uid}:{gid}")).unwrap_or_default();
-    let mut child = match cmd.spawn() {
+    cmd
+}
+
+/// Asks the [`question`]: the folder `torch` is in, None when the interpreter has no `torch`.
+/// Err: why there is no answer. Nothing the interpreter started outlives the question.
+fn where_is_torch(probe: &TorchProbe, as_user: Option<(u32, u32)>) -> Result<Option<String>, Unanswered> {
+    let (python, who) = (probe.python.clone(), As(as_user));
+    let mut child = match question(probe, as_user).spawn() {
         Ok(c) => c,
-        Err(e) => return Found::Unknown(format!("cannot run {python}{who} to find torch: {e}")),
+        Err(source) => return Err(Unanswered::Spawn { python, who, source }),
     };
     let answer = ask(&mut child);
     // Its group (the leader not reaped yet, so the id is still its own): nothing it started
@@ -210,37 +203,57 @@ pub fn find(probe: &TorchProbe) -> Found {
     // SAFETY: a signal to the process group the child leads.
     unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
     let status = child.wait();
-    let out = match answer {
-        Ok(out) => out,
-        Err(Asked::Timeout) => {
-            return Found::Unknown(format!("{python} did not say where torch is within {ASK_TIMEOUT:?}"))
-        }
-        Err(Asked::TooLong) => {
-            return Found::Unknown(format!("{python} printed more than {MAX_ANSWER} bytes, not where torch is"))
-        }
-        Err(Asked::Stopped(signo)) => {
-            let signal = crate::supervisor::signals::signal_name(signo);
-            return Found::Unknown(format!("not asked: {signal} came first"));
-        }
-    };
+    let out = answer.map_err(|asked| match asked {
+        Asked::Timeout => Unanswered::Timeout { python: python.clone() },
+        Asked::TooLong => Unanswered::TooLong { python: python.clone() },
+        Asked::Stopped(signo) => Unanswered::Stopped(signo),
+    })?;
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => {
-            let how = match std::os::unix::process::ExitStatusExt::signal(&s) {
-                Some(sig) => format!("was killed by signal {sig}"),
-                None => format!("exited with status {}", s.code().unwrap_or(-1)),
-            };
-            return Found::Unknown(format!("{python}{who} {how} before saying where torch is"));
-        }
-        Err(e) => return Found::Unknown(format!("{python}{who} could not be waited for: {e}")),
+        Ok(status) => return Err(Unanswered::Failed { python, who, status }),
+        Err(source) => return Err(Unanswered::Wait { python, who, source }),
     }
-    match String::from_utf8_lossy(&out).trim() {
-        "" => Found::Missing { python: python.to_string() },
-        dir => {
-            // A folder the probe (PUID) named: read as PUID wherever PUID could redirect it.
-            let dir = probe.dir.join(dir); // an absolute folder stays as it is
-            crate::privileges::as_puid_where_exposed(&dir.join("version.py"), probe.user, || read_version(&dir))
+    let dir = String::from_utf8_lossy(&out).trim().to_string();
+    Ok((!dir.is_empty()).then_some(dir))
+}
+
+/// Why the interpreter did not say where `torch` is: the report says it as what was not checked.
+#[derive(Debug, thiserror::Error)]
+enum Unanswered {
+    #[error("cannot run {python}{who} to find torch: {source}")]
+    Spawn { python: String, who: As, source: std::io::Error },
+    #[error("{python} did not say where torch is within {ASK_TIMEOUT:?}")]
+    Timeout { python: String },
+    #[error("{python} printed more than {MAX_ANSWER} bytes, not where torch is")]
+    TooLong { python: String },
+    /// PID 1 was asked to stop meanwhile: the signal.
+    #[error("not asked: {} came first", crate::supervisor::signals::signal_name(*.0))]
+    Stopped(i32),
+    /// It exited, or was killed, without success.
+    #[error("{python}{who} {} before saying where torch is", how(status))]
+    Failed { python: String, who: As, status: std::process::ExitStatus },
+    #[error("{python}{who} could not be waited for: {source}")]
+    Wait { python: String, who: As, source: std::io::Error },
+}
+
+/// Whom the interpreter ran as, in a message: ` as 1000:1000`, or nothing (as ourselves).
+#[derive(Debug)]
+struct As(Option<(u32, u32)>);
+
+impl std::fmt::Display for As {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((uid, gid)) => write!(f, " as {uid}:{gid}"),
+            None => Ok(()),
         }
+    }
+}
+
+/// How an unsuccessful process ended, in words.
+fn how(status: &std::process::ExitStatus) -> String {
+    match std::os::unix::process::ExitStatusExt::signal(status) {
+        Some(sig) => format!("was killed by signal {sig}"),
+        None => format!("exited with status {}", status.code().unwrap_or(-1)),
     }
 }
 
@@ -347,7 +360,7 @@ pub fn read_version(dir: &Path) -> Found {
     let text = match fsutil::read_bounded(&path, 64 * 1024, Links::Refuse) {
         Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
         Ok(None) => return Found::Unknown(format!("{} is missing", path.display())),
-        Err(e) => return Found::Unknown(e),
+        Err(e) => return Found::Unknown(e.to_string()),
     };
     match parse_version(&text) {
         Some((version, cuda, hip)) => Found::Torch(Torch { dir: dir.to_path_buf(), version, cuda, hip }),
@@ -374,6 +387,7 @@ pub fn parse_version(text: &str) -> Option<(String, Option<String>, Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn version_py_is_read_as_pytorch_writes_it() {

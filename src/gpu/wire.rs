@@ -12,6 +12,43 @@ use super::model::{CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Sta
 
 const VERSION: u64 = 1;
 
+/// What is wrong with an answer: said after "answered nonsense: ".
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not JSON ({0})")]
+    NotJson(#[source] serde_json::Error),
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("answer version {0:?}, this comfy-init reads {VERSION} (copy both files of one build)")]
+    Version(Option<u64>),
+    #[error("no \"report\" object")]
+    NoReport,
+    #[error("neither \"alive\" nor \"error\"")]
+    NoAnswer,
+    #[error("{0} is not a small number")]
+    NotSmallNumber(Value),
+    #[error("{0}")]
+    OutOfRange(#[from] std::num::TryFromIntError),
+    #[error("a GPU is not an object")]
+    GpuNotObject,
+    #[error("a GPU without an index")]
+    GpuWithoutIndex,
+    #[error("compute_capability is not two numbers")]
+    ComputeCapability,
+    #[error("an error is not an object")]
+    ErrorNotObject,
+    #[error("an error without \"{0}\"")]
+    ErrorWithout(&'static str),
+    #[error("an NVML error without a stage")]
+    NoStage,
+    #[error("a stage without an index")]
+    StageWithoutIndex,
+    #[error("unknown stage {0:?}")]
+    UnknownStage(Option<String>),
+    #[error("unknown error kind {0:?}")]
+    UnknownKind(Option<String>),
+}
+
 /// The probe's part of `report`, for the helper's stdout.
 pub fn encode_report(report: &GpuReport) -> String {
     let cuda = report.cuda_driver_version.map(|v| json!([v.major, v.minor]));
@@ -38,9 +75,9 @@ pub fn encode_alive(result: &Result<String, ProbeError>) -> String {
 }
 
 /// The helper's stdout back into a report (its probe part). Err: what is wrong with the text.
-pub fn decode_report(text: &str) -> Result<GpuReport, String> {
+pub fn decode_report(text: &str) -> Result<GpuReport, DecodeError> {
     let body = envelope(text)?;
-    let r = body.get("report").and_then(Value::as_object).ok_or("no \"report\" object")?;
+    let r = body.get("report").and_then(Value::as_object).ok_or(DecodeError::NoReport)?;
     let list = |key: &str| r.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     Ok(GpuReport {
         library: string(r, "library"),
@@ -62,23 +99,21 @@ pub fn decode_report(text: &str) -> Result<GpuReport, String> {
 }
 
 /// The answer of `alive`, back. The outer Err: the text itself is wrong.
-pub fn decode_alive(text: &str) -> Result<Result<String, ProbeError>, String> {
+pub fn decode_alive(text: &str) -> Result<Result<String, ProbeError>, DecodeError> {
     let body = envelope(text)?;
     match (body.get("alive").and_then(Value::as_str), body.get("error")) {
         (Some(name), _) => Ok(Ok(name.to_string())),
         (None, Some(e)) => Ok(Err(decode_error(e)?)),
-        (None, None) => Err("neither \"alive\" nor \"error\"".into()),
+        (None, None) => Err(DecodeError::NoAnswer),
     }
 }
 
-fn envelope(text: &str) -> Result<Map<String, Value>, String> {
-    let value: Value = serde_json::from_str(text.trim()).map_err(|e| format!("not JSON ({e})"))?;
-    let Value::Object(body) = value else { return Err("not a JSON object".into()) };
+fn envelope(text: &str) -> Result<Map<String, Value>, DecodeError> {
+    let value: Value = serde_json::from_str(text.trim()).map_err(DecodeError::NotJson)?;
+    let Value::Object(body) = value else { return Err(DecodeError::NotObject) };
     match body.get("version").and_then(Value::as_u64) {
         Some(VERSION) => Ok(body),
-        other => {
-            Err(format!("answer version {other:?}, this comfy-init reads {VERSION} (copy both files of one build)"))
-        }
+        other => Err(DecodeError::Version(other)),
     }
 }
 
@@ -86,8 +121,8 @@ fn string(map: &Map<String, Value>, key: &str) -> Option<String> {
     map.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
-fn number(v: &Value) -> Result<u32, String> {
-    v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| format!("{v} is not a small number"))
+fn number(v: &Value) -> Result<u32, DecodeError> {
+    v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(|| DecodeError::NotSmallNumber(v.clone()))
 }
 
 fn encode_gpu(g: &GpuInfo) -> Value {
@@ -107,21 +142,19 @@ fn encode_gpu(g: &GpuInfo) -> Value {
     })
 }
 
-fn decode_gpu(v: &Value) -> Result<GpuInfo, String> {
-    let g = v.as_object().ok_or("a GPU is not an object")?;
+fn decode_gpu(v: &Value) -> Result<GpuInfo, DecodeError> {
+    let g = v.as_object().ok_or(DecodeError::GpuNotObject)?;
     let small = |key: &str| g.get(key).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
     let compute_capability = match g.get("compute_capability").and_then(Value::as_array) {
         Some(cc) if cc.len() == 2 => match (cc[0].as_i64(), cc[1].as_i64()) {
-            (Some(a), Some(b)) => {
-                Some((i32::try_from(a).map_err(|e| e.to_string())?, i32::try_from(b).map_err(|e| e.to_string())?))
-            }
-            _ => return Err("compute_capability is not two numbers".into()),
+            (Some(a), Some(b)) => Some((i32::try_from(a)?, i32::try_from(b)?)),
+            _ => return Err(DecodeError::ComputeCapability),
         },
         _ => None,
     };
     let problems = g.get("problems").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     Ok(GpuInfo {
-        index: small("index").ok_or("a GPU without an index")?,
+        index: small("index").ok_or(DecodeError::GpuWithoutIndex)?,
         name: string(g, "name"),
         brand: string(g, "brand"),
         vram_total_bytes: g.get("vram_total_bytes").and_then(Value::as_u64),
@@ -180,9 +213,9 @@ fn encode_error(e: &ProbeError) -> Value {
     }
 }
 
-fn decode_error(v: &Value) -> Result<ProbeError, String> {
-    let e = v.as_object().ok_or("an error is not an object")?;
-    let text = |key: &str| string(e, key).ok_or_else(|| format!("an error without \"{key}\""));
+fn decode_error(v: &Value) -> Result<ProbeError, DecodeError> {
+    let e = v.as_object().ok_or(DecodeError::ErrorNotObject)?;
+    let text = |key: &'static str| string(e, key).ok_or(DecodeError::ErrorWithout(key));
     let texts = |key: &str| -> Vec<String> {
         e.get(key)
             .and_then(Value::as_array)
@@ -203,14 +236,14 @@ fn decode_error(v: &Value) -> Result<ProbeError, String> {
         }),
         Some("symbols_missing") => Ok(ProbeError::SymbolsMissing { path: text("path")?, symbols: texts("symbols") }),
         Some("nvml") => {
-            let s = e.get("stage").and_then(Value::as_object).ok_or("an NVML error without a stage")?;
-            let index = || s.get("index").ok_or("a stage without an index".to_string()).and_then(number);
+            let s = e.get("stage").and_then(Value::as_object).ok_or(DecodeError::NoStage)?;
+            let index = || s.get("index").ok_or(DecodeError::StageWithoutIndex).and_then(number);
             let stage = match s.get("at").and_then(Value::as_str) {
                 Some("init") => Stage::Init,
                 Some("device_count") => Stage::DeviceCount,
                 Some("handle") => Stage::Handle(index()?),
                 Some("query") => Stage::Query { index: index()?, what: string(s, "what").unwrap_or_default() },
-                other => return Err(format!("unknown stage {other:?}")),
+                other => return Err(DecodeError::UnknownStage(other.map(str::to_string))),
             };
             let name = e.get("failure").and_then(Value::as_str).unwrap_or("other");
             let failure = FAILURES.iter().find(|(_, n)| *n == name).map_or(NvmlFailure::Other, |(f, _)| f.clone());
@@ -221,7 +254,7 @@ fn decode_error(v: &Value) -> Result<ProbeError, String> {
             detail: text("detail")?,
             missing: e.get("missing").and_then(Value::as_bool).unwrap_or(false),
         }),
-        other => Err(format!("unknown error kind {other:?}")),
+        other => Err(DecodeError::UnknownKind(other.map(str::to_string))),
     }
 }
 
@@ -262,7 +295,7 @@ mod tests {
             device_errors: vec![nvml(Stage::Handle(1), NvmlFailure::NoPermission)],
             ..GpuReport::default()
         };
-        assert_eq!(decode_report(&encode_report(&report)), Ok(report));
+        assert_eq!(decode_report(&encode_report(&report)).unwrap(), report);
     }
 
     #[test]
@@ -282,10 +315,10 @@ mod tests {
         errors.extend(FAILURES.iter().map(|(f, _)| nvml(Stage::Init, f.clone())));
         for e in errors {
             let report = GpuReport { fatal: Some(e.clone()), ..GpuReport::default() };
-            assert_eq!(decode_report(&encode_report(&report)).map(|r| r.fatal), Ok(Some(e.clone())));
-            assert_eq!(decode_alive(&encode_alive(&Err(e.clone()))), Ok(Err(e)));
+            assert_eq!(decode_report(&encode_report(&report)).unwrap().fatal, Some(e.clone()));
+            assert_eq!(decode_alive(&encode_alive(&Err(e.clone()))).unwrap(), Err(e));
         }
-        assert_eq!(decode_alive(&encode_alive(&Ok("RTX 4090".into()))), Ok(Ok("RTX 4090".into())));
+        assert_eq!(decode_alive(&encode_alive(&Ok("RTX 4090".into()))).unwrap(), Ok("RTX 4090".into()));
     }
 
     #[test]
@@ -295,7 +328,9 @@ mod tests {
             assert!(decode_alive(text).is_err(), "{text}");
         }
         let e = decode_report(r#"{"version":2,"report":{}}"#).unwrap_err();
-        assert!(e.contains("copy both files"), "{e}");
+        assert_eq!(e.to_string(), "answer version Some(2), this comfy-init reads 1 (copy both files of one build)");
+        let e = decode_report(r#"{"version":1,"report":{"fatal":{"kind":"nvml","stage":{"at":"handle"}}}}"#);
+        assert_eq!(e.unwrap_err().to_string(), "a stage without an index");
         assert!(decode_report(r#"{"version":1,"report":{"fatal":{"kind":"meteor"}}}"#).is_err());
         assert!(decode_report(r#"{"version":1,"report":{"gpus":[{"name":"no index"}]}}"#).is_err());
     }

@@ -24,7 +24,8 @@ pub struct ChildSpec {
 }
 
 /// The program could not be started: 127 when it does not exist, 126 otherwise (shell rules).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run '{program}': {source} ({})", self.hint())]
 pub struct SpawnError {
     pub program: String,
     pub source: std::io::Error,
@@ -38,15 +39,13 @@ impl SpawnError {
             126
         }
     }
-}
 
-impl std::fmt::Display for SpawnError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hint = match self.exit_code() {
+    /// What to check.
+    fn hint(&self) -> &'static str {
+        match self.exit_code() {
             127 => "check the command and PATH",
             _ => "check that it is an executable file (chmod +x) and its interpreter exists",
-        };
-        write!(f, "cannot run '{}': {} ({hint})", self.program, self.source)
+        }
     }
 }
 

@@ -11,17 +11,28 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::child::ChildSpec;
+use crate::cli::PREFIX;
 
-/// The hidden subcommand that runs a hook and prefixes its output.
-pub const PREFIX: &str = "__prefix";
+/// The hooks' folder exists but cannot be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("COMFY_INIT_PRE_START={}: cannot read it ({source})", dir.display())]
+pub struct ListError {
+    pub dir: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// comfy-init cannot name itself to run a hook under `__prefix`.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot find comfy-init's own path: {0}")]
+pub struct NoSelf(#[source] std::io::Error);
 
 /// The executables in `dir`, in name order; none when the folder does not exist. Hidden files,
 /// folders and files without an execute bit are left out (a README can sit beside the hooks).
-pub fn list(dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, ListError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("COMFY_INIT_PRE_START={}: cannot read it ({e})", dir.display())),
+        Err(source) => return Err(ListError { dir: dir.to_path_buf(), source }),
     };
     let mut hooks: Vec<PathBuf> = entries
         .flatten()
@@ -38,8 +49,8 @@ pub fn name(hook: &Path) -> String {
 }
 
 /// How hook `hook` is started: like ComfyUI (its user, folder, environment), under `__prefix`.
-pub fn spec(hook: &Path, comfyui: &ChildSpec) -> Result<ChildSpec, String> {
-    let me = std::env::current_exe().map_err(|e| format!("cannot find comfy-init's own path: {e}"))?;
+pub fn spec(hook: &Path, comfyui: &ChildSpec) -> Result<ChildSpec, NoSelf> {
+    let me = std::env::current_exe().map_err(NoSelf)?;
     let argv = vec![me.into(), PREFIX.into(), name(hook).into(), hook.into()];
     Ok(ChildSpec { argv, terminal: false, ..comfyui.clone() })
 }

@@ -21,7 +21,7 @@ use super::signals;
 /// absent at the first start, when there is none yet.
 pub const ENV_TOKEN: &str = "COMFY_INIT_RUNNING_TOKEN";
 /// The hidden command that runs the service.
-pub const COMMAND: &str = "__credentials";
+pub const COMMAND: &str = crate::cli::CREDENTIAL_SERVICE;
 
 /// What the service said.
 #[derive(Debug, Clone, PartialEq, Eq)]
