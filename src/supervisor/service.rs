@@ -80,7 +80,7 @@ impl CredentialService {
             spec.env_set.push((ENV_TOKEN.into(), token.into()));
         }
         spec.notify_fd = Some(write.as_raw_fd());
-        let started = child::spawn(&spec).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let started = child::spawn(&spec).map_err(std::io::Error::other)?;
         drop(write); // ours closed: the service's exit is the pipe's end
         signals::signal_when_readable(read.as_fd())?;
         log::debug!("credential service started (pid {})", started.pid);
