@@ -42,6 +42,8 @@ SIGNAL_ITERATIONS = 3000
 SIGNAL_PER_ROUND = 50
 STOP_ROUNDS = 200
 TOKEN_ROUNDS = 5
+DRAIN_ROUNDS = 3
+PROMPT_SECONDS = 2.0
 HEALTH_RUNS = 40
 RSS_RUNS = 10
 FLOOD_THREADS = 4
@@ -683,6 +685,80 @@ class Bench:
             f"Python start-up time, where the real ComfyUI takes 5-15 s on a CPU and drops its queue and models). "
             f"Both include the 75 ms debounce and one bcrypt hash at cost 12.")
 
+    # -------------------------------------- 11. stop with a running prompt ---
+
+    @staticmethod
+    def post_prompt(port, token, seconds):
+        """POST /prompt with a stand-in prompt that runs `seconds`: its prompt_id."""
+        body = json.dumps({"prompt": {"1": {"class_type": "StandinSleep", "inputs": {"seconds": seconds}}}})
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/prompt", data=body.encode(), headers=headers)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())["prompt_id"]
+
+    def stop_with_prompt(self):
+        """docker stop while a prompt runs: SIGTERM to the init -> the init exited, and whether the
+        prompt completed. tini and dumb-init forward SIGTERM to the stand-in, which dies of it as
+        ComfyUI does (no handler): the prompt is lost. comfy-init drains (COMFY_INIT_DRAIN_TIMEOUT)."""
+        self.drain = {}
+        for name in ("tini", "dumb-init", "comfy-init"):
+            progress(f"11 stop with a running {PROMPT_SECONDS:.0f} s prompt: {name}, {DRAIN_ROUNDS} rounds")
+            times, done = [], 0
+            for i in range(DRAIN_ROUNDS):
+                base, comfy, envdir, port, env = self.workspace(f"drain-{name}-{i}")
+                events = env["FAKE_COMFYUI_EVENTS"]
+                if name == "comfy-init":
+                    self.write_env(envdir, "drainpass")
+                    env["COMFY_INIT_DRAIN_TIMEOUT"] = "30s"
+                    child = []
+                else:
+                    env["FAKE_COMFYUI_NO_AUTH"] = "1"
+                    child = [sys.executable, os.path.join(comfy, "main.py"), "--port", str(port)]
+                p, pid = self.start_pid1(name, child, env=env)
+                token = ""
+                try:
+                    deadline = time.monotonic() + 30
+                    while True:
+                        if name == "comfy-init":
+                            try:
+                                with open(os.path.join(comfy, "login", "PASSWORD")) as f:
+                                    token = f.readline().strip()
+                            except OSError:
+                                token = ""
+                        if self.get(port, token)[0] == 200 and (name != "comfy-init" or self.companion_ready()):
+                            break
+                        if time.monotonic() > deadline:
+                            die(f"stop with a prompt: {name} never served")
+                        time.sleep(0.05)
+                    prompt = self.post_prompt(port, token, PROMPT_SECONDS)
+                    while f"prompt_started {prompt}" not in self.read(events):
+                        time.sleep(0.01)
+                    t0 = time.monotonic_ns()
+                    os.kill(pid, signal.SIGTERM)
+                    p.wait(timeout=60)
+                    times.append((time.monotonic_ns() - t0) / 1e6)
+                    done += f"prompt_done {prompt}" in self.read(events)
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
+                    self.kill_standins(events)
+            self.drain[name] = {"time": median(times), "done": done}
+
+    def companion_ready(self):
+        """comfy-init's companion announced itself (it drains only then)."""
+        return any(n.endswith(".companion") for n in os.listdir(self.tmp))
+
+    @staticmethod
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
     # ------------------------------------------------ 10. wrong-login flood ---
 
     def api_latencies(self, port, token, seconds):
@@ -996,6 +1072,12 @@ class Bench:
             ratio = {m: f[m]["flooded"] / f[m]["rest"] for m in f}
             self.add("10. authenticated API p50 during a wrong-login flood ÷ at rest (alternative: the bare node)",
                      "ratio", {"comfy-init": ratio["on"], "alt": ratio["off"]}, ("1.5", "<=1.5"))
+        d = getattr(self, "drain", None)
+        if d:
+            self.add(f"11. stop with a running {PROMPT_SECONDS:.0f} s prompt: SIGTERM -> init exited, median",
+                     "ms", {n: d[n]["time"] for n in d})
+            self.add(f"11. prompts completed of {DRAIN_ROUNDS} stopped mid-run (comfy-init drains: "
+                     "COMFY_INIT_DRAIN_TIMEOUT)", "count", {n: d[n]["done"] for n in d})
         h = getattr(self, "health_res", None)
         if h:
             self.add("7. healthcheck (alternative: curl, one authorised request), median wall", "ms",
@@ -1063,7 +1145,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--watchexec", default="")
-    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu,flood)")
+    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu,flood,drain)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         die("needs root (unshare --pid, /proc of other processes)")
@@ -1078,6 +1160,7 @@ def main():
         "reload": b.token_reload,
         "gpu": b.gpu_preflight,
         "flood": b.login_flood,
+        "drain": b.stop_with_prompt,
     }
     only = [p for p in args.only.split(",") if p]
     for name, fn in phases.items():

@@ -1,5 +1,16 @@
 """comfy-init companion: a new ComfyUI-Login token applied without restarting ComfyUI.
 
+Contract with comfy-init (PID 1):
+  * `<session>.companion` (session = $COMFY_INIT_COMPANION_SESSION) holds this process's pid. It
+    is written (tmp file + rename) only once the handlers of both signals below are installed:
+    comfy-init sends them only to a pid read from there (an unhandled real-time signal would
+    kill Python).
+  * RELOAD_SIGNAL = SIGRTMIN+7: re-read login/PASSWORD into ComfyUI-Login (below).
+  * DRAIN_SIGNAL = SIGRTMIN+8: new prompts are refused with 503 from then on, one way
+    (lifecycle.py says how, and what `GET /comfy-init/status` answers). If lifecycle.py could
+    not be loaded, the signal only logs a warning: it never kills ComfyUI.
+  * prestartup_script.py writes `<session>.fatal` (its docstring has the format).
+
 ComfyUI-Login reads its token once, at import, into a module-level `TOKEN`; its middleware reads
 that global at every request, web logins are checked against a cached hash (`user_cache`), and
 session cookies are encrypted with a key read once from `.secret-key.txt` in its own folder.
@@ -23,7 +34,14 @@ import signal
 from . import doors
 from .node import login_node, session_storage
 
+try:
+    from . import lifecycle
+except Exception as e:  # noqa: BLE001 - reload and doors work without it
+    lifecycle = None
+    logging.warning("comfy-init companion: no drain and no status route (%s)", e)
+
 RELOAD_SIGNAL = signal.SIGRTMIN + 7
+DRAIN_SIGNAL = signal.SIGRTMIN + 8
 # Where comfy-init looks for `<session>.companion`, which names this process once it is ready.
 SESSION = os.environ.get("COMFY_INIT_COMPANION_SESSION")
 NODE_CLASS_MAPPINGS = {}
@@ -54,11 +72,19 @@ def on_reload_signal(_signum, _frame):
         logging.warning("comfy-init companion: reload failed (%s); comfy-init will restart ComfyUI", e)
 
 
+def on_drain_signal(_signum, _frame):
+    try:
+        lifecycle.start_draining()
+    except Exception as e:  # noqa: BLE001 - comfy-init sees no "draining" in the status
+        logging.warning("comfy-init companion: cannot drain (%s)", e)
+
+
 def announce():
-    """The handler first, then the file that says so: comfy-init signals only a ready process."""
+    """The handlers first, then the file that says so: comfy-init signals only a ready process."""
     if not SESSION:
         return
     signal.signal(RELOAD_SIGNAL, on_reload_signal)
+    signal.signal(DRAIN_SIGNAL, on_drain_signal)
     path = SESSION + ".companion"
     with open(path + ".tmp", "w") as f:
         f.write(str(os.getpid()))
@@ -74,3 +100,9 @@ try:
     doors.install()
 except Exception as e:  # noqa: BLE001 - never break ComfyUI's start; the healthcheck sees the door
     logging.warning("comfy-init companion: cannot close ComfyUI-Login's open doors (%s)", e)
+
+try:
+    if lifecycle is not None:
+        lifecycle.install()
+except Exception as e:  # noqa: BLE001 - never break ComfyUI's start; the status route is missed
+    logging.warning("comfy-init companion: no drain and no status route (%s)", e)

@@ -3,8 +3,8 @@
 # preflight, the generated password and token, a healthcheck, a password rotation applied in
 # place (no restart, the token redacted from the log), ComfyUI-Login's open doors closed (user
 # files through .js paths, wrong logins throttled), the PyTorch-against-card check, a hostile
-# PASSWORD refused without blocking, guest mode called out, and a
-# clean stop, and PID 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
+# PASSWORD refused without blocking, guest mode called out, readiness apart from liveness, a
+# stop that lets the running prompt finish first, and PID 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
 # namespace when root.
 set -euo pipefail
 
@@ -53,6 +53,8 @@ wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds
 mkdir -p "$WORK/ComfyUI"
 cp "$ROOT/tests/fixtures/fake_comfyui.py" "$WORK/ComfyUI/main.py"
 export COMFYUI_DIR="$WORK/ComfyUI" COMFY_INIT_ENV_FILE="$WORK/.env" COMFY_INIT_GPU=warn
+# A stop lets the running prompt finish (new ones get 503); the phase for `healthcheck --ready`.
+export COMFY_INIT_DRAIN_TIMEOUT=30s COMFY_INIT_RUN_DIR="$WORK/run" FAKE_COMFYUI_EVENTS="$WORK/events"
 export COMFYUI_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 printf '# my settings: comfy-init keeps this comment and every other line\nHF_HOME=/models/hf\n' > "$WORK/.env"
 
@@ -163,13 +165,40 @@ if command -v cc >/dev/null; then
     "$BIN" gpu | grep -E "ERROR|Verdict" | sed 's/^/  | /' || true
 fi
 
-bold "Stopping: SIGTERM to comfy-init (it sends SIGINT to ComfyUI, ComfyUI's clean stop)"
+bold "Ready is not alive: liveness for restarts, readiness for traffic"
+echo "  healthcheck:         $("$BIN" healthcheck | cut -c1-110) ..."
+echo "  healthcheck --ready: $("$BIN" healthcheck --ready | cut -c1-110) ..."
+
+# POST /prompt with a stand-in prompt that runs $2 seconds; prints the HTTP status.
+prompt() {
+  python3 - "$COMFYUI_PORT" "$1" "$2" <<'PY'
+import json, sys, urllib.request, urllib.error
+body = json.dumps({"prompt": {"1": {"class_type": "StandinSleep", "inputs": {"seconds": float(sys.argv[3])}}}})
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/prompt", data=body.encode(),
+                             headers={"Authorization": "Bearer " + sys.argv[2], "Content-Type": "application/json"})
+try:
+    print(urllib.request.urlopen(req, timeout=3).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+PY
+}
+
+bold "Stopping with a prompt running: SIGTERM drains first (COMFY_INIT_DRAIN_TIMEOUT), then ComfyUI's clean stop"
+TOKEN=$("$BIN" token)
+echo "a 2 s prompt queued: $(prompt "$TOKEN" 2)"
+started() { grep -q "prompt_started" "$WORK/events"; }
+wait_for 5 started
 START=$(date +%s.%N)
 kill -TERM "$INIT_PID"
+draining() { grep -q "draining: ComfyUI refuses" "$LOG"; }
+wait_for 5 draining
+echo "a new prompt while draining: $(prompt "$TOKEN" 0) (refused)"
+echo "  healthcheck --ready: $("$BIN" healthcheck --ready)"
 while kill -0 "$INIT_PID" 2>/dev/null; do sleep 0.05; done
 wait 2>/dev/null || true
 INIT_PID=
-grep -v '^\s*$' "$LOG" | tail -n 3 | sed 's/^/  | /'
+grep -E "drain|exited" "$LOG" | sed 's/^/  | /'
+echo "the running prompt: $(grep -oE "prompt_(done|dropped)" "$WORK/events" | head -n1)"
 printf 'stopped in %.2f s\n' "$(echo "$(date +%s.%N) - $START" | bc 2>/dev/null || echo 0)"
 
 bold "Done. Next: 'make test', and README.md for Docker, compose and Kubernetes."

@@ -10,7 +10,10 @@ pub enum Command {
         command: Vec<OsString>,
         comfyui_args: Vec<OsString>,
     },
-    Healthcheck,
+    /// `--ready`: readiness (traffic), not only liveness.
+    Healthcheck {
+        ready: bool,
+    },
     Gpu {
         json: bool,
     },
@@ -21,6 +24,8 @@ pub enum Command {
     Rotate,
     /// Internal: the child PID 1 starts to prove a reload (see `supervisor::start_reload`).
     ProbeReload,
+    /// PID 1's probe that watches ComfyUI's queue while it drains (hidden).
+    ProbeDrain,
     /// Internal: the credential service PID 1 starts and supervises (`supervisor::service`).
     CredentialService,
     /// Internal: runs a pre-start hook, its output prefixed by its name.
@@ -55,6 +60,8 @@ pub struct UsageError {
 
 /// The reload probe.
 pub const PROBE_RELOAD: &str = "__probe-reload";
+/// The probe that watches the queue while ComfyUI drains.
+pub const PROBE_DRAIN: &str = "__probe-drain";
 /// The credential service.
 pub const CREDENTIAL_SERVICE: &str = "__credentials";
 /// A pre-start hook under the prefixer of its output: `__prefix NAME COMMAND...`.
@@ -71,12 +78,15 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("-V" | "--version") => Ok(Command::Version),
         Some("--") => Ok(Command::Run { command: rest, comfyui_args: Vec::new() }),
         Some("run") => parse_run(rest),
-        Some("healthcheck") => flags(Topic::Healthcheck, rest, &[]).map(|_| Command::Healthcheck),
+        Some("healthcheck") => {
+            flags(Topic::Healthcheck, rest, &["--ready"]).map(|f| Command::Healthcheck { ready: !f.is_empty() })
+        }
         Some("gpu") => flags(Topic::Gpu, rest, &["--json"]).map(|f| Command::Gpu { json: !f.is_empty() }),
         Some("sync") => flags(Topic::Sync, rest, &["--dry-run"]).map(|f| Command::Sync { dry_run: !f.is_empty() }),
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
         Some(PROBE_RELOAD) if rest.is_empty() => Ok(Command::ProbeReload),
+        Some(PROBE_DRAIN) if rest.is_empty() => Ok(Command::ProbeDrain),
         Some(CREDENTIAL_SERVICE) if rest.is_empty() => Ok(Command::CredentialService),
         Some(PREFIX) if rest.len() >= 2 => {
             Ok(Command::Prefix { name: rest[0].to_string_lossy().into_owned(), command: rest[1..].to_vec() })
@@ -230,11 +240,15 @@ for signal N). `comfy-init --help` lists every setting and exit code.
 ";
 
 const HELP_HEALTHCHECK: &str = "\
-Usage: comfy-init healthcheck
+Usage: comfy-init healthcheck [--ready]
 
-Docker HEALTHCHECK target. GETs /system_stats on 127.0.0.1:$COMFYUI_PORT with the bearer token,
-then checks that requests without a token are refused. Prints one line; exits 0 (healthy) or
-1 (unhealthy), never anything else. Deadline: $COMFY_INIT_HEALTH_TIMEOUT (5s).
+Docker HEALTHCHECK target (liveness). GETs /system_stats on 127.0.0.1:$COMFYUI_PORT with the
+bearer token, then checks that requests without a token are refused. Prints one line; exits 0
+(healthy) or 1 (unhealthy), never anything else. Deadline: $COMFY_INIT_HEALTH_TIMEOUT (5s).
+
+--ready (readiness: send traffic?): also fails while comfy-init starts, reloads, restarts,
+drains or stops ComfyUI, while a custom node failed to import, and while more prompts wait
+than $COMFY_INIT_MAX_QUEUE.
 ";
 
 const HELP_GPU: &str = "\
@@ -325,7 +339,8 @@ mod tests {
     fn each_subcommand_takes_only_its_own_flags() {
         assert_eq!(parse_strs(&["gpu", "--json"]), Ok(Command::Gpu { json: true }));
         assert_eq!(parse_strs(&["sync", "--dry-run"]), Ok(Command::Sync { dry_run: true }));
-        assert_eq!(parse_strs(&["healthcheck"]), Ok(Command::Healthcheck));
+        assert_eq!(parse_strs(&["healthcheck"]), Ok(Command::Healthcheck { ready: false }));
+        assert_eq!(parse_strs(&["healthcheck", "--ready"]), Ok(Command::Healthcheck { ready: true }));
         let err = parse_strs(&["healthcheck", "--nope"]).unwrap_err();
         assert_eq!(err.topic, Topic::Healthcheck);
         assert!(err.message.contains("--nope"));

@@ -22,6 +22,7 @@ const FILES: &[(&str, &str)] = &[
     ("__init__.py", include_str!("../companion/__init__.py")),
     ("prestartup_script.py", include_str!("../companion/prestartup_script.py")),
     ("node.py", include_str!("../companion/node.py")),
+    ("lifecycle.py", include_str!("../companion/lifecycle.py")),
     ("doors.py", include_str!("../companion/doors.py")),
 ];
 
@@ -29,6 +30,11 @@ const FILES: &[(&str, &str)] = &[
 /// for ComfyUI). Python's `signal.SIGRTMIN` is glibc's, as ours.
 pub fn reload_signal() -> i32 {
     libc::SIGRTMIN() + 7
+}
+
+/// The signal that makes the companion refuse new prompts (issue 24: a drain before a stop).
+pub fn drain_signal() -> i32 {
+    libc::SIGRTMIN() + 8
 }
 
 /// Why the companion could not be installed.

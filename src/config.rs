@@ -46,6 +46,10 @@ pub struct Settings {
     pub chown: Chown,
     /// `COMFY_INIT_PRE_START`: the folder of executables run before ComfyUI (once a start).
     pub pre_start: PathBuf,
+    /// `COMFY_INIT_RUN_DIR`: where PID 1 publishes its phase for `healthcheck --ready`.
+    pub run_dir: PathBuf,
+    /// `COMFY_INIT_MAX_QUEUE`: `healthcheck --ready` fails while more prompts wait than this.
+    pub max_queue: Option<usize>,
 }
 
 /// ComfyUI-Login's guest mode (a `login/GUEST_MODE` file) lets anyone in without a password.
@@ -97,6 +101,13 @@ impl Settings {
             health_timeout: health_timeout(get)?,
             owner,
             pre_start: get("COMFY_INIT_PRE_START").map(PathBuf::from).unwrap_or_else(|| "/config/pre-start.d".into()),
+            run_dir: get("COMFY_INIT_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| "/run/comfy-init".into()),
+            max_queue: match get("COMFY_INIT_MAX_QUEUE") {
+                None => None,
+                Some(v) => Some(v.trim().parse().map_err(|_| {
+                    ConfigError(format!("COMFY_INIT_MAX_QUEUE='{v}' is not a number of prompts (0 or more)"))
+                })?),
+            },
             chown: match get("COMFY_INIT_CHOWN").as_deref() {
                 None | Some("on") => Chown::Folders,
                 Some("recursive") => Chown::Recursive,
@@ -179,7 +190,13 @@ fn supervisor_settings(get: Lookup) -> Result<supervisor::Settings, ConfigError>
             return Err(ConfigError(format!("COMFY_INIT_PRE_START_FAILURE='{v}' is not valid: use stop or warn")))
         }
     };
-    Ok(supervisor::Settings { stop_signal, stop_timeout, restart, stop_on_hook_failure })
+    // Off unless asked for: a drain longer than what the engine allows before its own SIGKILL
+    // (Docker: 10 s unless `--stop-timeout` / `stop_grace_period`) would lose ComfyUI's clean stop.
+    let drain_timeout = match get("COMFY_INIT_DRAIN_TIMEOUT") {
+        None => Duration::ZERO,
+        Some(v) => parse_duration("COMFY_INIT_DRAIN_TIMEOUT", &v)?,
+    };
+    Ok(supervisor::Settings { stop_signal, stop_timeout, restart, stop_on_hook_failure, drain_timeout })
 }
 
 fn comfyui_dir(get: Lookup) -> PathBuf {

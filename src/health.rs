@@ -25,6 +25,7 @@ use crate::config::{self, ConfigError, GuestMode, Settings, ENV_HEALTH_TIMEOUT a
 use crate::credentials;
 use crate::fsutil::Links;
 use crate::gpu::{self, GpuPolicy};
+use crate::queue;
 /// Docker keeps 4096 bytes of probe output; stay well under it.
 const MAX_LINE: usize = 1000;
 
@@ -51,6 +52,8 @@ pub enum Request<'a> {
     WrongBearer(&'a str),
     /// GET /userdata/<random>.js without a token: ComfyUI-Login's suffix exemption.
     UserFile,
+    /// GET /comfy-init/status (the companion's: draining, import failures, queue), with our token.
+    Status(Option<&'a str>),
 }
 
 impl Request<'_> {
@@ -61,6 +64,7 @@ impl Request<'_> {
             Request::EmptyToken => "with an empty ?token=",
             Request::WrongBearer(_) => "with a wrong token",
             Request::UserFile => "for a user file through a .js path, without a token",
+            Request::Status(_) => "for the companion's status",
         }
     }
 }
@@ -102,6 +106,8 @@ pub enum Problem {
     GpuLost(String),
     /// `login/GUEST_MODE` exists under COMFY_INIT_GUEST_MODE=refuse.
     GuestModeRefused(String),
+    /// Alive, but no traffic should come (`--ready`): why.
+    NotReady(String),
 }
 
 /// Where and how long: only for the wording of the line.
@@ -121,12 +127,15 @@ pub struct Healthy {
     pub guest_mode: bool,
     /// ComfyUI's log holds the token (no companion node redacts it): a guest can read it.
     pub token_logged: bool,
+    /// `--ready`: what readiness proved.
+    pub ready: Option<String>,
 }
 
 impl Problem {
     pub fn line(&self, t: Target) -> String {
         let addr = format!("127.0.0.1:{}", t.port);
         let why = match self {
+            Problem::NotReady(why) => return format!("NOT READY: {why}"),
             Problem::Config(e) => format!("bad configuration: {e}"),
             Problem::NotListening => format!(
                 "not listening: nothing accepts connections on {addr} (ComfyUI is starting, \
@@ -184,6 +193,9 @@ impl Problem {
 impl Healthy {
     pub fn line(&self, t: Target) -> String {
         let mut line = format!("healthy: ComfyUI {} answers on 127.0.0.1:{}", self.version, t.port);
+        if let Some(ready) = &self.ready {
+            line = format!("{ready}; {line}");
+        }
         if let Some(d) = &self.device {
             line += &format!(", device {d}");
         }
@@ -248,6 +260,7 @@ pub fn judge_stats(reply: &Reply, request: Request) -> Result<Healthy, Problem> 
         gpu: None,
         guest_mode: false,
         token_logged: false,
+        ready: None,
     })
 }
 
@@ -418,10 +431,11 @@ fn fetch(agent: &ureq::Agent, port: u16, origin: Option<&str>, deadline: Instant
         Request::EmptyToken => "/system_stats?token=".to_string(),
         // Random: no file planted under a known name can answer for it.
         Request::UserFile => format!("/userdata/comfy-init-probe-{:016x}.js", rand::random::<u64>()),
+        Request::Status(_) => "/comfy-init/status".to_string(),
         _ => "/system_stats".to_string(),
     };
     let mut req = agent.get(&format!("http://127.0.0.1:{port}{path}")).timeout(left);
-    if let Request::Bearer(token) | Request::WrongBearer(token) = request {
+    if let Request::Bearer(token) | Request::WrongBearer(token) | Request::Status(Some(token)) = request {
         req = req.set("Authorization", &format!("Bearer {token}"));
     }
     if let Some(origin) = origin {
@@ -542,8 +556,124 @@ fn pid1_comfyui_flags() -> Vec<String> {
     }
 }
 
-/// `comfy-init healthcheck`: prints one line, returns 0 (healthy) or 1.
-pub fn command(settings: Result<Settings, ConfigError>) -> u8 {
+/// Readiness (`--ready`) is liveness, and more: PID 1's phase is `running` (looked at first: not
+/// running, no request is needed), and the companion says what [`judge_status`] wants.
+fn check_ready(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Problem> {
+    judge_phase(crate::supervisor::phase::read(&s.run_dir).as_deref())?;
+    let healthy = check(s, auth, deadline)?;
+    let token = match auth {
+        Auth::Token(t) => Some(t.as_str()),
+        _ => None,
+    };
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let status = fetch(&agent, s.comfyui.port, origin(s).as_deref(), deadline, Request::Status(token));
+    let note = judge_status(&status, s.max_queue)?;
+    Ok(Healthy { ready: Some(note), ..healthy })
+}
+
+/// Only a ComfyUI that comfy-init runs untouched gets traffic.
+pub fn judge_phase(phase: Option<&str>) -> Result<(), Problem> {
+    match phase {
+        Some("running") => Ok(()),
+        Some(phase) => Err(Problem::NotReady(match phase {
+            "starting" => "ComfyUI is starting".into(),
+            "reloading" => "ComfyUI is taking a new token".into(),
+            "restarting" => "ComfyUI is restarting".into(),
+            "draining" => "ComfyUI is draining: it refuses new prompts while it stops".into(),
+            "stopping" => "ComfyUI is stopping".into(),
+            "stopped" => "ComfyUI has stopped".into(),
+            other => format!("comfy-init's phase is {other}"),
+        })),
+        None => Err(Problem::NotReady(
+            "no phase published by comfy-init (is it PID 1 here, with the same COMFY_INIT_RUN_DIR?)".into(),
+        )),
+    }
+}
+
+/// The companion's status: no drain, no custom node that failed to import, no more waiting
+/// prompts than `max_queue`. No companion (404): ready, with what stays unknown said. Ok: what
+/// was proven, for the line.
+pub fn judge_status(status: &Reply, max_queue: Option<usize>) -> Result<String, Problem> {
+    let body = match status {
+        Reply::Answer { status: 200, body } => body,
+        Reply::Answer { status: 404, .. } => {
+            return Ok("ready (no companion node: custom-node import failures and drain unknown)".into())
+        }
+        other => return Err(Problem::NotReady(format!("the companion's status could not be read ({other:?})"))),
+    };
+    let Some(status) = queue::Status::parse(body) else {
+        return Err(Problem::NotReady("the companion's status is not what comfy-init's companion writes".into()));
+    };
+    if status.draining {
+        return Err(Problem::NotReady("ComfyUI is draining: it refuses new prompts while it stops".into()));
+    }
+    if !status.import_failed.is_empty() {
+        let names = clip(&printable(&status.import_failed.join(", ")), 300);
+        return Err(Problem::NotReady(format!(
+            "custom nodes failed to import: {names} (see ComfyUI's log for IMPORT FAILED; fix or remove them)"
+        )));
+    }
+    if let Some(max) = max_queue.filter(|max| status.pending > *max as u64) {
+        return Err(Problem::NotReady(format!(
+            "{} prompts wait, more than COMFY_INIT_MAX_QUEUE={max}",
+            status.pending
+        )));
+    }
+    Ok(format!("ready: every custom node imported, {} prompts waiting", status.pending))
+}
+
+/// How often the drain probe looks at the companion's status.
+const DRAIN_EVERY: Duration = Duration::from_millis(200);
+/// ComfyUI not answering this many times in a row: it will not finish anything.
+const DRAIN_GIVE_UP_AFTER: u32 = 5;
+
+/// `comfy-init __probe-drain`, started by PID 1 once it sent the companion the drain signal (a
+/// child of its own: PID 1's loop never waits on HTTP). Reads the companion's status: says in
+/// the log once the companion refuses new prompts (the signal is handled in ComfyUI's own time),
+/// and exits 0 once no prompt runs or waits (a prompt taken just before the drain is not lost
+/// either), 1 when ComfyUI stops answering or answers something else, 2 at the drain timeout
+/// (PID 1 stops ComfyUI then anyway).
+pub fn probe_drain(settings: Result<Settings, ConfigError>) -> u8 {
+    let Ok(s) = settings else { return 1 };
+    let token = std::env::var(queue::ENV_TOKEN).ok();
+    let deadline = Instant::now() + s.supervisor.drain_timeout;
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let origin = origin(&s);
+    let (mut silent, mut said) = (0, false);
+    while Instant::now() < deadline {
+        let soon = (Instant::now() + Duration::from_secs(2)).min(deadline);
+        let reply = fetch(&agent, s.comfyui.port, origin.as_deref(), soon, Request::Status(token.as_deref()));
+        match reply {
+            Reply::Answer { status: 200, body } => {
+                let Some(status) = queue::Status::parse(&body) else { return 1 };
+                silent = 0;
+                if status.draining && !said {
+                    log::info!(
+                        "draining: ComfyUI refuses new prompts (503); waiting for {} running and {} waiting",
+                        status.running,
+                        status.pending
+                    );
+                    said = true;
+                }
+                if status.draining && status.idle() {
+                    return 0;
+                }
+            }
+            Reply::Answer { .. } => return 1,
+            _ => {
+                silent += 1;
+                if silent >= DRAIN_GIVE_UP_AFTER {
+                    return 1;
+                }
+            }
+        }
+        std::thread::sleep(DRAIN_EVERY);
+    }
+    2
+}
+
+/// `comfy-init healthcheck [--ready]`: prints one line, returns 0 (healthy, or ready) or 1.
+pub fn command(settings: Result<Settings, ConfigError>, ready: bool) -> u8 {
     let started = Instant::now();
     // Exit 0 or 1, whatever happens: a bug must read "unhealthy", never Docker's reserved 2 or an
     // abort's 134. The message is not printed: it could hold what a file contained.
@@ -564,7 +694,10 @@ pub fn command(settings: Result<Settings, ConfigError>) -> u8 {
     let deadline = started + target.timeout;
     arm_watchdog(deadline, target);
     let auth = auth(&s);
-    let result = check(&s, &auth, deadline);
+    let result = match ready {
+        false => check(&s, &auth, deadline),
+        true => check_ready(&s, &auth, deadline),
+    };
     let (code, mut line) = match result {
         Ok(h) => (0, h.line(target)),
         Err(p) => (1, p.line(target)),
@@ -815,5 +948,33 @@ mod tests {
         let p = Problem::Config("y".repeat(10_000));
         assert!(clip(&p.line(T), MAX_LINE).len() <= MAX_LINE + 3);
         assert_eq!(clip("héllo", 2), "h...");
+    }
+
+    #[test]
+    fn ready_only_while_running_with_every_node_imported_no_drain_and_a_short_queue() {
+        assert!(judge_phase(Some("running")).is_ok());
+        for phase in ["starting", "reloading", "restarting", "draining", "stopping", "stopped"] {
+            let line = judge_phase(Some(phase)).unwrap_err().line(T);
+            assert!(line.starts_with("NOT READY: ComfyUI "), "{line}");
+        }
+        assert!(judge_phase(None).unwrap_err().line(T).contains("no phase published"));
+        let companion = |draining: bool, failed: &str, pending: u64| {
+            ok(&format!(
+                r#"{{"companion": 1, "draining": {draining}, "import_failed": [{failed}], "queue_running": 1, "queue_pending": {pending}}}"#
+            ))
+        };
+        assert!(judge_status(&companion(false, "", 3), None).unwrap().starts_with("ready"));
+        assert!(judge_status(&companion(false, "", 3), Some(3)).is_ok());
+        let full = judge_status(&companion(false, "", 4), Some(3)).unwrap_err().line(T);
+        assert!(full.contains("4 prompts wait, more than COMFY_INIT_MAX_QUEUE=3"), "{full}");
+        let broken = judge_status(&companion(false, r#""ComfyUI-Broken", "x\u001b""#, 0), None).unwrap_err().line(T);
+        assert!(
+            broken.contains("custom nodes failed to import: ComfyUI-Broken") && !broken.contains('\u{1b}'),
+            "{broken}"
+        );
+        assert!(judge_status(&companion(true, "", 0), None).unwrap_err().line(T).contains("draining"));
+        assert!(judge_status(&status(404), None).unwrap().contains("no companion"));
+        assert!(judge_status(&ok("<html>"), None).is_err());
+        assert!(judge_status(&status(401), None).is_err());
     }
 }

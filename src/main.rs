@@ -78,7 +78,7 @@ fn entry() -> u8 {
         Command::Sync { dry_run } => sync(dry_run),
         Command::Token => token(),
         Command::Rotate => rotate(),
-        Command::Healthcheck => health::command(Settings::from_env()),
+        Command::Healthcheck { ready } => health::command(Settings::from_env(), ready),
         Command::Prefix { name, command } => supervisor::hooks::prefix(&name, &command),
         Command::CredentialService => {
             logging::init();
@@ -89,6 +89,10 @@ fn entry() -> u8 {
                     EXIT_CONFIG
                 }
             }
+        }
+        Command::ProbeDrain => {
+            logging::init();
+            health::probe_drain(Settings::from_env())
         }
         Command::ProbeReload => {
             // PID 1 hands the probe the two tokens in its environment, never on a command line.
@@ -191,9 +195,7 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
         }
     };
     logging::init();
-    let started = prepare(command, comfyui_args).and_then(|p| {
-        Supervisor::start(p.settings.supervisor, p.spec, signals, p.auth, p.reload, p.hooks).map_err(Error::Spawn)
-    });
+    let started = prepare(command, comfyui_args).and_then(|p| Supervisor::start(p, signals).map_err(Error::Spawn));
     match started {
         Ok(supervisor) => supervisor.run(),
         Err(e @ Error::Stopped { .. }) => {
@@ -207,23 +209,14 @@ fn run(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) 
     }
 }
 
-/// What `prepare` readied for the supervisor.
-struct Prepared {
-    settings: Settings,
-    spec: ChildSpec,
-    /// Credentials are managed (COMFY_INIT_AUTH): the credential service makes them valid before
-    /// anything starts, and keeps them in step from then on.
-    auth: bool,
-    /// A new token may be reloaded in place.
-    reload: bool,
-    hooks: Vec<std::path::PathBuf>,
-}
-
 /// Everything before the supervisor starts: settings, GPU preflight, the pre-start hooks' list,
 /// folders and privileges, the companion node. The credentials are the credential service's
 /// (its first reconciliation runs under the supervisor, where a stop is answered at once).
 /// Err: nothing was started.
-fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsString>) -> Result<Prepared, Error> {
+fn prepare(
+    command: Vec<std::ffi::OsString>,
+    comfyui_args: Vec<std::ffi::OsString>,
+) -> Result<supervisor::Start, Error> {
     let settings = Settings::from_env()?;
     let hooks = supervisor::hooks::list(&settings.pre_start).map_err(Error::Hooks)?;
     // NVML is asked by a process of its own (gpu::helper): nothing foreign runs in PID 1. A stop
@@ -254,9 +247,9 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
         }
         spec.user = Some(owner);
     }
-    let mut reload = false;
+    let (mut companion, mut reload) = (false, false);
     if settings.auth {
-        let companion = companion_installed(&settings);
+        companion = companion_installed(&settings);
         reload = companion && settings.on_token_change == config::OnTokenChange::Reload;
         check_guest_mode(&settings, !companion)?;
     } else {
@@ -271,8 +264,15 @@ fn prepare(command: Vec<std::ffi::OsString>, comfyui_args: Vec<std::ffi::OsStrin
     } else {
         spec.argv = command;
     }
-    let auth = settings.auth;
-    Ok(Prepared { settings, spec, auth, reload, hooks })
+    Ok(supervisor::Start {
+        spec,
+        run_dir: settings.run_dir,
+        auth: settings.auth,
+        companion,
+        reload,
+        hooks,
+        settings: settings.supervisor,
+    })
 }
 
 /// Err(Stopped) when a stop request is waiting: start-up goes no further.

@@ -9,6 +9,7 @@ pub mod child;
 pub mod guard;
 pub mod hooks;
 pub mod idle;
+pub mod phase;
 pub mod policy;
 pub mod reaper;
 pub mod service;
@@ -32,6 +33,24 @@ pub use state::Settings;
 pub const PROBE_OLD: &str = "COMFY_INIT_PROBE_OLD_TOKEN";
 pub const PROBE_NEW: &str = "COMFY_INIT_PROBE_NEW_TOKEN";
 
+/// What the supervisor starts with, prepared by `main` (nothing of it started yet).
+pub struct Start {
+    pub settings: Settings,
+    /// ComfyUI (or the given command).
+    pub spec: ChildSpec,
+    /// Where the phase is published (`healthcheck --ready`).
+    pub run_dir: std::path::PathBuf,
+    /// Credentials are managed: the credential service makes them valid before anything starts,
+    /// and keeps them in step from then on.
+    pub auth: bool,
+    /// The companion node is installed: it can drain, and says why a start failed for good.
+    pub companion: bool,
+    /// A new token may be reloaded in place (by the companion).
+    pub reload: bool,
+    /// The pre-start hooks of this start, in order.
+    pub hooks: Vec<std::path::PathBuf>,
+}
+
 pub struct Supervisor {
     spec: ChildSpec,
     signals: Signals,
@@ -41,6 +60,9 @@ pub struct Supervisor {
     service: Option<CredentialService>,
     session: Session,
     machine: Machine,
+    /// The companion node runs in ComfyUI: it announces itself ready, can drain, and says why a
+    /// start failed for good.
+    companion: bool,
     /// A new token may be reloaded in place by the companion (else: restart).
     reload: bool,
     /// The last token change: (old, new), for the probe that proves a reload.
@@ -49,6 +71,7 @@ pub struct Supervisor {
     hooks: Vec<std::path::PathBuf>,
     /// The service's pipe may hold unread messages (SIGIO came, or we just started).
     files_ready: bool,
+    phase: phase::Publisher,
 }
 
 impl Supervisor {
@@ -56,14 +79,8 @@ impl Supervisor {
     /// come to us, and starts the credential service (`auth`), which makes login/PASSWORD valid
     /// first; the pre-start hooks and the child follow through the machine, like every later
     /// start. Err: the service could not be started (nothing else was).
-    pub fn start(
-        settings: Settings,
-        mut spec: ChildSpec,
-        signals: Signals,
-        auth: bool,
-        reload: bool,
-        hooks: Vec<std::path::PathBuf>,
-    ) -> Result<Supervisor, child::SpawnError> {
+    pub fn start(start: Start, signals: Signals) -> Result<Supervisor, child::SpawnError> {
+        let Start { settings, mut spec, run_dir, auth, companion, reload, hooks } = start;
         if std::process::id() != 1 {
             if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
                 log::warn!(
@@ -77,7 +94,7 @@ impl Supervisor {
         };
         let session = Session::new();
         spec.env_set.push((session::ENV.into(), session.path().into()));
-        if reload {
+        if companion {
             spec.env_set.push((companion::ENV_SESSION.into(), session.path().into()));
         }
         let machine = Machine::new(settings, hooks.iter().map(|h| hooks::name(h)).collect());
@@ -88,11 +105,14 @@ impl Supervisor {
             service,
             session,
             machine,
+            companion,
             reload,
             change: None,
             hooks,
             files_ready: false,
+            phase: phase::Publisher::new(&run_dir),
         };
+        supervisor.phase.publish(supervisor.machine.phase());
         if !auth {
             supervisor.feed(Event::CredentialsReady);
         }
@@ -174,16 +194,20 @@ impl Supervisor {
             return;
         }
         let (main, comfyui) = match self.machine.state() {
-            State::Running(c) | State::Stopping { child: c, .. } | State::Reloading { child: c, .. } => {
-                (c.pid == pid, c.pid == pid)
-            }
+            State::Running(c)
+            | State::Stopping { child: c, .. }
+            | State::Reloading { child: c, .. }
+            | State::Draining { child: c, .. } => (c.pid == pid, c.pid == pid),
             State::PreStart { hook, .. } => (hook.pid == pid, false),
             _ => (false, false),
         };
         // The Manager writes its marker, then exits 0: any other end is no restart request.
         let reboot = comfyui && status.success() && self.session.take_reboot_request();
+        // The companion's word on why ComfyUI died, when it can never start as it is.
+        let fatal =
+            comfyui && !status.success() && self.session.take_fatal().inspect(|cause| log::error!("{cause}")).is_some();
         let group_alive = main && !none_left && child::group_alive(pid);
-        self.feed(Event::Reaped { pid, exited: Exited { status, reboot }, group_alive });
+        self.feed(Event::Reaped { pid, exited: Exited { status, reboot, fatal }, group_alive });
     }
 
     /// What the credential service said: `token T`, PASSWORD holds T. The first is the start's
@@ -201,7 +225,7 @@ impl Supervisor {
                 None => self.feed(Event::CredentialsReady),
                 Some(old) if old != new => {
                     self.change = Some((old, new));
-                    let companion = self.ready_companion();
+                    let companion = self.ready_companion().filter(|_| self.reload);
                     self.feed(Event::TokenChanged { companion });
                 }
                 Some(_) => {}
@@ -222,18 +246,48 @@ impl Supervisor {
         }
     }
 
-    /// Removes the companion's ready file (written only when it may reload: no syscall otherwise).
+    /// Removes the companion's ready file (written only when it runs: no syscall otherwise).
     fn forget_companion(&self) {
-        if self.reload {
+        if self.companion {
             let _ = std::fs::remove_file(companion::ready_file(self.session.path()));
         }
     }
 
-    /// The companion of the running child, when it announced itself ready.
+    /// The companion of the running (or draining) child, when it announced itself ready.
     fn ready_companion(&self) -> Option<i32> {
         match self.machine.state() {
-            State::Running(child) if self.reload => companion::ready(self.session.path(), child.pid),
+            State::Running(child) | State::Draining { child, .. } if self.companion => {
+                companion::ready(self.session.path(), child.pid)
+            }
             _ => None,
+        }
+    }
+
+    /// Asks the companion to refuse new prompts and starts the probe that watches the queue until
+    /// the running prompt is done: a short child of ours, so that no HTTP request blocks this loop.
+    fn start_drain(&self) -> Event {
+        let Some(companion) = self.ready_companion() else {
+            log::info!("no companion ready to refuse new prompts: stopping without a drain");
+            return Event::DrainFailed;
+        };
+        if let Err(e) = send_to_companion(companion, companion::drain_signal()) {
+            log::warn!("{e}");
+            return Event::DrainFailed;
+        }
+        let Ok(me) = std::env::current_exe() else { return Event::DrainFailed };
+        let mut probe = ChildSpec { argv: vec![me.into(), crate::cli::PROBE_DRAIN.into()], ..ChildSpec::default() };
+        if let Some(token) = &self.token {
+            probe.env_set.push((crate::queue::ENV_TOKEN.into(), token.into()));
+        }
+        match child::spawn(&probe) {
+            Ok(p) => {
+                log::info!("asking ComfyUI to drain: new prompts refused, the queue waited for");
+                Event::DrainStarted(p.pid)
+            }
+            Err(e) => {
+                log::warn!("cannot start the drain probe: {e}");
+                Event::DrainFailed
+            }
         }
     }
 
@@ -241,12 +295,8 @@ impl Supervisor {
     /// child of ours (reaped like any other), so that no HTTP request ever blocks this loop.
     fn start_reload(&self, companion: i32) -> Event {
         let Some((old, new)) = &self.change else { return Event::ReloadFailed };
-        let signo = companion::reload_signal();
-        // SAFETY: plain syscall. The pid was just read from the companion's ready file and found in
-        // the current child's process group; a real-time signal is not in nix's Signal enum.
-        if unsafe { libc::kill(companion, signo) } != 0 {
-            let e = std::io::Error::last_os_error();
-            log::warn!("cannot send {} to the companion (pid {companion}): {e}", signal_name(signo));
+        if let Err(e) = send_to_companion(companion, companion::reload_signal()) {
+            log::warn!("{e}");
             return Event::ReloadFailed;
         }
         let Ok(me) = std::env::current_exe() else { return Event::ReloadFailed };
@@ -264,8 +314,14 @@ impl Supervisor {
         }
     }
 
-    /// One event into the machine, its effects carried out (a spawn's outcome goes back in).
+    /// One event into the machine, its effects carried out (a spawn's outcome goes back in), its
+    /// phase published.
     fn feed(&mut self, event: Event) {
+        self.carry_out(event);
+        self.phase.publish(self.machine.phase());
+    }
+
+    fn carry_out(&mut self, event: Event) {
         let mut pending = vec![event];
         while let Some(event) = pending.pop() {
             for effect in self.machine.step(event, Instant::now()) {
@@ -280,6 +336,7 @@ impl Supervisor {
                         }
                     }),
                     Effect::StartReload { companion } => pending.push(self.start_reload(companion)),
+                    Effect::StartDrain => pending.push(self.start_drain()),
                     Effect::Abandon { pgid } => log::error!(
                         "process group {pgid} outlived SIGKILL by {:?}, going on without it: {}",
                         state::ABANDON_AFTER,
@@ -315,6 +372,20 @@ fn spawn_hook(hook: &std::path::Path, comfyui: &ChildSpec) -> Result<state::Chil
     let started = child::spawn(&spec)?;
     log::info!("pre-start hook {} started (pid {})", hooks::name(hook), started.pid);
     Ok(started)
+}
+
+/// A real-time signal to the companion (the pid was just read from its ready file and found in
+/// the current child's process group). Err: the line to log.
+fn send_to_companion(companion: i32, signo: i32) -> Result<(), String> {
+    // SAFETY: plain syscall; a real-time signal is not in nix's Signal enum.
+    match unsafe { libc::kill(companion, signo) } {
+        0 => Ok(()),
+        _ => Err(format!(
+            "cannot send {} to the companion (pid {companion}): {}",
+            signal_name(signo),
+            std::io::Error::last_os_error()
+        )),
+    }
 }
 
 /// Sends a signal to a process group; failure is logged, never fatal.

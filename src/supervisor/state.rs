@@ -30,6 +30,10 @@ pub struct Settings {
     pub restart: RestartMode,
     /// A pre-start hook that fails stops the start (else: a warning, and on to the next).
     pub stop_on_hook_failure: bool,
+    /// How long a stop or a fallback restart waits for ComfyUI's queue to empty (the running
+    /// prompt and those already taken), new prompts refused meanwhile (COMFY_INIT_DRAIN_TIMEOUT;
+    /// zero: no drain).
+    pub drain_timeout: Duration,
 }
 
 /// A running child. Its pid is also its process group id.
@@ -56,6 +60,9 @@ pub struct Exited {
     pub status: ExitStatus,
     /// It left ComfyUI-Manager's restart marker.
     pub reboot: bool,
+    /// It can never start as it is (the companion saw why: a taken port, a locked assets
+    /// database, a missing module; the loop said so): restarting would only loop.
+    pub fatal: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +86,14 @@ pub enum State {
     /// The companion was asked to apply a new token; `probe` proves it (or not) from outside.
     Reloading {
         child: Child,
+        probe: Option<i32>,
+        until: Instant,
+    },
+    /// ComfyUI is asked to refuse new prompts and `probe` watches its queue until the running
+    /// prompt is done; then the stop (or restart) goes on, at `until` at the latest.
+    Draining {
+        child: Child,
+        then: AfterStop,
         probe: Option<i32>,
         until: Instant,
     },
@@ -131,6 +146,10 @@ pub enum Event {
     ProbeStarted(i32),
     /// The reload could not even be asked for (signal or probe failed).
     ReloadFailed,
+    /// The drain was asked for and the probe that watches the queue started.
+    DrainStarted(i32),
+    /// The drain could not be asked for (no companion ready, the signal or the probe failed).
+    DrainFailed,
     /// A pre-start hook started.
     HookStarted(Child),
     /// A pre-start hook could not be started: the shell's status (126/127).
@@ -156,6 +175,9 @@ pub enum Effect {
     StartReload {
         companion: i32,
     },
+    /// Ask the companion to refuse new prompts and start the probe that watches the queue
+    /// (`DrainStarted` or `DrainFailed` follows at once).
+    StartDrain,
     /// The group outlived SIGKILL by [`ABANDON_AFTER`]: name what is left of it, go on without it.
     Abandon {
         pgid: i32,
@@ -185,6 +207,20 @@ impl Machine {
         self.state
     }
 
+    /// The phase readiness is judged by (`healthcheck --ready`): ready only while `running`.
+    pub fn phase(&self) -> &'static str {
+        match self.state {
+            State::Credentials | State::PreStart { .. } | State::SpawningHook { .. } => "starting",
+            State::Spawning if !self.started_once => "starting",
+            State::Running(_) => "running",
+            State::Reloading { .. } => "reloading",
+            State::Draining { .. } => "draining",
+            State::Stopping { then: AfterStop::Exit, .. } => "stopping",
+            State::Stopping { .. } | State::Backoff { .. } | State::Spawning => "restarting",
+            State::Done(_) => "stopped",
+        }
+    }
+
     /// Whether the end of `pid` is the machine's business: the child, a pre-start hook, the reload
     /// probe. Any other pid reaped is an orphan, of which only the log hears (10,000 of them at
     /// once must cost no more than their `waitpid`s).
@@ -192,7 +228,9 @@ impl Machine {
         match self.state {
             State::PreStart { hook, .. } => hook.pid == pid,
             State::Running(child) | State::Stopping { child, .. } => child.pid == pid,
-            State::Reloading { child, probe, .. } => child.pid == pid || probe == Some(pid),
+            State::Reloading { child, probe, .. } | State::Draining { child, probe, .. } => {
+                child.pid == pid || probe == Some(pid)
+            }
             _ => false,
         }
     }
@@ -212,7 +250,9 @@ impl Machine {
                 let next = killed_at.map_or(kill_at, |at| at + ABANDON_AFTER);
                 Some((now + GROUP_RECHECK).min(next))
             }
-            State::Backoff { until, .. } | State::Reloading { until, .. } => Some(until),
+            State::Backoff { until, .. } | State::Reloading { until, .. } | State::Draining { until, .. } => {
+                Some(until)
+            }
             State::Credentials | State::PreStart { .. } | State::SpawningHook { .. } => None,
             State::Spawning | State::Running(_) | State::Done(_) => None,
         }
@@ -232,6 +272,8 @@ impl Machine {
             Event::TokenChanged { companion } => self.on_token_changed(companion, now, &mut fx),
             Event::ProbeStarted(pid) => self.on_probe_started(pid),
             Event::ReloadFailed => self.restart_after_failed_reload("it could not be asked for", now, &mut fx),
+            Event::DrainStarted(pid) => self.on_drain_started(pid),
+            Event::DrainFailed => self.end_drain("it could not be asked for", now, &mut fx),
             Event::HookStarted(hook) => self.on_hook_started(hook),
             Event::HookFailed(code) => {
                 if let State::SpawningHook { index } = self.state {
@@ -284,11 +326,28 @@ impl Machine {
         }
         if self.state == State::Spawning {
             let never_ran = Child { pid: 0, started: now };
-            self.decide(never_ran, Exited { status: ExitStatus::Code(code), reboot: false }, now, fx);
+            self.decide(never_ran, Exited { status: ExitStatus::Code(code), reboot: false, fatal: false }, now, fx);
         }
     }
 
     fn on_reaped(&mut self, pid: i32, exited: Exited, group_alive: bool, now: Instant, fx: &mut Vec<Effect>) {
+        if let State::Draining { child, then, probe, .. } = self.state {
+            if probe == Some(pid) {
+                if let State::Draining { probe, .. } = &mut self.state {
+                    *probe = None; // reaped: nothing left to kill
+                }
+                let why = if exited.status.success() { "the queue is empty" } else { "the queue cannot be read" };
+                return self.end_drain(why, now, fx);
+            }
+            if child.pid == pid {
+                // ComfyUI ended by itself while draining: the stop (or restart) it waited for.
+                fx.push(log(log::Level::Info, format!("child (pid {pid}) exited: {}", exited.status)));
+                return match group_alive {
+                    true => self.begin_stop(child, Some(exited), then, now, fx),
+                    false => self.after_stop(child, exited, then, now, fx),
+                };
+            }
+        }
         if let State::Reloading { child, probe, .. } = self.state {
             if probe == Some(pid) {
                 return self.on_probe_exited(child, exited, now, fx);
@@ -342,7 +401,14 @@ impl Machine {
         match &mut self.state {
             State::Running(child) => {
                 let child = *child;
-                self.begin_stop(child, None, AfterStop::Exit, now, fx);
+                self.drain_or_stop(child, AfterStop::Exit, now, fx);
+            }
+            State::Draining { then: then @ (AfterStop::Restart | AfterStop::AskPolicy), .. } => {
+                *then = AfterStop::Exit; // the drain under way serves the stop too
+            }
+            State::Draining { .. } => {
+                fx.push(log(log::Level::Warn, "second stop request: not waiting for the queue".into()));
+                self.end_drain("asked twice", now, fx);
             }
             State::Stopping { child, then, killed_at, .. } => {
                 if *then == AfterStop::Exit && killed_at.is_none() {
@@ -377,6 +443,7 @@ impl Machine {
             State::Running(child)
             | State::Stopping { child, .. }
             | State::Reloading { child, .. }
+            | State::Draining { child, .. }
             | State::PreStart { hook: child, .. } => fx.push(Effect::SignalGroup { pgid: child.pid, signo }),
             _ => fx.push(log(log::Level::Debug, format!("{} dropped: no child running", signal_name(signo)))),
         }
@@ -460,7 +527,7 @@ impl Machine {
     fn restart_after_failed_reload(&mut self, why: &str, now: Instant, fx: &mut Vec<Effect>) {
         if let State::Reloading { child, .. } = self.state {
             fx.push(log(log::Level::Warn, format!("reload of the token abandoned ({why}): restarting ComfyUI")));
-            self.begin_stop(child, None, AfterStop::Restart, now, fx);
+            self.drain_or_stop(child, AfterStop::Restart, now, fx);
         }
     }
 
@@ -482,15 +549,48 @@ impl Machine {
             State::Stopping { child, exited, then, killed_at: Some(at), .. } if now >= *at + ABANDON_AFTER => {
                 let (child, then) = (*child, *then);
                 // The main child unreaped too: it was SIGKILLed, as far as anyone can tell.
-                let exited = exited.unwrap_or(Exited { status: ExitStatus::Signal(libc::SIGKILL), reboot: false });
+                let exited =
+                    exited.unwrap_or(Exited { status: ExitStatus::Signal(libc::SIGKILL), reboot: false, fatal: false });
                 fx.push(Effect::Abandon { pgid: child.pid });
                 self.after_stop(child, exited, then, now, fx);
             }
             State::Backoff { until, .. } if now >= *until => self.spawn(fx),
+            State::Draining { until, .. } if now >= *until => {
+                let why = format!("the queue did not empty within {:?}", self.settings.drain_timeout);
+                self.end_drain(&why, now, fx)
+            }
             State::Reloading { until, .. } if now >= *until => {
                 self.restart_after_failed_reload("no proof within the deadline", now, fx)
             }
             _ => {}
+        }
+    }
+
+    /// With a drain timeout: new prompts refused, the queue waited for (StartDrain); else
+    /// the stop at once.
+    fn drain_or_stop(&mut self, child: Child, then: AfterStop, now: Instant, fx: &mut Vec<Effect>) {
+        if self.settings.drain_timeout.is_zero() {
+            return self.begin_stop(child, None, then, now, fx);
+        }
+        let until = now + self.settings.drain_timeout;
+        self.state = State::Draining { child, then, probe: None, until };
+        fx.push(Effect::StartDrain);
+    }
+
+    fn on_drain_started(&mut self, pid: i32) {
+        if let State::Draining { probe, .. } = &mut self.state {
+            *probe = Some(pid);
+        }
+    }
+
+    /// The drain is over (`why`): its probe goes, the stop or restart it delayed goes on.
+    fn end_drain(&mut self, why: &str, now: Instant, fx: &mut Vec<Effect>) {
+        if let State::Draining { child, then, probe, .. } = self.state {
+            if let Some(probe) = probe {
+                fx.push(Effect::SignalGroup { pgid: probe, signo: libc::SIGKILL });
+            }
+            fx.push(log(log::Level::Info, format!("drain over ({why}): stopping ComfyUI (pid {})", child.pid)));
+            self.begin_stop(child, None, then, now, fx);
         }
     }
 
@@ -531,6 +631,11 @@ impl Machine {
 
     /// The child ended by itself and its group is gone: restart now, later, or exit.
     fn decide(&mut self, child: Child, exited: Exited, now: Instant, fx: &mut Vec<Effect>) {
+        if exited.fatal {
+            // The reason and its fix are in the log already (the loop read them).
+            fx.push(log(log::Level::Error, format!("not restarting: exiting with {}", exited.status.code())));
+            return self.finish(exited.status.code(), fx);
+        }
         let uptime = now.saturating_duration_since(child.started);
         match self.policy.on_exit(exited.status, uptime, exited.reboot, now) {
             Decision::RestartNow => {
@@ -579,7 +684,13 @@ mod tests {
     const GRACE: Duration = Duration::from_secs(8);
 
     fn settings(restart: RestartMode) -> Settings {
-        Settings { stop_signal: libc::SIGINT, stop_timeout: GRACE, restart, stop_on_hook_failure: true }
+        Settings {
+            stop_signal: libc::SIGINT,
+            stop_timeout: GRACE,
+            restart,
+            stop_on_hook_failure: true,
+            drain_timeout: Duration::ZERO,
+        }
     }
 
     /// A machine whose child (pid 100) started at `t0`, with the clock at `t0`.
@@ -597,7 +708,7 @@ mod tests {
     }
 
     fn exit(code: i32) -> Exited {
-        Exited { status: ExitStatus::Code(code), reboot: false }
+        Exited { status: ExitStatus::Code(code), reboot: false, fatal: false }
     }
 
     fn reaped(code: i32, group_alive: bool) -> Event {
@@ -643,7 +754,7 @@ mod tests {
             acts(m.step(
                 Event::Reaped {
                     pid: PID,
-                    exited: Exited { status: ExitStatus::Signal(9), reboot: false },
+                    exited: Exited { status: ExitStatus::Signal(9), reboot: false, fatal: false },
                     group_alive: false
                 },
                 t0 + GRACE
@@ -759,7 +870,7 @@ mod tests {
     #[test]
     fn the_managers_restart_button_restarts_at_once() {
         let (mut m, t0) = running(RestartMode::OnFailure);
-        let exited = Exited { status: ExitStatus::Code(0), reboot: true };
+        let exited = Exited { status: ExitStatus::Code(0), reboot: true, fatal: false };
         assert_eq!(acts(m.step(Event::Reaped { pid: PID, exited, group_alive: false }, t0)), [Effect::Spawn]);
     }
 
@@ -974,7 +1085,7 @@ mod tests {
             acts(m.step(
                 Event::Reaped {
                     pid: 500,
-                    exited: Exited { status: ExitStatus::Signal(9), reboot: false },
+                    exited: Exited { status: ExitStatus::Signal(9), reboot: false, fatal: false },
                     group_alive: false
                 },
                 t0 + GRACE
@@ -1026,6 +1137,7 @@ mod tests {
             stop_timeout: GRACE,
             restart: RestartMode::Never,
             stop_on_hook_failure: true,
+            drain_timeout: Duration::ZERO,
         };
         let mut m = started(s, t0);
         assert_eq!(acts(m.step(Event::StopRequested(libc::SIGINT), t0)), [signal(libc::SIGTERM)]);
@@ -1105,5 +1217,127 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(acts(m.step(Event::CredentialsReady, t0)), [Effect::SpawnHook { index: 0 }]);
         assert_eq!(acts(m.step(Event::HookFailed(126), t0)), [Effect::Exit(126)]);
+    }
+
+    // Drain (issue 24): a stop, or a fallback restart, waits for the running prompt.
+
+    const DRAIN: Duration = Duration::from_secs(60);
+    const PROBE: i32 = 400;
+
+    fn draining(then_stop: bool) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let mut m = started(Settings { drain_timeout: DRAIN, ..settings(RestartMode::OnFailure) }, t0);
+        let ask = match then_stop {
+            true => Event::StopRequested(libc::SIGTERM),
+            false => Event::TokenChanged { companion: Some(150) },
+        };
+        if !then_stop {
+            m.step(ask, t0);
+            m.step(Event::ProbeStarted(300), t0);
+            assert_eq!(acts(m.step(Event::Tick, t0 + RELOAD_PROOF)), [Effect::StartDrain], "a fallback restart drains");
+        } else {
+            assert_eq!(acts(m.step(ask, t0)), [Effect::StartDrain]);
+        }
+        assert!(acts(m.step(Event::DrainStarted(PROBE), t0)).is_empty());
+        assert!(m.awaits(PROBE) && m.awaits(PID));
+        (m, t0)
+    }
+
+    fn probe_exit(code: i32) -> Event {
+        Event::Reaped { pid: PROBE, exited: exit(code), group_alive: false }
+    }
+
+    #[test]
+    fn a_stop_with_a_drain_timeout_waits_for_the_running_prompt_then_stops() {
+        let (mut m, t0) = draining(true);
+        assert!(matches!(m.state(), State::Draining { then: AfterStop::Exit, .. }));
+        assert_eq!(m.deadline(t0), Some(t0 + DRAIN));
+        assert_eq!(acts(m.step(Event::Forward(libc::SIGHUP), t0)), [signal(libc::SIGHUP)], "still forwarded");
+        assert!(acts(m.step(Event::TokenChanged { companion: None }, t0)).is_empty(), "no restart while stopping");
+        assert_eq!(acts(m.step(probe_exit(0), t0)), [signal(libc::SIGINT)], "prompt done: the usual stop");
+        assert_eq!(acts(m.step(reaped(0, false), t0)), [Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn a_drain_ends_at_its_timeout_on_a_second_stop_or_when_the_queue_cannot_be_read() {
+        let (mut m, t0) = draining(true);
+        assert!(acts(m.step(Event::Tick, t0 + DRAIN / 2)).is_empty());
+        let fx = m.step(Event::Tick, t0 + DRAIN);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(_, m) if m.contains("did not empty within"))), "{fx:?}");
+        let probe_killed = Effect::SignalGroup { pgid: PROBE, signo: libc::SIGKILL };
+        assert_eq!(acts(fx), [probe_killed.clone(), signal(libc::SIGINT)]);
+
+        let (mut m, t0) = draining(true);
+        let fx = m.step(Event::StopRequested(libc::SIGINT), t0);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(_, m) if m.contains("second stop request"))));
+        assert_eq!(acts(fx), [probe_killed, signal(libc::SIGINT)]);
+        assert!(matches!(m.state(), State::Stopping { then: AfterStop::Exit, .. }));
+
+        let (mut m, t0) = draining(true);
+        assert_eq!(acts(m.step(probe_exit(1), t0)), [signal(libc::SIGINT)]);
+    }
+
+    #[test]
+    fn without_a_companion_the_stop_goes_on_at_once() {
+        let t0 = Instant::now();
+        let mut m = started(Settings { drain_timeout: DRAIN, ..settings(RestartMode::OnFailure) }, t0);
+        assert_eq!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)), [Effect::StartDrain]);
+        assert_eq!(acts(m.step(Event::DrainFailed, t0)), [signal(libc::SIGINT)]);
+    }
+
+    #[test]
+    fn comfyui_ending_during_a_drain_ends_it() {
+        let (mut m, t0) = draining(true);
+        assert_eq!(acts(m.step(reaped(0, false), t0)), [Effect::Exit(0)]);
+        let (mut m, t0) = draining(true);
+        assert_eq!(acts(m.step(reaped(0, true), t0)), [signal(libc::SIGINT)], "its group is stopped");
+        assert_eq!(acts(m.step(Event::GroupGone, t0)), [Effect::Exit(0)]);
+    }
+
+    #[test]
+    fn a_fallback_restart_drains_and_a_stop_meanwhile_turns_it_into_the_stop() {
+        let (mut m, t0) = draining(false);
+        assert!(matches!(m.state(), State::Draining { then: AfterStop::Restart, .. }));
+        assert!(acts(m.step(Event::StopRequested(libc::SIGTERM), t0)).is_empty(), "the drain under way serves");
+        assert!(matches!(m.state(), State::Draining { then: AfterStop::Exit, .. }));
+        assert_eq!(acts(m.step(probe_exit(0), t0)), [signal(libc::SIGINT)]);
+        assert_eq!(acts(m.step(reaped(0, false), t0)), [Effect::Exit(0)]);
+
+        let (mut m, t0) = draining(false);
+        assert_eq!(acts(m.step(probe_exit(0), t0)), [signal(libc::SIGINT)]);
+        assert_eq!(acts(m.step(reaped(0, false), t0)), [Effect::Spawn], "restarted, not exited");
+    }
+
+    // Fatal starts (issue 24): no restart loop.
+
+    #[test]
+    fn the_phase_is_running_only_while_comfyui_runs_untouched() {
+        let (mut m, t0) = waiting_for_credentials();
+        assert_eq!(m.phase(), "starting");
+        m.step(Event::CredentialsReady, t0);
+        assert_eq!(m.phase(), "starting");
+        m.step(Event::Spawned(Child { pid: PID, started: t0 }), t0);
+        assert_eq!(m.phase(), "running");
+        m.step(Event::TokenChanged { companion: Some(150) }, t0);
+        assert_eq!(m.phase(), "reloading");
+        m.step(Event::ReloadFailed, t0);
+        assert_eq!(m.phase(), "restarting");
+        m.step(reaped(0, false), t0);
+        assert_eq!(m.phase(), "restarting", "spawning again");
+        m.step(Event::Spawned(Child { pid: PID, started: t0 }), t0);
+        m.step(Event::StopRequested(libc::SIGTERM), t0);
+        assert_eq!(m.phase(), "stopping");
+        let (m, _) = draining(true);
+        assert_eq!(m.phase(), "draining");
+    }
+
+    #[test]
+    fn a_child_that_can_never_start_is_not_restarted_whatever_the_policy() {
+        for mode in [RestartMode::OnFailure, RestartMode::Always] {
+            let (mut m, t0) = running(mode);
+            let fatal = Exited { status: ExitStatus::Code(1), reboot: false, fatal: true };
+            let fx = m.step(Event::Reaped { pid: PID, exited: fatal, group_alive: false }, t0);
+            assert_eq!(acts(fx), [Effect::Exit(1)], "{mode:?}");
+        }
     }
 }

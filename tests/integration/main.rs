@@ -17,6 +17,7 @@ mod gpu;
 mod hardening;
 mod health;
 mod hooks;
+mod lifecycle;
 mod packaging;
 mod pid1;
 mod privileges;

@@ -485,6 +485,10 @@ impl Workspace {
     pub fn events_file(&self) -> PathBuf {
         self.dir.join("events")
     }
+    /// COMFY_INIT_RUN_DIR: where PID 1 publishes its phase (one a workspace).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
 
     pub fn set(mut self, k: &str, v: impl AsRef<OsStr>) -> Workspace {
         self.extra_env.insert(k.into(), v.as_ref().to_string_lossy().into_owned());
@@ -498,6 +502,7 @@ impl Workspace {
         env.insert("COMFYUI_PORT".into(), self.port.to_string());
         env.insert("COMFY_INIT_GPU".into(), "off".into());
         env.insert("FAKE_COMFYUI_EVENTS".into(), self.events_file().to_string_lossy().into_owned());
+        env.insert("COMFY_INIT_RUN_DIR".into(), self.run_dir().to_string_lossy().into_owned());
         env.insert("RUST_LOG".into(), "debug".into());
         env.extend(self.extra_env.clone());
         env
