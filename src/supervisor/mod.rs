@@ -318,7 +318,10 @@ impl Supervisor {
     /// phase published.
     fn feed(&mut self, event: Event) {
         self.carry_out(event);
-        self.phase.publish(self.machine.phase());
+        // At the end there is no one to tell: "stopping" was said, and the exit follows.
+        if !matches!(self.machine.state(), State::Done(_)) {
+            self.phase.publish(self.machine.phase());
+        }
     }
 
     fn carry_out(&mut self, event: Event) {

@@ -1,54 +1,87 @@
 //! PID 1's phase, published for `comfy-init healthcheck --ready` (issue 24): a load balancer or
 //! Kubernetes sends no traffic while ComfyUI starts, reloads, restarts, drains or stops. One
-//! word in `<COMFY_INIT_RUN_DIR>/phase`, replaced atomically when it changes (a rename in a
-//! root-owned folder on a tmpfs: no wait). Only root writes there: ComfyUI's user cannot claim
+//! word in `<COMFY_INIT_RUN_DIR>/phase`, a folder only root writes: ComfyUI's user cannot claim
 //! readiness.
+//!
+//! The file is opened once and each change is one `pwrite` of a fixed-width word at offset 0: a
+//! rename per change cost 0.3-0.6 ms on the container's overlay filesystem (measured: it tripled
+//! the stop latency of `make bench`). A reader that catches a write half done sees no word it
+//! knows, which reads "not ready" for one probe.
 
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub const FILE: &str = "phase";
+/// Every word padded to this width: a shorter one leaves nothing of a longer one behind.
+const WIDTH: usize = 12;
 
 pub struct Publisher {
     /// None: the folder could not be made ours; readiness then stays unproven (said once).
-    dir: Option<PathBuf>,
+    file: Option<File>,
     last: &'static str,
 }
 
 impl Publisher {
-    /// The folder is created (0755) when missing; one that is a link or not ours is not used.
+    /// The folder is created (0755) when missing; one that is a link, not ours or writable by
+    /// others is not used.
     pub fn new(dir: &Path) -> Publisher {
-        let _ = std::fs::DirBuilder::new().mode(0o755).recursive(true).create(dir);
-        let ours = std::fs::symlink_metadata(dir).is_ok_and(|m| {
-            // SAFETY: geteuid cannot fail.
-            m.is_dir() && m.uid() == unsafe { libc::geteuid() } && m.mode() & 0o022 == 0
-        });
-        if !ours {
-            log::warn!(
-                "{} is not a folder of ours that only we can write: the phase is not published, so \
-                 `healthcheck --ready` never says ready (set COMFY_INIT_RUN_DIR to such a folder)",
-                dir.display()
-            );
-        }
-        Publisher { dir: ours.then(|| dir.to_path_buf()), last: "" }
+        let file = match open(dir) {
+            Ok(file) => Some(file),
+            Err(why) => {
+                log::warn!(
+                    "{}: {why}: the phase is not published, so `healthcheck --ready` never says ready \
+                     (set COMFY_INIT_RUN_DIR to a folder only root can write)",
+                    dir.display()
+                );
+                None
+            }
+        };
+        Publisher { file, last: "" }
     }
 
     /// Writes the phase when it changed. A failure is logged, never fatal.
     pub fn publish(&mut self, phase: &'static str) {
-        let Some(dir) = self.dir.as_ref().filter(|_| phase != self.last) else { return };
-        let (tmp, path) = (dir.join(".phase.tmp"), dir.join(FILE));
-        match std::fs::write(&tmp, phase).and_then(|()| std::fs::rename(&tmp, &path)) {
-            Ok(()) => self.last = phase,
-            Err(e) => log::warn!("cannot publish the phase in {}: {e}", path.display()),
+        let Some(file) = self.file.as_ref().filter(|_| phase != self.last) else { return };
+        let word = format!("{phase:<WIDTH$}");
+        // SAFETY: pwrite from a buffer we own into a descriptor we own.
+        let written = unsafe { libc::pwrite(file.as_raw_fd(), word.as_ptr().cast(), word.len(), 0) };
+        match usize::try_from(written) {
+            Ok(n) if n == word.len() => self.last = phase,
+            _ => log::warn!("cannot publish the phase: {}", std::io::Error::last_os_error()),
         }
     }
 }
 
-/// The phase PID 1 published in `dir` (None: none, or not a plain short file).
+/// `dir/phase`, opened for writing: `dir` made if missing, never through a link, ours alone.
+fn open(dir: &Path) -> Result<File, String> {
+    let _ = std::fs::DirBuilder::new().mode(0o755).recursive(true).create(dir);
+    let folder = crate::fsutil::open_dir(dir).map_err(|e| e.to_string())?;
+    let meta = folder.metadata().map_err(|e| e.to_string())?;
+    // SAFETY: geteuid cannot fail.
+    if meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o022 != 0 {
+        return Err("not a folder of ours that only we can write".into());
+    }
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: openat relative to a directory descriptor we own, with a constant name.
+    let fd = unsafe { libc::openat(folder.as_raw_fd(), c"phase".as_ptr(), flags, 0o644) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().to_string());
+    }
+    // SAFETY: the descriptor was just opened and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        _ => Err("phase is not a plain file".into()),
+    }
+}
+
+/// The phase PID 1 published in `dir` (None: none, or not one short word).
 pub fn read(dir: &Path) -> Option<String> {
     let raw = crate::fsutil::read_bounded(&dir.join(FILE), 32, crate::fsutil::Links::Refuse).ok()??;
-    let word = String::from_utf8(raw).ok()?;
-    word.chars().all(|c| c.is_ascii_lowercase()).then_some(word)
+    let word = String::from_utf8(raw).ok()?.trim_end().to_string();
+    (!word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase())).then_some(word)
 }
 
 #[cfg(test)]
@@ -59,13 +92,24 @@ mod tests {
     fn the_phase_is_written_when_it_changes_and_read_back() {
         let dir = std::env::temp_dir().join(format!("comfy-init-phase-{}", std::process::id()));
         let mut publisher = Publisher::new(&dir);
-        assert_eq!(read(&dir), None);
-        publisher.publish("starting");
-        assert_eq!(read(&dir).as_deref(), Some("starting"));
+        assert_eq!(read(&dir), None, "nothing published yet");
+        publisher.publish("restarting");
+        assert_eq!(read(&dir).as_deref(), Some("restarting"));
         publisher.publish("running");
-        assert_eq!(read(&dir).as_deref(), Some("running"));
+        assert_eq!(read(&dir).as_deref(), Some("running"), "nothing of a longer word is left");
         std::fs::write(dir.join(FILE), "running\nready").unwrap();
         assert_eq!(read(&dir), None, "only one word is believed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_folder_others_may_write_is_not_used() {
+        let dir = std::env::temp_dir().join(format!("comfy-init-phase-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let mut publisher = Publisher::new(&dir);
+        publisher.publish("running");
+        assert_eq!(read(&dir), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
