@@ -26,6 +26,8 @@ pub enum Command {
     ProbeReload,
     /// PID 1's probe that watches ComfyUI's queue while it drains (hidden).
     ProbeDrain,
+    /// PID 1's watchdog: the liveness check, silent when healthy (hidden).
+    ProbeAlive,
     /// Internal: the credential service PID 1 starts and supervises (`supervisor::service`).
     CredentialService,
     /// Internal: runs a pre-start hook, its output prefixed by its name.
@@ -62,6 +64,8 @@ pub struct UsageError {
 pub const PROBE_RELOAD: &str = "__probe-reload";
 /// The probe that watches the queue while ComfyUI drains.
 pub const PROBE_DRAIN: &str = "__probe-drain";
+/// The watchdog's liveness probe.
+pub const PROBE_ALIVE: &str = "__probe-alive";
 /// The credential service.
 pub const CREDENTIAL_SERVICE: &str = "__credentials";
 /// A pre-start hook under the prefixer of its output: `__prefix NAME COMMAND...`.
@@ -87,6 +91,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
         Some(PROBE_RELOAD) if rest.is_empty() => Ok(Command::ProbeReload),
         Some(PROBE_DRAIN) if rest.is_empty() => Ok(Command::ProbeDrain),
+        Some(PROBE_ALIVE) if rest.is_empty() => Ok(Command::ProbeAlive),
         Some(CREDENTIAL_SERVICE) if rest.is_empty() => Ok(Command::CredentialService),
         Some(PREFIX) if rest.len() >= 2 => {
             Ok(Command::Prefix { name: rest[0].to_string_lossy().into_owned(), command: rest[1..].to_vec() })

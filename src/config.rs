@@ -196,7 +196,35 @@ fn supervisor_settings(get: Lookup) -> Result<supervisor::Settings, ConfigError>
         None => Duration::ZERO,
         Some(v) => parse_duration("COMFY_INIT_DRAIN_TIMEOUT", &v)?,
     };
-    Ok(supervisor::Settings { stop_signal, stop_timeout, restart, stop_on_hook_failure, drain_timeout })
+    // Off unless asked for: each check is a process and a few requests, and Docker or Kubernetes
+    // may already act on the healthcheck.
+    let watchdog = match get("COMFY_INIT_WATCHDOG") {
+        None => None,
+        Some(v) => match parse_duration("COMFY_INIT_WATCHDOG", &v)? {
+            d if d.is_zero() => None,
+            d if d < Duration::from_secs(1) => {
+                return Err(ConfigError(format!(
+                    "COMFY_INIT_WATCHDOG='{v}' is too often: a liveness check every second at most (e.g. 60s; 0 = off)"
+                )))
+            }
+            d => Some(d),
+        },
+    };
+    let watchdog_failures = match get("COMFY_INIT_WATCHDOG_FAILURES") {
+        None => 3,
+        Some(v) => v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            ConfigError(format!("COMFY_INIT_WATCHDOG_FAILURES='{v}' is not a count of failures (1 or more)"))
+        })?,
+    };
+    Ok(supervisor::Settings {
+        stop_signal,
+        stop_timeout,
+        restart,
+        stop_on_hook_failure,
+        drain_timeout,
+        watchdog,
+        watchdog_failures,
+    })
 }
 
 fn comfyui_dir(get: Lookup) -> PathBuf {

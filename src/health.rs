@@ -13,7 +13,7 @@
 //! does the I/O and owns the deadline.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -388,10 +388,30 @@ fn print_once(line: &str) -> bool {
         return false;
     }
     *done = true;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", clip(line, MAX_LINE));
-    let _ = out.flush();
+    emit(&clip(line, MAX_LINE));
     true
+}
+
+/// Run by PID 1's watchdog (`__probe-alive`): one log line when unhealthy, nothing otherwise.
+static AS_WATCHDOG: AtomicBool = AtomicBool::new(false);
+/// Set by PID 1 while ComfyUI has not passed a first check yet: the probe says nothing at all.
+pub const ENV_PROBE_QUIET: &str = "COMFY_INIT_PROBE_QUIET";
+
+/// The verdict's line: on stdout for Docker, or for the watchdog in the log, failures only.
+fn emit(line: &str) {
+    if !AS_WATCHDOG.load(Ordering::SeqCst) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    } else if !line.starts_with("healthy") && std::env::var_os(ENV_PROBE_QUIET).is_none() {
+        eprintln!("[comfy-init] WARN  watchdog: {line}");
+    }
+}
+
+/// `comfy-init __probe-alive`: the liveness check for PID 1's watchdog (COMFY_INIT_WATCHDOG).
+pub fn watchdog_probe(settings: Result<Settings, ConfigError>) -> u8 {
+    AS_WATCHDOG.store(true, Ordering::SeqCst);
+    command(settings, false)
 }
 
 /// The per-request timeouts already end at the deadline; this covers whatever they cannot
@@ -412,9 +432,7 @@ fn arm_watchdog(deadline: Instant, target: Target) {
                 secs(target.timeout)
             );
         }
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        emit(&line);
         // Exit while holding the lock, so the main thread can never print or return 0 after us.
         std::process::exit(1);
     });

@@ -90,6 +90,7 @@ fn entry() -> u8 {
                 }
             }
         }
+        Command::ProbeAlive => health::watchdog_probe(Settings::from_env()),
         Command::ProbeDrain => {
             logging::init();
             health::probe_drain(Settings::from_env())

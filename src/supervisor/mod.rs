@@ -314,6 +314,24 @@ impl Supervisor {
         }
     }
 
+    /// The watchdog's liveness probe: `comfy-init __probe-alive`, a short child of ours (the
+    /// healthcheck, silent when healthy, and silent altogether until ComfyUI passed a first
+    /// check: a start is no failure), so that no HTTP request blocks this loop.
+    fn start_watchdog(&self, armed: bool) -> Option<Event> {
+        let me = std::env::current_exe().ok()?;
+        let mut probe = ChildSpec { argv: vec![me.into(), crate::cli::PROBE_ALIVE.into()], ..ChildSpec::default() };
+        if !armed {
+            probe.env_set.push((crate::health::ENV_PROBE_QUIET.into(), "1".into()));
+        }
+        match child::spawn(&probe) {
+            Ok(p) => Some(Event::WatchdogStarted(p.pid)),
+            Err(e) => {
+                log::warn!("watchdog: cannot start the liveness probe: {e}");
+                None
+            }
+        }
+    }
+
     /// One event into the machine, its effects carried out (a spawn's outcome goes back in), its
     /// phase published.
     fn feed(&mut self, event: Event) {
@@ -340,6 +358,11 @@ impl Supervisor {
                     }),
                     Effect::StartReload { companion } => pending.push(self.start_reload(companion)),
                     Effect::StartDrain => pending.push(self.start_drain()),
+                    Effect::StartWatchdog { armed } => {
+                        if let Some(event) = self.start_watchdog(armed) {
+                            pending.push(event);
+                        }
+                    }
                     Effect::Abandon { pgid } => log::error!(
                         "process group {pgid} outlived SIGKILL by {:?}, going on without it: {}",
                         state::ABANDON_AFTER,

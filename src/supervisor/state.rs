@@ -34,6 +34,10 @@ pub struct Settings {
     /// prompt and those already taken), new prompts refused meanwhile (COMFY_INIT_DRAIN_TIMEOUT;
     /// zero: no drain).
     pub drain_timeout: Duration,
+    /// How often the liveness probe runs while ComfyUI runs (COMFY_INIT_WATCHDOG; None: never),
+    /// and how many failures in a row restart it (COMFY_INIT_WATCHDOG_FAILURES).
+    pub watchdog: Option<Duration>,
+    pub watchdog_failures: u32,
 }
 
 /// A running child. Its pid is also its process group id.
@@ -52,6 +56,8 @@ pub enum AfterStop {
     Restart,
     /// The child exited by itself: ask the restart policy.
     AskPolicy,
+    /// The watchdog found it hung: ask the restart policy, as for a crash.
+    Watchdog,
 }
 
 /// How the main child ended, as seen when it was reaped.
@@ -150,6 +156,8 @@ pub enum Event {
     DrainStarted(i32),
     /// The drain could not be asked for (no companion ready, the signal or the probe failed).
     DrainFailed,
+    /// The watchdog's liveness probe started.
+    WatchdogStarted(i32),
     /// A pre-start hook started.
     HookStarted(Child),
     /// A pre-start hook could not be started: the shell's status (126/127).
@@ -175,6 +183,11 @@ pub enum Effect {
     StartReload {
         companion: i32,
     },
+    /// Start the watchdog's liveness probe (`WatchdogStarted` follows at once when it started);
+    /// `armed`: ComfyUI passed one, so a failure counts and is said (before: it is starting).
+    StartWatchdog {
+        armed: bool,
+    },
     /// Ask the companion to refuse new prompts and start the probe that watches the queue
     /// (`DrainStarted` or `DrainFailed` follows at once).
     StartDrain,
@@ -194,13 +207,25 @@ pub struct Machine {
     hooks: Vec<String>,
     /// The child was started once: a command that cannot be started at all is not retried.
     started_once: bool,
+    watch: Watch,
+}
+
+/// The watchdog's state: its next check, its probe, and how many failed in a row since the
+/// child first passed one (a ComfyUI still starting fails without counting: it is armed by its
+/// first success, as a Kubernetes startup probe arms liveness).
+#[derive(Debug, Clone, Copy, Default)]
+struct Watch {
+    next: Option<Instant>,
+    probe: Option<i32>,
+    armed: bool,
+    failures: u32,
 }
 
 impl Machine {
     /// Waiting for the credentials; then the pre-start hooks (by name, in order), then the child.
     pub fn new(settings: Settings, hooks: Vec<String>) -> Machine {
         let policy = RestartPolicy::new(settings.restart, Limits::default());
-        Machine { settings, policy, state: State::Credentials, hooks, started_once: false }
+        Machine { settings, policy, state: State::Credentials, hooks, started_once: false, watch: Watch::default() }
     }
 
     pub fn state(&self) -> State {
@@ -225,6 +250,9 @@ impl Machine {
     /// probe. Any other pid reaped is an orphan, of which only the log hears (10,000 of them at
     /// once must cost no more than their `waitpid`s).
     pub fn awaits(&self, pid: i32) -> bool {
+        if self.watch.probe == Some(pid) {
+            return true;
+        }
         match self.state {
             State::PreStart { hook, .. } => hook.pid == pid,
             State::Running(child) | State::Stopping { child, .. } => child.pid == pid,
@@ -254,7 +282,8 @@ impl Machine {
                 Some(until)
             }
             State::Credentials | State::PreStart { .. } | State::SpawningHook { .. } => None,
-            State::Spawning | State::Running(_) | State::Done(_) => None,
+            State::Running(_) => self.watch.next,
+            State::Spawning | State::Done(_) => None,
         }
     }
 
@@ -273,6 +302,7 @@ impl Machine {
             Event::ProbeStarted(pid) => self.on_probe_started(pid),
             Event::ReloadFailed => self.restart_after_failed_reload("it could not be asked for", now, &mut fx),
             Event::DrainStarted(pid) => self.on_drain_started(pid),
+            Event::WatchdogStarted(pid) => self.watch.probe = Some(pid),
             Event::DrainFailed => self.end_drain("it could not be asked for", now, &mut fx),
             Event::HookStarted(hook) => self.on_hook_started(hook),
             Event::HookFailed(code) => {
@@ -315,6 +345,8 @@ impl Machine {
         if self.state == State::Spawning {
             self.state = State::Running(child);
             self.started_once = true;
+            // A new child: a probe still running judged the old one.
+            self.watch = Watch { next: self.settings.watchdog.map(|every| child.started + every), ..Watch::default() };
         }
     }
 
@@ -331,6 +363,10 @@ impl Machine {
     }
 
     fn on_reaped(&mut self, pid: i32, exited: Exited, group_alive: bool, now: Instant, fx: &mut Vec<Effect>) {
+        if self.watch.probe == Some(pid) {
+            self.watch.probe = None;
+            return self.on_watchdog_result(exited.status.success(), now, fx);
+        }
         if let State::Draining { child, then, probe, .. } = self.state {
             if probe == Some(pid) {
                 if let State::Draining { probe, .. } = &mut self.state {
@@ -403,7 +439,9 @@ impl Machine {
                 let child = *child;
                 self.drain_or_stop(child, AfterStop::Exit, now, fx);
             }
-            State::Draining { then: then @ (AfterStop::Restart | AfterStop::AskPolicy), .. } => {
+            State::Draining {
+                then: then @ (AfterStop::Restart | AfterStop::AskPolicy | AfterStop::Watchdog), ..
+            } => {
                 *then = AfterStop::Exit; // the drain under way serves the stop too
             }
             State::Draining { .. } => {
@@ -555,6 +593,12 @@ impl Machine {
                 self.after_stop(child, exited, then, now, fx);
             }
             State::Backoff { until, .. } if now >= *until => self.spawn(fx),
+            State::Running(_) if self.watch.next.is_some_and(|at| now >= at) => {
+                self.watch.next = self.settings.watchdog.map(|every| now + every);
+                if self.watch.probe.is_none() {
+                    fx.push(Effect::StartWatchdog { armed: self.watch.armed });
+                }
+            }
             State::Draining { until, .. } if now >= *until => {
                 let why = format!("the queue did not empty within {:?}", self.settings.drain_timeout);
                 self.end_drain(&why, now, fx)
@@ -564,6 +608,31 @@ impl Machine {
             }
             _ => {}
         }
+    }
+
+    /// The watchdog's probe ended: passed, or one more failure; N in a row restart ComfyUI
+    /// (drained when it still answers; counted by the restart policy as a crash).
+    fn on_watchdog_result(&mut self, alive: bool, now: Instant, fx: &mut Vec<Effect>) {
+        let State::Running(child) = self.state else { return }; // a stop or a restart is under way
+        if alive {
+            self.watch.armed = true;
+            self.watch.failures = 0;
+            return;
+        }
+        if !self.watch.armed {
+            return; // still starting: the startup's business, not the watchdog's
+        }
+        self.watch.failures += 1;
+        let (failures, limit) = (self.watch.failures, self.settings.watchdog_failures);
+        if failures < limit {
+            let message = format!("watchdog: ComfyUI failed its liveness check ({failures} of {limit} in a row)");
+            return fx.push(log(log::Level::Warn, message));
+        }
+        fx.push(log(
+            log::Level::Error,
+            format!("watchdog: ComfyUI (pid {}) failed {limit} liveness checks in a row: restarting it", child.pid),
+        ));
+        self.drain_or_stop(child, AfterStop::Watchdog, now, fx);
     }
 
     /// With a drain timeout: new prompts refused, the queue waited for (StartDrain); else
@@ -626,6 +695,11 @@ impl Machine {
             AfterStop::Exit => self.finish(exited.status.code(), fx),
             AfterStop::Restart => self.spawn(fx),
             AfterStop::AskPolicy => self.decide(child, exited, now, fx),
+            AfterStop::Watchdog => {
+                // A hung ComfyUI is a failure, whatever it exited with once stopped.
+                let status = if exited.status.success() { ExitStatus::Code(1) } else { exited.status };
+                self.decide(child, Exited { status, reboot: false, fatal: false }, now, fx)
+            }
         }
     }
 
@@ -690,6 +764,8 @@ mod tests {
             restart,
             stop_on_hook_failure: true,
             drain_timeout: Duration::ZERO,
+            watchdog: None,
+            watchdog_failures: 3,
         }
     }
 
@@ -1138,6 +1214,8 @@ mod tests {
             restart: RestartMode::Never,
             stop_on_hook_failure: true,
             drain_timeout: Duration::ZERO,
+            watchdog: None,
+            watchdog_failures: 3,
         };
         let mut m = started(s, t0);
         assert_eq!(acts(m.step(Event::StopRequested(libc::SIGINT), t0)), [signal(libc::SIGTERM)]);
@@ -1339,5 +1417,77 @@ mod tests {
             let fx = m.step(Event::Reaped { pid: PID, exited: fatal, group_alive: false }, t0);
             assert_eq!(acts(fx), [Effect::Exit(1)], "{mode:?}");
         }
+    }
+
+    // The watchdog (issue 24): a ComfyUI that stops answering is restarted.
+
+    const EVERY: Duration = Duration::from_secs(60);
+    const ALIVE_PROBE: i32 = 700;
+
+    fn watched(restart: RestartMode) -> (Machine, Instant) {
+        let t0 = Instant::now();
+        let m = started(Settings { watchdog: Some(EVERY), ..settings(restart) }, t0);
+        (m, t0)
+    }
+
+    /// One round: the deadline passes, the probe starts and ends with `code`.
+    fn check(m: &mut Machine, at: Instant, code: i32) -> Vec<Effect> {
+        assert_eq!(m.deadline(at), Some(at), "the next check is due at {at:?}");
+        assert_eq!(acts(m.step(Event::Tick, at)), [Effect::StartWatchdog { armed: m.watch.armed }]);
+        assert!(m.step(Event::WatchdogStarted(ALIVE_PROBE), at).is_empty());
+        assert!(m.awaits(ALIVE_PROBE));
+        m.step(Event::Reaped { pid: ALIVE_PROBE, exited: exit(code), group_alive: false }, at)
+    }
+
+    #[test]
+    fn the_watchdog_restarts_comfyui_after_n_failures_in_a_row_once_it_passed_one() {
+        let (mut m, t0) = watched(RestartMode::OnFailure);
+        assert_eq!(m.deadline(t0), Some(t0 + EVERY));
+        // Still starting: failures do not count until a first success.
+        assert!(acts(check(&mut m, t0 + EVERY, 1)).is_empty());
+        assert!(acts(check(&mut m, t0 + EVERY * 2, 1)).is_empty());
+        assert!(acts(check(&mut m, t0 + EVERY * 3, 1)).is_empty());
+        assert!(acts(check(&mut m, t0 + EVERY * 4, 0)).is_empty(), "armed");
+        let fx = check(&mut m, t0 + EVERY * 5, 1);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(log::Level::Warn, m) if m.contains("1 of 3"))), "{fx:?}");
+        assert!(acts(check(&mut m, t0 + EVERY * 6, 0)).is_empty(), "a success starts the count over");
+        assert!(acts(check(&mut m, t0 + EVERY * 7, 1)).is_empty());
+        assert!(acts(check(&mut m, t0 + EVERY * 8, 1)).is_empty());
+        let at = t0 + EVERY * 9;
+        let fx = check(&mut m, at, 1);
+        assert!(fx.iter().any(|e| matches!(e, Effect::Log(log::Level::Error, m) if m.contains("restarting it"))));
+        assert_eq!(acts(fx), [signal(libc::SIGINT)]);
+        assert_eq!(m.phase(), "restarting");
+        // Stopped cleanly (exit 0), it is still a failure for the policy: restarted after a delay.
+        assert!(acts(m.step(reaped(0, false), at)).is_empty());
+        assert!(matches!(m.state(), State::Backoff { last: ExitStatus::Code(1), .. }), "{:?}", m.state());
+    }
+
+    #[test]
+    fn under_restart_never_a_hung_comfyui_ends_comfy_init_with_a_failure() {
+        let (mut m, t0) = watched(RestartMode::Never);
+        check(&mut m, t0 + EVERY, 0);
+        for i in 2..=4 {
+            check(&mut m, t0 + EVERY * i, 1);
+        }
+        assert_eq!(acts(m.step(reaped(0, false), t0 + EVERY * 4)), [Effect::Exit(1)]);
+    }
+
+    #[test]
+    fn no_watchdog_no_wake_up_and_a_late_probe_of_an_old_child_is_ignored() {
+        let (m, t0) = running(RestartMode::OnFailure);
+        assert_eq!(m.deadline(t0), None);
+        let (mut m, t0) = watched(RestartMode::OnFailure);
+        m.step(Event::Tick, t0 + EVERY);
+        m.step(Event::WatchdogStarted(ALIVE_PROBE), t0 + EVERY);
+        // The probe is still running when a token change restarts ComfyUI.
+        m.step(Event::TokenChanged { companion: None }, t0 + EVERY);
+        let fx = m.step(Event::Tick, t0 + EVERY * 2);
+        assert!(!fx.iter().any(|e| matches!(e, Effect::StartWatchdog { .. })), "no check while stopping");
+        m.step(reaped(0, false), t0 + EVERY);
+        m.step(Event::Spawned(Child { pid: PID, started: t0 + EVERY }), t0 + EVERY);
+        let late = Event::Reaped { pid: ALIVE_PROBE, exited: exit(1), group_alive: false };
+        assert!(acts(m.step(late, t0 + EVERY)).is_empty());
+        assert_eq!(m.deadline(t0 + EVERY), Some(t0 + EVERY * 2), "the new child is watched afresh");
     }
 }

@@ -185,3 +185,34 @@ fn a_taken_port_ends_the_start_with_one_line_and_no_restart_loop() {
     assert!(err.contains(&format!("port {} is already in use", ws.port)) && err.contains("COMFYUI_PORT"), "{err}");
     assert_eq!(starts(&init), 1, "restarted: {err}");
 }
+
+#[test]
+fn the_watchdog_restarts_a_comfyui_that_stops_answering() {
+    root_only!("the_watchdog_restarts_a_comfyui_that_stops_answering");
+    let ws = Workspace::new("lc-watchdog")
+        .set("COMFY_INIT_WATCHDOG", "1s")
+        .set("COMFY_INIT_WATCHDOG_FAILURES", "2")
+        .set("COMFY_INIT_HEALTH_TIMEOUT", "1s")
+        .set("COMFY_INIT_STOP_TIMEOUT", "1s");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=watch-pass\n");
+    let init = ws.launch().start();
+    let token = serving(&ws, &init);
+    let before = ws.comfyui_pid(&token).unwrap();
+    // Its pid outside the namespace: PID 1's child that runs main.py.
+    let is_comfyui =
+        |pid: i32| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.windows(7).any(|w| w == b"main.py"));
+    let hung = children_of(init.init_pid()).into_iter().map(|p| p.pid).find(|p| is_comfyui(*p)).unwrap();
+    // Let the watchdog see it alive at least once (it arms on a first success), then freeze it:
+    // a deadlocked node or a wedged CUDA call looks the same from outside.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!init.stderr().contains("watchdog:"), "a healthy ComfyUI was reported: {}", init.stderr());
+    // SAFETY: a signal to the stand-in this test's comfy-init started.
+    unsafe { libc::kill(hung, libc::SIGSTOP) };
+    let restarted = init.until(LONG, || ws.comfyui_pid(&token).is_some_and(|pid| pid != before));
+    let err = init.stderr();
+    assert!(restarted, "not restarted: {err}");
+    assert!(err.contains("WARN  watchdog: UNHEALTHY: timeout"), "the probe's reason is not in the log: {err}");
+    assert!(err.contains("watchdog: ComfyUI failed its liveness check (1 of 2 in a row)"), "{err}");
+    assert!(err.contains("failed 2 liveness checks in a row: restarting it"), "{err}");
+    assert!(!err.contains("healthy: ComfyUI"), "a healthy check was logged: {err}");
+}
