@@ -216,3 +216,39 @@ fn the_watchdog_restarts_a_comfyui_that_stops_answering() {
     assert!(err.contains("failed 2 liveness checks in a row: restarting it"), "{err}");
     assert!(!err.contains("healthy: ComfyUI"), "a healthy check was logged: {err}");
 }
+
+#[test]
+fn the_manager_v2_restart_restarts_comfyui_at_once() {
+    // ComfyUI-Manager as a pip package (`--enable-manager`): POST /v2/manager/reboot writes the
+    // same `<session>.reboot` marker and exits 0.
+    root_only!("the_manager_v2_restart_restarts_comfyui_at_once");
+    let ws = Workspace::new("lc-reboot-v2");
+    let tmp = ws.dir.join("tmp"); // the session's folder: not shared with parallel tests
+    fs::create_dir(&tmp).unwrap();
+    write(&ws.env_file(), "COMFYUI_PASSWORD=reboot-pass\n");
+    let init = ws.launch().env("TMPDIR", &tmp).start();
+    let token = serving(&ws, &init);
+    let before = ws.comfyui_pid(&token).unwrap();
+    let url = format!("http://127.0.0.1:{}/v2/manager/reboot", ws.port);
+    let answer = ureq::post(&url).set("Authorization", &format!("Bearer {token}")).call();
+    assert_eq!(answer.map(|r| r.status()).ok(), Some(200));
+    let back = init.until(LONG, || ws.comfyui_pid(&token).is_some_and(|pid| pid != before));
+    let err = init.stderr();
+    assert!(back && err.contains("asked for a restart"), "{err}");
+    assert!(!err.contains("restarting in"), "a backoff delay for a Manager restart: {err}");
+}
+
+#[test]
+fn a_comfyui_that_handles_sigterm_stops_cleanly_with_it() {
+    // Newer ComfyUI turns SIGTERM into its clean stop (stop_on_sigterm): COMFY_INIT_STOP_SIGNAL=
+    // SIGTERM then stops it as cleanly as SIGINT does the older ones.
+    root_only!("a_comfyui_that_handles_sigterm_stops_cleanly_with_it");
+    let ws =
+        Workspace::new("lc-sigterm").set("FAKE_COMFYUI_SIGTERM", "interrupt").set("COMFY_INIT_STOP_SIGNAL", "SIGTERM");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=term-pass\n");
+    let mut init = ws.launch().start();
+    serving(&ws, &init);
+    init.signal(libc::SIGTERM);
+    assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
+    assert!(init.stderr().contains("exited: exit code 0"), "{}", init.stderr());
+}
