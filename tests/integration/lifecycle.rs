@@ -252,3 +252,29 @@ fn a_comfyui_that_handles_sigterm_stops_cleanly_with_it() {
     assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
     assert!(init.stderr().contains("exited: exit code 0"), "{}", init.stderr());
 }
+
+#[test]
+fn not_ready_while_a_new_token_is_taken_and_while_a_fallback_restart_runs() {
+    root_only!("not_ready_while_a_new_token_is_taken_and_while_a_fallback_restart_runs");
+    // A companion that cannot reload (the reload is not proven within 3 s: restart) and a slow
+    // clean stop (2 s), so both phases last long enough to be seen from outside.
+    let ws =
+        Workspace::new("lc-ready-restart").set("FAKE_COMFYUI_IGNORE_RELOAD", "1").set("FAKE_COMFYUI_STOP_DELAY", "2");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=first-pass\n");
+    let init = ws.launch().start();
+    serving(&ws, &init);
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=second-pass");
+    let mut seen = Vec::new();
+    let done = init.until(LONG, || {
+        let line = ws.cli(&["healthcheck", "--ready"]).1;
+        for phase in ["taking a new token", "restarting"] {
+            if line.contains(&format!("NOT READY: ComfyUI is {phase}")) && !seen.contains(&phase) {
+                seen.push(phase);
+            }
+        }
+        seen.len() == 2
+    });
+    assert!(done, "seen {seen:?}: {}", init.stderr());
+    // And ready again once the new ComfyUI runs.
+    serving(&ws, &init);
+}
