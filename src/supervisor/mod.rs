@@ -71,6 +71,7 @@ pub struct Supervisor {
     hooks: Vec<std::path::PathBuf>,
     /// The service's pipe may hold unread messages (SIGIO came, or we just started).
     files_ready: bool,
+    /// The phase `healthcheck --ready` reads, published at every change.
     phase: phase::Publisher,
 }
 
@@ -109,7 +110,8 @@ impl Supervisor {
             reload,
             change: None,
             hooks,
-            files_ready: false,
+            // Whatever the service said before its pipe was set to signal us is read at once.
+            files_ready: true,
             phase: phase::Publisher::new(&run_dir),
         };
         supervisor.phase.publish(supervisor.machine.phase());
