@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test of docker/: builds docker/Dockerfile on a debootstrapped Debian base (no image
 # registry needed) with a prebuilt comfy-init and the stand-in ComfyUI, then drives the image with
-# docker run / restart / stop, an atomic .env edit, docker-compose and `docker run --init`.
+# docker run / restart / stop, an atomic .env edit, docker-compose and `docker run --init`, the
+# ready/alive split (a custom node that fails to import) and the drain on `docker stop`.
 # Then it builds the image once more FROM SOURCE, the way users do: the repository root as the
 # context (the real .dockerignore), the Dockerfile's build stage compiling with cargo --locked
 # (crates from crates.io) on a build image holding the host's Rust toolchain, and checks that
@@ -15,7 +16,8 @@
 # Env: COMFY_INIT_TEST_BASE_IMAGE (default comfy-init-test-base:bookworm, built and cached by
 #      tests/docker/build-base-image.sh), COMFY_INIT_TEST_RUST_IMAGE (default
 #      comfy-init-test-rust:bookworm, built and cached by tests/docker/build-rust-image.sh),
-#      COMFY_INIT_E2E_KEEP=1 keeps containers/images to debug.
+#      COMFY_INIT_E2E_KEEP=1 keeps containers/images to debug, COMFY_INIT_E2E_FROM_SOURCE=0 leaves
+#      out the from-source build (minutes; to iterate on the other checks: CI runs it).
 # Everything it creates (containers, images, compose project, temp files) is removed on exit;
 # the base and build images are kept as caches.
 set -euo pipefail
@@ -28,6 +30,7 @@ BIN=${1:-$ROOT/target/dist/comfy-init}
 STANDIN=$ROOT/tests/fixtures/fake_comfyui.py
 BASE_IMAGE=${COMFY_INIT_TEST_BASE_IMAGE:-comfy-init-test-base:bookworm}
 MANDATORY=${COMFY_INIT_TESTS_MANDATORY:-0}
+FROM_SOURCE=${COMFY_INIT_E2E_FROM_SOURCE:-1}
 RUN_ID=e2e$$x$RANDOM
 IMG=comfy-init-e2e:$RUN_ID
 IMG_SRC=comfy-init-e2e:$RUN_ID-src
@@ -328,6 +331,26 @@ http_code() { # CONTAINER PATH [TOKEN]
 code_is() { [[ $(http_code "$2" "$3" "${4:-}") == "$1" ]]; } # CODE CONTAINER PATH [TOKEN]
 token_of() { docker exec "$1" comfy-init token 2>/dev/null | tr -d '\r\n' || true; }
 token_differs() { local t; t=$(token_of "$1"); [[ -n $t && $t != "$2" ]]; }
+probe() { # CONTAINER [--ready]: `comfy-init healthcheck [--ready]` in it; sets PROBE_RC, PROBE_LINE
+    PROBE_RC=0
+    PROBE_LINE=$(docker exec "$1" comfy-init healthcheck "${@:2}" 2>/dev/null) || PROBE_RC=$?
+}
+is_ready() { probe "$1" --ready && [[ $PROBE_RC == 0 ]]; }
+starts_with() { [[ $1 == "$2"* ]]; } # STRING PREFIX
+# POST /prompt of a stand-in prompt that runs SECONDS: prints 'HTTP_CODE PROMPT_ID' (no id when
+# it was refused).
+post_prompt() { # CONTAINER TOKEN SECONDS
+    local url out code id
+    url=$(base_url "$1") || { echo 000; return; }
+    out=$(curl -s -w '\n%{http_code}' --max-time 5 -H "Authorization: Bearer $2" \
+        -H 'Content-Type: application/json' --data-binary \
+        "{\"prompt\": {\"1\": {\"class_type\": \"StandinSleep\", \"inputs\": {\"seconds\": $3}}}}" \
+        "$url/prompt" || true)
+    code=${out##*$'\n'}
+    id=$(python3 -c 'import json, sys; print(json.loads(sys.stdin.read()).get("prompt_id", ""))' \
+        <<<"${out%$'\n'*}" 2>/dev/null || true)
+    echo "${code:-000} $id"
+}
 is_bcrypt() { [[ $1 =~ ^\$2[aby]\$[0-9]{2}\$[./A-Za-z0-9]{53}$ ]]; }
 starts() { # EVENTS_FILE: how many times the stand-in started so far
     if [[ -f $1 ]]; then grep -c '^start ' "$1" || true; else echo 0; fi
@@ -337,6 +360,9 @@ last_events() { # EVENTS_FILE N: the last N start/signal/exit events, as 'start|
     grep -E '^(start|signal|exit)' "$1" 2>/dev/null | tail -n "$2" | sed 's/^start .*/start/' | tr '\n' '|' || true
 }
 
+# grep reads to the end: with -q it would quit at the first match, docker logs would die of
+# SIGPIPE, and pipefail would fail the check though the line is there (a flake seen once).
+logs_have() { docker logs "$1" 2>&1 | grep -F -- "$2" >/dev/null; }
 stop_timed() { # CONTAINER: docker stop, sets STOP_MS and WAS_RUNNING
     local t
     WAS_RUNNING=0
@@ -388,6 +414,18 @@ check "no token gets 401 on /system_stats" code_is 401 "$C1" /system_stats
 check "a wrong token gets 401 on /system_stats" code_is 401 "$C1" /system_stats 'not-the-token'
 check "the token is written back to the mounted .env as COMFYUI_BEARER_TOKEN='...'" \
     grep -qxF "COMFYUI_BEARER_TOKEN='$TOKEN1'" "$WORK/config/.env"
+# Readiness (for a load balancer, Kubernetes' readinessProbe) apart from liveness (Docker's
+# HEALTHCHECK): PID 1's phase is running, the companion says every custom node imported and
+# nothing waits.
+t=$SECONDS
+wait_alive "$C1" 10 is_ready "$C1" || true
+if [[ $PROBE_RC == 0 && $PROBE_LINE == "ready: every custom node imported, 0 prompts waiting; healthy"* ]] &&
+    healthy "$C1"; then
+    ok "healthcheck --ready: exits 0 with 'ready: ...' and Docker says healthy ($((SECONDS - t)) s after healthy)"
+else
+    not_ok "healthcheck --ready: exits 0 with 'ready: ...' and Docker says healthy"
+    note <<<"healthcheck --ready: exit $PROBE_RC: $PROBE_LINE; docker health: $(health "$C1")"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # docker restart: same container filesystem, same token.
@@ -436,12 +474,85 @@ check ".env edited: the token is not in docker logs" \
 check ".env edited: the container itself kept running (same StartedAt)" \
     same_container_start "$C1" "$STARTED"
 check ".env edited: the container is still healthy" wait_healthy "$C1" 15
+if wait_alive "$C1" 10 is_ready "$C1"; then
+    ok ".env edited: healthcheck --ready says ready again (phase back to running after the reload)"
+else
+    not_ok ".env edited: healthcheck --ready says ready again (phase back to running after the reload)"
+    note <<<"healthcheck --ready: exit $PROBE_RC: $PROBE_LINE"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # docker stop: SIGTERM to comfy-init -> SIGINT to ComfyUI -> clean exit 0.
 
 stop_timed "$C1"
 check_clean_stop "$C1" "$EV1" "docker stop"
+
+# ---------------------------------------------------------------------------------------------
+# docker stop with COMFY_INIT_DRAIN_TIMEOUT: the prompts ComfyUI took (one running, one waiting)
+# finish; meanwhile a new prompt gets 503, readiness fails and liveness holds; then SIGINT, exit 0.
+
+mkdir -p "$WORK/drain-config"
+printf 'COMFYUI_PASSWORD=e2e-drain-password\n' >"$WORK/drain-config/.env"
+C10=comfy-init-$RUN_ID-drain
+EV10=$WORK/events/drain.log
+docker run -d --name "$C10" --label "$LABEL" -p 127.0.0.1::8188 \
+    -v "$WORK/drain-config:/config" -v "$WORK/events:/events" \
+    -e COMFY_INIT_GPU=off -e COMFY_INIT_DRAIN_TIMEOUT=20s -e FAKE_COMFYUI_EVENTS=/events/drain.log \
+    "${HEALTH_OPTS[@]}" "$IMG" >/dev/null
+if wait_healthy "$C10" 60 && wait_alive "$C10" 10 is_ready "$C10"; then
+    ok "drain: a container with COMFY_INIT_DRAIN_TIMEOUT=20s turns healthy and ready"
+else
+    not_ok "drain: a container with COMFY_INIT_DRAIN_TIMEOUT=20s turns healthy and ready"
+    diagnose "$C10"
+fi
+TOKEN10=$(token_of "$C10")
+read -r code ID1 < <(post_prompt "$C10" "$TOKEN10" 3)
+check "drain: POST /prompt of a 3 s prompt is taken (HTTP $code, id '$ID1')" test "$code" = 200 -a -n "$ID1"
+wait_alive "$C10" 15 grep -qxF "prompt_started $ID1" "$EV10" || true
+read -r code ID2 < <(post_prompt "$C10" "$TOKEN10" 1)
+check "drain: a second one (1 s) waits behind it (HTTP $code, id '$ID2')" test "$code" = 200 -a -n "$ID2"
+WAS_RUNNING=0
+running "$C10" && WAS_RUNNING=1
+t=$(now_ms)
+docker stop -t 30 "$C10" >/dev/null 2>&1 &
+stop_pid=$!
+# The probe logs this once the companion refuses (the drain signal is handled in ComfyUI's time).
+if wait_alive "$C10" 10 logs_have "$C10" "draining: ComfyUI refuses new prompts (503)"; then
+    read -r code _ < <(post_prompt "$C10" "$TOKEN10" 0)
+    check "drain: during docker stop, a new POST /prompt gets 503 (got $code)" test "$code" = 503
+    probe "$C10" --ready
+    check "drain: during docker stop, healthcheck --ready exits 1: NOT READY, draining (exit $PROBE_RC: $PROBE_LINE)" \
+        starts_with "$PROBE_RC $PROBE_LINE" "1 NOT READY: ComfyUI is draining"
+    probe "$C10"
+    check "drain: during docker stop, healthcheck (liveness) still exits 0 (exit $PROBE_RC: $PROBE_LINE)" \
+        test "$PROBE_RC" = 0
+    check "drain: during docker stop, Docker's health status stays healthy (got '$(health "$C10")')" healthy "$C10"
+else
+    not_ok "drain: docker stop starts a drain ('draining: ComfyUI refuses new prompts (503)' in the logs)"
+    diagnose "$C10"
+fi
+wait "$stop_pid" || true
+STOP_MS=$(($(now_ms) - t))
+check "drain: the container was still running before docker stop" test "$WAS_RUNNING" = 1
+check "drain: docker stop -t 30 returns once the queue is empty, well before 30 s (took $STOP_MS ms)" \
+    test "$STOP_MS" -lt 15000
+check "drain: exit code 0 after docker stop (got $(exit_code "$C10"))" test "$(exit_code "$C10")" = 0
+events=$(cat "$EV10" 2>/dev/null || true)
+both_done() { # EVENTS ID ID: both prompts done, none dropped
+    grep -qxF "prompt_done $2" <<<"$1" && grep -qxF "prompt_done $3" <<<"$1" && ! grep -q '^prompt_dropped' <<<"$1"
+}
+check "drain: both prompts ran to the end (prompt_done for each, none dropped)" both_done "$events" "$ID1" "$ID2"
+check "drain: the prompt refused with 503 was never queued (2 prompt_queued)" \
+    test "$(grep -c '^prompt_queued ' <<<"$events" || true)" = 2
+check "drain: the stand-in got SIGINT only after the last prompt was done" \
+    test "$(grep -nxF "prompt_done $ID2" <<<"$events" | cut -d: -f1)" \
+    -lt "$(grep -nx 'signal SIGINT' <<<"$events" | tail -n 1 | cut -d: -f1)"
+check "drain: the stand-in's last events are 'signal SIGINT' then 'exit 0'" \
+    test "$(last_events "$EV10" 2)" = "signal SIGINT|exit 0|"
+check "drain: docker logs say it waited for 1 running and 1 waiting prompt" \
+    logs_have "$C10" "draining: ComfyUI refuses new prompts (503); waiting for 1 running and 1 waiting"
+check "drain: docker logs say the drain ended with the queue empty, then ComfyUI was stopped" \
+    logs_have "$C10" "drain over (the queue is empty): stopping ComfyUI"
 
 # ---------------------------------------------------------------------------------------------
 # PUID/PGID: ComfyUI runs unprivileged, login/PASSWORD belongs to it.
@@ -539,13 +650,18 @@ EOF
 fi
 
 # ---------------------------------------------------------------------------------------------
-# ComfyUI flags after the image name; PUID with a root-owned bind-mounted output/.
+# ComfyUI flags after the image name; PUID with a root-owned bind-mounted output/; a custom node
+# that fails to import (mounted read-only into custom_nodes/): the ready/alive split.
 
-mkdir -p "$WORK/flags-config" "$WORK/output-root"
+mkdir -p "$WORK/flags-config" "$WORK/output-root" "$WORK/broken-node"
 printf 'COMFYUI_PASSWORD=e2e-flags-password\n' >"$WORK/flags-config/.env"
+printf 'raise ImportError("e2e: this custom node is broken on purpose")\n' >"$WORK/broken-node/__init__.py"
+chmod 755 "$WORK/broken-node"
+chmod 644 "$WORK/broken-node/__init__.py"
 C4=comfy-init-$RUN_ID-flags
 docker run -d --name "$C4" --label "$LABEL" -p 127.0.0.1::8188 \
     -v "$WORK/flags-config:/config" -v "$WORK/output-root:/opt/ComfyUI/output" \
+    -v "$WORK/broken-node:/opt/ComfyUI/custom_nodes/Broken:ro" \
     -e COMFY_INIT_GPU=off -e PUID=1000 -e PGID=1000 \
     "${HEALTH_OPTS[@]}" "$IMG" --cpu --preview-method auto >/dev/null
 if wait_healthy "$C4" 60; then
@@ -560,6 +676,16 @@ check "docker run IMAGE --cpu --preview-method auto: the flags reach ComfyUI ($a
     grep -q -- '--cpu --preview-method auto$' <<<"$argv"
 check "PUID=1000: the root-owned bind-mounted output/ now belongs to 1000:1000 ($(stat -c %u:%g "$WORK/output-root"))" \
     test "$(stat -c %u:%g "$WORK/output-root")" = "1000:1000"
+# ComfyUI serves on without the node (and auth holds): alive, so Docker must not call it unhealthy
+# (an autoheal would restart it in a loop), but not ready: its workflows would fail.
+check "broken custom node: ComfyUI's log says IMPORT FAILED for it" \
+    sh -c "docker logs '$C4' 2>&1 | grep -F '(IMPORT FAILED)' | grep -q 'custom_nodes/Broken'"
+probe "$C4" --ready
+check "broken custom node: healthcheck --ready exits 1 with 'NOT READY: custom nodes failed to import: Broken' (exit $PROBE_RC: $PROBE_LINE)" \
+    starts_with "$PROBE_RC $PROBE_LINE" "1 NOT READY: custom nodes failed to import: Broken "
+probe "$C4"
+check "broken custom node: healthcheck (liveness) exits 0 (exit $PROBE_RC: $PROBE_LINE)" test "$PROBE_RC" = 0
+check "broken custom node: Docker's health status is healthy (got '$(health "$C4")')" healthy "$C4"
 
 # ---------------------------------------------------------------------------------------------
 # Pre-start hooks in /config/pre-start.d: before ComfyUI, a failure stops the start, docker stop
@@ -574,9 +700,6 @@ hook_container() { # NAME SCRIPT: a container whose only hook is NAME; prints it
     docker run -d --name "comfy-init-$RUN_ID-hook-$1" --label "$LABEL" -p 127.0.0.1::8188 \
         -v "$dir:/config" -e COMFY_INIT_GPU=off "${HEALTH_OPTS[@]}" "$IMG"
 }
-# grep reads to the end: with -q it would quit at the first match, docker logs would die of
-# SIGPIPE, and pipefail would fail the check though the line is there (a flake seen once).
-logs_have() { docker logs "$1" 2>&1 | grep -F -- "$2" >/dev/null; }
 line_of() { docker logs "$1" 2>&1 | grep -nF -- "$2" | head -n 1 | cut -d: -f1; }
 
 C6=$(hook_container 10-marker 'echo marker written; touch /tmp/hook-ran')
@@ -612,6 +735,15 @@ if ((${#COMPOSE[@]})); then
         not_ok "${COMPOSE[*]} -f docker/compose.cpu.yml up: healthy without an NVIDIA runtime"
         [[ -n $C5 ]] && diagnose "$C5"
     fi
+    # Its COMFY_INIT_DRAIN_TIMEOUT=120s: a stop drains, and with nothing queued that is at once.
+    if [[ -n $C5 ]]; then
+        t=$(now_ms)
+        cpu stop >/dev/null 2>&1 || true
+        STOP_MS=$(($(now_ms) - t))
+        drained_at_once() { ((STOP_MS < 10000)) && [[ $(exit_code "$1") == 0 ]] && logs_have "$1" "drain over (the queue is empty)"; }
+        check "${COMPOSE[*]} stop (COMFY_INIT_DRAIN_TIMEOUT=120s), nothing queued: the drain ends at once, exit 0 (took $STOP_MS ms, exit $(exit_code "$C5"))" \
+            drained_at_once "$C5"
+    fi
     cpu down -v --remove-orphans >/dev/null 2>&1 || true
 fi
 
@@ -621,6 +753,11 @@ fi
 # build image holding the host's toolchain (rustup's servers may be out of reach). Then a
 # reduced set of checks on that image.
 
+if [[ $FROM_SOURCE == 0 ]]; then
+    skip "from source: the build and its checks left out (COMFY_INIT_E2E_FROM_SOURCE=0)"
+    finish
+    exit
+fi
 t=$SECONDS
 if out=$("$HERE/build-rust-image.sh" "$RUST_IMAGE" "$BASE_IMAGE" 2>&1); then
     ok "build image $RUST_IMAGE is there ($((SECONDS - t)) s: $(tail -n 1 <<<"$out"))"
