@@ -101,7 +101,7 @@ impl Settings {
             health_timeout: health_timeout(get)?,
             owner,
             pre_start: get("COMFY_INIT_PRE_START").map(PathBuf::from).unwrap_or_else(|| "/config/pre-start.d".into()),
-            run_dir: get("COMFY_INIT_RUN_DIR").map(PathBuf::from).unwrap_or_else(|| "/run/comfy-init".into()),
+            run_dir: get("COMFY_INIT_RUN_DIR").map(PathBuf::from).unwrap_or_else(default_run_dir),
             max_queue: match get("COMFY_INIT_MAX_QUEUE") {
                 None => None,
                 Some(v) => Some(v.trim().parse().map_err(|_| {
@@ -158,6 +158,17 @@ pub fn cors_origin(args: &[String]) -> Option<String> {
         }
     }
     None
+}
+
+/// `/run/comfy-init` for root; a container run as one user (`--user 1000:1000`, Kubernetes'
+/// `runAsUser`) cannot make that, and gets a folder of its own in the temporary folder (its
+/// healthcheck, an exec as the same user, computes the same).
+fn default_run_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    match unsafe { libc::geteuid() } {
+        0 => "/run/comfy-init".into(),
+        uid => std::env::temp_dir().join(format!("comfy-init-{uid}")),
+    }
 }
 
 fn supervisor_settings(get: Lookup) -> Result<supervisor::Settings, ConfigError> {

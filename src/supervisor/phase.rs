@@ -32,7 +32,7 @@ impl Publisher {
             Err(why) => {
                 log::warn!(
                     "{}: {why}: the phase is not published, so `healthcheck --ready` never says ready \
-                     (set COMFY_INIT_RUN_DIR to a folder only root can write)",
+                     (set COMFY_INIT_RUN_DIR to a folder of comfy-init's user that no one else can write)",
                     dir.display()
                 );
                 None
@@ -56,8 +56,9 @@ impl Publisher {
 
 /// `dir/phase`, opened for writing: `dir` made if missing, never through a link, ours alone.
 fn open(dir: &Path) -> Result<File, String> {
-    let _ = std::fs::DirBuilder::new().mode(0o755).recursive(true).create(dir);
-    let folder = crate::fsutil::open_dir(dir).map_err(|e| e.to_string())?;
+    let made = std::fs::DirBuilder::new().mode(0o755).recursive(true).create(dir);
+    // A folder that cannot be made says why (EACCES), not what follows from it (ENOENT).
+    let folder = crate::fsutil::open_dir(dir).map_err(|e| made.err().unwrap_or(e).to_string())?;
     let meta = folder.metadata().map_err(|e| e.to_string())?;
     // SAFETY: geteuid cannot fail.
     if meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o022 != 0 {

@@ -427,6 +427,24 @@ else
     note <<<"healthcheck --ready: exit $PROBE_RC: $PROBE_LINE; docker health: $(health "$C1")"
 fi
 
+# The whole container as one user (`--user 1000:1000`, Kubernetes' runAsUser): PID 1 cannot make
+# /run/comfy-init, so its phase goes to a folder of its own in /tmp, where its healthcheck (an exec
+# as the same user) looks too.
+CU=comfy-init-$RUN_ID-user
+mkdir -p "$WORK/config-user"
+printf 'COMFYUI_PASSWORD=e2e-user-password\n' >"$WORK/config-user/.env"
+chown -R 1000:1000 "$WORK/config-user"
+docker run -d --name "$CU" --label "$LABEL" --user 1000:1000 -v "$WORK/config-user:/config" \
+    -e COMFY_INIT_GPU=off "${HEALTH_OPTS[@]}" "$IMG" >/dev/null
+if wait_healthy "$CU" 60 && wait_alive "$CU" 10 is_ready "$CU" && [[ $PROBE_LINE == "ready:"* ]]; then
+    ok "docker run --user 1000:1000: healthy, and healthcheck --ready says ready (phase in /tmp)"
+else
+    not_ok "docker run --user 1000:1000: healthy, and healthcheck --ready says ready (phase in /tmp)"
+    note <<<"healthcheck --ready: exit ${PROBE_RC:-?}: ${PROBE_LINE:-}"
+    diagnose "$CU"
+fi
+docker rm -f "$CU" >/dev/null 2>&1 || true
+
 # ---------------------------------------------------------------------------------------------
 # docker restart: same container filesystem, same token.
 
