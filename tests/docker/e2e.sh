@@ -219,6 +219,15 @@ mkdir -p "$WORK/ctx"
 cp "$BIN" "$WORK/ctx/comfy-init"
 cp "$(dirname "$BIN")/comfy-init-nvml" "$WORK/ctx/comfy-init-nvml"
 cp "$STANDIN" "$WORK/ctx/fake_comfyui.py"
+# Untagged images a build added (newest first): the build stage, and after a failed build the
+# steps that did succeed. Removed in cleanup; `docker rmi IMG` only takes the runtime stage's.
+track_new_images() {
+    local id after
+    mapfile -t after < <(docker images -aq --no-trunc)
+    for id in "${after[@]}"; do
+        [[ " ${images_before[*]} " == *" $id "* ]] || NEW_IMAGES+=("$id")
+    done
+}
 mapfile -t images_before < <(docker images -aq --no-trunc)
 t=$SECONDS
 if out=$(docker build -f "$ROOT/docker/Dockerfile" \
@@ -234,12 +243,7 @@ else
     note <<<"$(tail -n 30 <<<"$out")"
     build_ok=0
 fi
-# Untagged images this build added (newest first): the build stage, and after a failed build the
-# steps that did succeed. Removed in cleanup; `docker rmi IMG` only takes the runtime stage's.
-mapfile -t images_after < <(docker images -aq --no-trunc)
-for id in "${images_after[@]}"; do
-    [[ " ${images_before[*]} " == *" $id "* ]] || NEW_IMAGES+=("$id")
-done
+track_new_images
 if [[ $build_ok == 0 ]]; then
     finish
     exit
@@ -803,10 +807,7 @@ if [[ $rust_ok == 1 ]]; then
         note <<<"$(tail -n 30 <<<"$out")"
         build_ok=0
     fi
-    mapfile -t images_after < <(docker images -aq --no-trunc)
-    for id in "${images_after[@]}"; do
-        [[ " ${images_before[*]} " == *" $id "* ]] || NEW_IMAGES+=("$id")
-    done
+    track_new_images
 fi
 if [[ $rust_ok == 1 && $build_ok == 1 ]]; then
     version=$(sed -n 's/^version = "\(.*\)"/comfy-init \1/p' "$ROOT/Cargo.toml" | head -n 1)
