@@ -21,7 +21,10 @@ node's files:
     threads of our own, so the event loop goes on serving; only a right one reaches the node's
     handler (which checks it once more, in the loop: one stall per successful login, none per
     guess);
-  * answers 401 to an Authorization header that is not `<type> <value>`.
+  * answers 401 to an Authorization header that is not `<type> <value>`;
+  * before all of that, checks comfy-init's API keys (api_keys.py: `Bearer cik_...` or
+    `?token=cik_...`): a valid one goes on as the same request carrying the node's token (so the
+    node and the rules above let it in), any other key is answered 401.
 Each refusal is logged in one line (method, path, client address and why, never a secret), at
 most once every LOG_EVERY seconds per address and kind, with the count of those not logged.
 
@@ -44,6 +47,12 @@ import time
 from aiohttp import web
 
 from . import node as node_state
+
+try:
+    from . import api_keys
+except Exception as e:  # noqa: BLE001 - the doors stay closed; a key is then refused by the node
+    api_keys = None
+    logging.warning("comfy-init companion: no API keys (%s)", e)
 
 # What ComfyUI-Login lets through without a session or a token (password.py, newest upstream).
 EXEMPT_PATH = "/login"
@@ -310,9 +319,43 @@ def check_password(node, password, hashed):
         return None
 
 
+KEY_FAILED = []  # the API key check's failure, warned about once
+
+
+def with_api_key(request):
+    """(request, None): no API key, or a valid one (then the request as if it carried the token);
+    (None, answer): refused. Any failure refuses (without this check ComfyUI-Login refuses a key
+    too), with one warning."""
+    keys = api_keys.presented(request) if api_keys is not None else []
+    if not keys:
+        return request, None
+    node = login_node()
+    try:
+        for key in keys:
+            why, name = api_keys.check(node, key, request.method)
+            if why is not None:
+                return None, refused_key(request, why if name is None else f"{why} '{printable(name, 64)}'")
+        if not isinstance(node.TOKEN, str) or not node.TOKEN or len(node.TOKEN.split()) != 1:
+            return None, refused_key(request, "ComfyUI-Login has no token to stand for an API key")
+        return api_keys.as_token(request, node), None
+    except Exception as e:  # noqa: BLE001 - closed, never open
+        if not KEY_FAILED:
+            KEY_FAILED.append(e)
+            log.warning("comfy-init companion: cannot check API keys (%s); every API key is refused", type(e).__name__)
+        return None, refused_key(request, "API keys cannot be checked")
+
+
+def refused_key(request, why):
+    REFUSALS.say(request, "apikey", why, time.monotonic())
+    return web.json_response({"error": "invalid API key"}, status=401)
+
+
 async def guard(request, handler):
     if login_node() is None:  # ComfyUI-Login is not loaded: there is no auth to keep
         return await handler(request)
+    request, answer = with_api_key(request)
+    if answer is not None:
+        return answer
     path = request.path
     if request.method == "POST" and path == LOGIN_PATH:
         return await checked_login(request, handler)

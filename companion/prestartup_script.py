@@ -31,7 +31,7 @@ token=<hash>` when it is imported, and ComfyUI keeps its log for `/internal/logs
 permanent API credential, would land in `docker logs` and in a page any guest may read. The filter
 installed here, before any node is imported, replaces every bcrypt hash in every log record. The
 token is a bcrypt hash and no other bcrypt hash belongs in a log, so nothing here needs to know the
-token: it holds across reloads.
+token: it holds across reloads. comfy-init's API keys (`cik_` + hex) are replaced the same way.
 
 Part of comfy-init (installed by it at start, version-matched); standard library only. A failure
 logs one warning and leaves ComfyUI as it was.
@@ -57,14 +57,25 @@ DEFAULT_PORT = 8188
 MAX_NAMES = 200  # import failures kept: the status answer stays small
 
 
+# comfy-init's API keys (issue 25: `cik_` + 64 hex), and any long run of hex after `cik_` (a key
+# mistyped is a secret too). The whole key is hex: URL-encoding leaves it as it is.
+KEY_REDACTED = "<API key redacted by comfy-init>"
+KEYS = re.compile(r"cik_[0-9A-Fa-f]{16,}")
+
+
 class RedactTokens(logging.Filter):
     def filter(self, record):
         try:
             message = record.getMessage()
         except Exception:  # a record that cannot format is not ours to judge
             return True
+        changed = False
         if HASHES.search(message):
-            record.msg = HASHES.sub(REDACTED, message)
+            message, changed = HASHES.sub(REDACTED, message), True
+        if "cik_" in message and KEYS.search(message):
+            message, changed = KEYS.sub(KEY_REDACTED, message), True
+        if changed:
+            record.msg = message
             record.args = None
         return True
 

@@ -22,6 +22,8 @@ pub enum Command {
     },
     Token,
     Rotate,
+    /// `comfy-init apikey add|list|revoke`.
+    ApiKey(ApiKeyCommand),
     /// Internal: the child PID 1 starts to prove a reload (see `supervisor::start_reload`).
     ProbeReload,
     /// PID 1's probe that watches ComfyUI's queue while it drains (hidden).
@@ -42,12 +44,51 @@ pub enum Command {
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Topic {
     Main,
+    ApiKey,
     Run,
     Healthcheck,
     Gpu,
     Sync,
     Token,
     Rotate,
+}
+
+/// `comfy-init apikey ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeyCommand {
+    Add { name: String, expires: Option<String>, read_only: bool },
+    List,
+    Revoke { name: String },
+}
+
+fn parse_apikey(rest: Vec<OsString>) -> Result<ApiKeyCommand, UsageError> {
+    let usage = |message: &str| UsageError { topic: Topic::ApiKey, message: message.to_string() };
+    let args: Vec<String> = rest.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        return Err(usage(""));
+    }
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["list"] => Ok(ApiKeyCommand::List),
+        ["revoke", name] => Ok(ApiKeyCommand::Revoke { name: name.to_string() }),
+        ["add", name, flags @ ..] if !name.starts_with('-') => {
+            let (mut expires, mut read_only, mut flags) = (None, false, flags.iter());
+            while let Some(flag) = flags.next() {
+                match *flag {
+                    "--read-only" => read_only = true,
+                    "--expires" => {
+                        expires =
+                            Some(flags.next().ok_or_else(|| usage("--expires needs a lifetime, like 90d"))?.to_string())
+                    }
+                    other => {
+                        return Err(usage(&format!("unexpected argument '{other}' (see 'comfy-init apikey --help')")))
+                    }
+                }
+            }
+            Ok(ApiKeyCommand::Add { name: name.to_string(), expires, read_only })
+        }
+        _ => Err(usage("use: comfy-init apikey add NAME [--expires 90d] [--read-only] | list | revoke NAME")),
+    }
 }
 
 /// A usage error, with the subcommand it belongs to (the healthcheck maps it to exit 1).
@@ -89,6 +130,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("sync") => flags(Topic::Sync, rest, &["--dry-run"]).map(|f| Command::Sync { dry_run: !f.is_empty() }),
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
+        Some("apikey") => parse_apikey(rest).map(Command::ApiKey),
         Some(PROBE_RELOAD) if rest.is_empty() => Ok(Command::ProbeReload),
         Some(PROBE_DRAIN) if rest.is_empty() => Ok(Command::ProbeDrain),
         Some(PROBE_ALIVE) if rest.is_empty() => Ok(Command::ProbeAlive),
@@ -151,6 +193,7 @@ impl Topic {
             Topic::Main => "",
             Topic::Run => "run",
             Topic::Healthcheck => "healthcheck",
+            Topic::ApiKey => "apikey",
             Topic::Gpu => "gpu",
             Topic::Sync => "sync",
             Topic::Token => "token",
@@ -163,6 +206,7 @@ impl Topic {
             Topic::Main => HELP_MAIN,
             Topic::Run => HELP_RUN,
             Topic::Healthcheck => HELP_HEALTHCHECK,
+            Topic::ApiKey => HELP_APIKEY,
             Topic::Gpu => HELP_GPU,
             Topic::Sync => HELP_SYNC,
             Topic::Token => HELP_TOKEN,
@@ -188,6 +232,8 @@ Usage:
   comfy-init sync [--dry-run]            reconcile .env and login/PASSWORD once
   comfy-init token                       print the API bearer token
   comfy-init rotate                      set a new random password
+  comfy-init apikey add NAME [--expires 90d] [--read-only] | list | revoke NAME
+                                         API keys apart from the password (printed once)
   comfy-init --help | --version          (every subcommand takes --help)
 
 Settings (environment; an invalid value stops comfy-init naming the variable):
@@ -256,6 +302,18 @@ drains or stops ComfyUI, while a custom node failed to import, and while more pr
 than $COMFY_INIT_MAX_QUEUE.
 ";
 
+const HELP_APIKEY: &str = "\
+Usage: comfy-init apikey add NAME [--expires 90d|12h] [--read-only]
+       comfy-init apikey list
+       comfy-init apikey revoke NAME
+
+API keys for ComfyUI's API, apart from the password: each client its own, revocable alone, kept
+across password changes. `add` prints the new key once (cik_ + 64 hex digits); only its SHA-256
+digest is kept, in login/API_KEYS. Clients send it as `Authorization: Bearer KEY` (websockets:
+?token=KEY). A read-only key gets GET and the websocket only. A change applies within a second,
+without a restart. `list` never shows a key.
+";
+
 const HELP_GPU: &str = "\
 Usage: comfy-init gpu [--json]
 
@@ -320,6 +378,31 @@ mod tests {
         assert_eq!(parse_strs(&["--help"]), Ok(Command::Help(Topic::Main)));
         assert_eq!(parse_strs(&["--version"]), Ok(Command::Version));
         assert!(parse_strs(&["--cpu", "--", "python"]).unwrap_err().message.contains("after that command"));
+    }
+
+    #[test]
+    fn apikey_subcommands() {
+        let add = |name: &str, expires: Option<&str>, read_only| {
+            Ok(Command::ApiKey(ApiKeyCommand::Add { name: name.into(), expires: expires.map(Into::into), read_only }))
+        };
+        assert_eq!(parse_strs(&["apikey", "add", "ci"]), add("ci", None, false));
+        assert_eq!(
+            parse_strs(&["apikey", "add", "ci", "--expires", "90d", "--read-only"]),
+            add("ci", Some("90d"), true)
+        );
+        assert_eq!(parse_strs(&["apikey", "list"]), Ok(Command::ApiKey(ApiKeyCommand::List)));
+        assert_eq!(
+            parse_strs(&["apikey", "revoke", "ci"]),
+            Ok(Command::ApiKey(ApiKeyCommand::Revoke { name: "ci".into() }))
+        );
+        for bad in [
+            &["apikey"][..],
+            &["apikey", "add"],
+            &["apikey", "add", "--read-only"],
+            &["apikey", "add", "x", "--expires"],
+        ] {
+            assert!(parse_strs(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ const FILES: &[(&str, &str)] = &[
     ("node.py", include_str!("../companion/node.py")),
     ("lifecycle.py", include_str!("../companion/lifecycle.py")),
     ("doors.py", include_str!("../companion/doors.py")),
+    ("api_keys.py", include_str!("../companion/api_keys.py")),
 ];
 
 /// The reload request: SIGRTMIN+7, never SIGHUP (forwarded from outside, it keeps its meaning

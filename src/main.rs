@@ -78,6 +78,7 @@ fn entry() -> u8 {
         Command::Sync { dry_run } => sync(dry_run),
         Command::Token => token(),
         Command::Rotate => rotate(),
+        Command::ApiKey(command) => apikey(command),
         Command::Healthcheck { ready } => health::command(Settings::from_env(), ready),
         Command::Prefix { name, command } => supervisor::hooks::prefix(&name, &command),
         Command::CredentialService => {
@@ -160,6 +161,46 @@ fn token() -> u8 {
         Err(e) => {
             eprintln!("comfy-init: {e}");
             1
+        }
+    }
+}
+
+/// `comfy-init apikey ...`: the key printed once (add), the keys without them (list), revoke.
+fn apikey(command: cli::ApiKeyCommand) -> u8 {
+    use credentials::api_keys;
+    logging::init();
+    let settings = match Settings::from_env() {
+        Ok(s) => s.credentials,
+        Err(e) => {
+            eprintln!("comfy-init: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let result = match command {
+        cli::ApiKeyCommand::Add { name, expires, read_only } => expires
+            .as_deref()
+            .map(api_keys::parse_lifetime)
+            .transpose()
+            .and_then(|lifetime| api_keys::add(&settings, &name, lifetime, read_only))
+            .map(|key| println!("{key}")),
+        cli::ApiKeyCommand::List => api_keys::list(&settings).map(|keys| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            if keys.is_empty() {
+                println!("no API keys (comfy-init apikey add NAME makes one)");
+            }
+            for key in &keys {
+                println!("{}", api_keys::describe(key, now));
+            }
+        }),
+        cli::ApiKeyCommand::Revoke { name } => {
+            api_keys::revoke(&settings, &name).map(|()| println!("revoked: {name} (refused within a second)"))
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("comfy-init: {e}");
+            EXIT_CONFIG
         }
     }
 }

@@ -2,6 +2,7 @@
 //! before ComfyUI starts, and again whenever one of them changes. `plan` decides, this module
 //! gathers the inputs and carries the plan out.
 
+pub mod api_keys;
 pub mod dotenv_edit;
 pub mod password_file;
 pub mod plan;

@@ -10,6 +10,7 @@ macro_rules! root_only {
     };
 }
 
+mod apikeys;
 mod credentials;
 mod doors;
 mod fidelity;
