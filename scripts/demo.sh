@@ -4,7 +4,8 @@
 # place (no restart, the token redacted from the log), ComfyUI-Login's open doors closed (user
 # files through .js paths, wrong logins throttled), the PyTorch-against-card check, a hostile
 # PASSWORD refused without blocking, guest mode called out, readiness apart from liveness, a
-# stop that lets the running prompt finish first, and PID 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
+# stop that lets the running prompt finish first, API keys added and revoked in place, and PID
+# 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
 # namespace when root.
 set -euo pipefail
 
@@ -164,6 +165,18 @@ if command -v cc >/dev/null; then
   COMFY_INIT_NVML_LIB="$WORK/libnvidia-ml-fake.so" COMFY_INIT_GPU_TIMEOUT=1s FAKE_NVML_HANG=1 \
     "$BIN" gpu | grep -E "ERROR|Verdict" | sed 's/^/  | /' || true
 fi
+
+bold "API keys: one per client, apart from the password, revoked in place"
+KEY=$("$BIN" apikey add demo-client --expires 90d)
+echo "comfy-init apikey add demo-client --expires 90d -> ${KEY:0:12}... (printed once; login/API_KEYS keeps its SHA-256)"
+"$BIN" apikey list | sed 's/^/  | /'
+key_served() { [ "$(status "$KEY")" = 200 ]; }
+wait_for 5 key_served
+echo "the key -> $(status "$KEY")"
+"$BIN" apikey revoke demo-client
+key_refused() { [ "$(status "$KEY")" = 401 ]; }
+wait_for 5 key_refused
+echo "revoked -> $(status "$KEY"), no restart; the key is in the log $(grep -c "$KEY" "$LOG" || true) times"
 
 bold "Ready is not alive: liveness for restarts, readiness for traffic"
 echo "  healthcheck:         $("$BIN" healthcheck | cut -c1-110) ..."
