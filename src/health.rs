@@ -637,7 +637,8 @@ pub fn judge_status(status: &Reply, max_queue: Option<usize>) -> Result<String, 
             status.pending
         )));
     }
-    Ok(format!("ready: every custom node imported, {} prompts waiting", status.pending))
+    // Only what was seen: ComfyUI logs its IMPORT FAILED summary at INFO (--verbose WARNING hides it).
+    Ok(format!("ready: no custom node reported IMPORT FAILED, {} prompts waiting", status.pending))
 }
 
 /// How often the drain probe looks at the companion's status.

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 pub const FILE: &str = "phase";
@@ -57,8 +57,13 @@ impl Publisher {
 /// `dir/phase`, opened for writing: `dir` made if missing, never through a link, ours alone.
 fn open(dir: &Path) -> Result<File, String> {
     let made = std::fs::DirBuilder::new().mode(0o755).recursive(true).create(dir);
-    // A folder that cannot be made says why (EACCES), not what follows from it (ENOENT).
-    let folder = crate::fsutil::open_dir(dir).map_err(|e| made.err().unwrap_or(e).to_string())?;
+    // Never through a link in its place (a folder someone else could swap); a folder that cannot
+    // be made says why (EACCES), not what follows from it (ENOENT).
+    let folder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| made.err().unwrap_or(e).to_string())?;
     let meta = folder.metadata().map_err(|e| e.to_string())?;
     // SAFETY: geteuid cannot fail.
     if meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o022 != 0 {
@@ -101,6 +106,17 @@ mod tests {
         std::fs::write(dir.join(FILE), "running\nready").unwrap();
         assert_eq!(read(&dir), None, "only one word is believed");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_link_in_the_folders_place_is_not_followed() {
+        let base = std::env::temp_dir().join(format!("comfy-init-phase-link-{}", std::process::id()));
+        let target = base.join("target");
+        std::fs::create_dir_all(&target).unwrap();
+        std::os::unix::fs::symlink(&target, base.join("run")).unwrap();
+        Publisher::new(&base.join("run")).publish("running");
+        assert!(!target.join(FILE).exists(), "written through the link");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

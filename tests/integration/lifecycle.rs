@@ -144,7 +144,7 @@ fn ready_when_running_and_its_line_says_what_it_proved() {
     let token = serving(&ws, &init);
     let (code, line, _) = ws.cli(&["healthcheck", "--ready"]);
     assert_eq!(code, 0, "{line}");
-    assert!(line.starts_with("ready: every custom node imported, 0 prompts waiting; healthy"), "{line}");
+    assert!(line.starts_with("ready: no custom node reported IMPORT FAILED, 0 prompts waiting; healthy"), "{line}");
     // One running and one waiting: more than COMFY_INIT_MAX_QUEUE=0 wait.
     let (_, first) = queue_prompt(&ws, &token, 30.0);
     running_prompt(&ws, &init, &first);
