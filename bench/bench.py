@@ -48,6 +48,8 @@ HEALTH_RUNS = 40
 RSS_RUNS = 10
 FLOOD_THREADS = 4
 FLOOD_SECONDS = 6
+KEY_REQUESTS = 400
+REVOKE_ROUNDS = 5
 
 T0 = time.monotonic()
 PEERS = ["tini", "dumb-init", "catatonit"]
@@ -759,6 +761,54 @@ class Bench:
         except OSError:
             return ""
 
+    # ------------------------------------------------------- 12. API keys ---
+
+    def api_keys(self):
+        """Authenticated GET /system_stats with an API key vs with the password's token, the two
+        interleaved (the key is checked by the companion: a SHA-256 and a compare per key), and
+        `comfy-init apikey revoke` -> the first 401 to that key."""
+        progress(f"12 API keys: {KEY_REQUESTS} requests with a key and with the token, {REVOKE_ROUNDS} revokes")
+        base, comfy, envdir, port, env = self.workspace("apikeys")
+        self.write_env(envdir, "benchpass0")
+        p = subprocess.Popen([self.bin, "run"], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def cli(*args):
+            out = subprocess.run([self.bin, "apikey", *args], env=env, capture_output=True, text=True, timeout=30)
+            if out.returncode != 0:
+                die(f"comfy-init apikey {' '.join(args)}: {out.stderr.strip()}")
+            return out.stdout.strip()
+        try:
+            token = self.wait_token(comfy, port)
+            key = cli("add", "bench")
+            deadline = time.monotonic() + 10
+            while self.get(port, key)[0] != 200:
+                if time.monotonic() > deadline:
+                    die("the new API key was never accepted")
+                time.sleep(0.05)
+            with_key, with_token = [], []
+            for i in range(KEY_REQUESTS * 2):
+                credential, out = (key, with_key) if i % 2 else (token, with_token)
+                t0 = time.perf_counter()
+                if self.get(port, credential)[0] != 200:
+                    die("an authenticated request was refused")
+                out.append((time.perf_counter() - t0) * 1000)
+            revokes = []
+            for i in range(REVOKE_ROUNDS):
+                victim = cli("add", f"victim{i}")
+                while self.get(port, victim)[0] != 200:
+                    time.sleep(0.02)
+                t0 = time.monotonic()
+                cli("revoke", f"victim{i}")
+                while self.get(port, victim)[0] != 401:
+                    if time.monotonic() - t0 > 10:
+                        die("a revoked key was never refused")
+                    time.sleep(0.005)
+                revokes.append((time.monotonic() - t0) * 1000)
+        finally:
+            self.stop_run(p, env["FAKE_COMFYUI_EVENTS"])
+        self.keys = {"key": median(with_key), "token": median(with_token), "revoke": revokes}
+
     # ------------------------------------------------ 10. wrong-login flood ---
 
     def api_latencies(self, port, token, seconds):
@@ -1036,6 +1086,10 @@ class Bench:
                     goal_txt, met = "≤ 300 ms", me <= 300
                 elif rule == "<=1.5":
                     goal_txt, met = "≤ 1.5", me <= 1.5
+                elif rule == "<=1.1":
+                    goal_txt, met = "≤ 1.1", me <= 1.1
+                elif rule == "<1000":
+                    goal_txt, met = "< 1000 ms", me < 1000
                 ref_val = {"<=": vals.get(ref), "<=1.2x": 1.2 * vals.get(ref, 0)}.get(rule)
                 if met:
                     met = "yes"
@@ -1078,6 +1132,13 @@ class Bench:
                      "ms", {n: d[n]["time"] for n in d})
             self.add(f"11. prompts completed of {DRAIN_ROUNDS} stopped mid-run (comfy-init drains: "
                      "COMFY_INIT_DRAIN_TIMEOUT)", "count", {n: d[n]["done"] for n in d})
+        k = getattr(self, "keys", None)
+        if k:
+            self.add("12. authenticated GET /system_stats with an API key ÷ with the password's token, p50 "
+                     f"({k['key']:.2f} ms ÷ {k['token']:.2f} ms)", "ratio",
+                     {"comfy-init": k["key"] / k["token"]}, ("1.1", "<=1.1"))
+            self.add(f"12. `apikey revoke` -> first 401 to that key, median of {REVOKE_ROUNDS} (max "
+                     f"{max(k['revoke']):.0f} ms)", "ms", {"comfy-init": median(k["revoke"])}, ("1000", "<1000"))
         h = getattr(self, "health_res", None)
         if h:
             self.add("7. healthcheck (alternative: curl, one authorised request), median wall", "ms",
@@ -1145,7 +1206,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--watchexec", default="")
-    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu,flood,drain)")
+    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu,flood,drain,apikeys)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         die("needs root (unshare --pid, /proc of other processes)")
@@ -1161,6 +1222,7 @@ def main():
         "gpu": b.gpu_preflight,
         "flood": b.login_flood,
         "drain": b.stop_with_prompt,
+        "apikeys": b.api_keys,
     }
     only = [p for p in args.only.split(",") if p]
     for name, fn in phases.items():

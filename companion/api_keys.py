@@ -14,11 +14,17 @@ Contract with comfy-init (which writes the file; this only reads it):
     `?token=cik_...`. Unknown, malformed or expired (now >= expires): 401. An `ro` key on a method
     other than GET and HEAD: 401. A valid key: the request goes on as if it carried
     ComfyUI-Login's token.
+  * When a key was last used is kept in `login/API_KEYS.used` (`<name> <unix s>` a line, the
+    names of the keys that exist; written here, tmp file + rename, mode 0600), at most once every
+    USED_EVERY seconds and only when a key was used since: `comfy-init apikey list` shows it. A
+    request never waits on it.
   * A file is re-read when its (st_mtime_ns, st_size, st_ino) changes, looked at no more than
     every CHECK_EVERY seconds, on requests that carry a key: a deleted line stops its key within
     a second, without a restart. comfy-init should write it with tmp file + rename.
 """
 
+import asyncio
+import atexit
 import errno
 import hashlib
 import hmac
@@ -35,8 +41,10 @@ PREFIX = "cik_"
 FILE_NAME = "API_KEYS"
 ENV_FILE = "COMFYUI_API_KEYS_FILE"
 MAX_BYTES = 1024 * 1024
-CHECK_EVERY = 0.5
+CHECK_EVERY = 0.25  # seconds: a revoked key is refused within this; a stat costs microseconds
 READ_ONLY_METHODS = ("GET", "HEAD")
+USED_FILE = "API_KEYS.used"
+USED_EVERY = 5.0  # seconds between two writes of USED_FILE, at most
 
 log = logging.getLogger("comfy-init.api-keys")
 
@@ -181,7 +189,74 @@ def check(node, key, method, now=None):
         return "expired API key", name
     if mode == "ro" and method not in READ_ONLY_METHODS:
         return f"read-only API key used for {method}", name
+    LAST_USED.used(node, name, int(wall))
     return None, name
+
+
+class LastUsed:
+    """When each key was last used, in memory; written to USED_FILE in batches."""
+
+    def __init__(self):
+        self.pending = {}  # name -> unix s, not written yet
+        self.path = None
+        self.scheduled = False
+        self.written = None  # monotonic time of the last write
+
+    def used(self, node, name, when):
+        self.path = os.path.join(os.path.dirname(node.password_path), USED_FILE)
+        self.pending[name] = when
+        if self.scheduled:
+            return
+        self.scheduled = True
+        try:
+            asyncio.get_running_loop().call_later(USED_EVERY, self.write)
+        except RuntimeError:  # no event loop here (a test): write now
+            self.write()
+
+    def write(self):
+        self.scheduled = False
+        if not self.pending or self.path is None:
+            return
+        pending, self.pending = self.pending, {}
+        try:
+            known = {entry[0] for keyfile in FILES.values() for entry in keyfile.keys}
+            times = {n: t for n, t in read_used(self.path).items() if n in known}
+            for name, when in pending.items():
+                times[name] = max(when, times.get(name, 0))
+            text = "".join(f"{n} {t}\n" for n, t in sorted(times.items()))
+            tmp = os.path.join(os.path.dirname(self.path), f".{USED_FILE}.tmp-{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, text.encode("ascii", "replace"))
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log.warning("comfy-init companion: cannot write %s (%s); 'last used' is not kept", self.path, e.strerror)
+
+
+def read_used(path):
+    """{name: unix s} from USED_FILE; {} for a missing, linked, oversized or unreadable one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        raw = os.read(fd, MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    times = {}
+    for line in raw[:MAX_BYTES].decode("utf-8", "replace").splitlines():
+        fields = line.split(" ")
+        if len(fields) == 2 and NAME.fullmatch(fields[0]) and fields[1].isascii() and fields[1].isdigit():
+            times[fields[0]] = int(fields[1])
+    return times
+
+
+LAST_USED = LastUsed()
+atexit.register(LAST_USED.write)  # what a stop would lose otherwise: at most USED_EVERY seconds
 
 
 def as_token(request, node):

@@ -22,6 +22,7 @@ node's files:
     handler (which checks it once more, in the loop: one stall per successful login, none per
     guess);
   * answers 401 to an Authorization header that is not `<type> <value>`;
+  * under COMFY_INIT_PASSWORD_TOKEN=off, refuses the password's token (below, TOKEN_OFF);
   * before all of that, checks comfy-init's API keys (api_keys.py: `Bearer cik_...` or
     `?token=cik_...`): a valid one goes on as the same request carrying the node's token (so the
     node and the rules above let it in), any other key is answered 401.
@@ -37,6 +38,7 @@ gets 429 too. Either way a guesser slows web logins only, never API clients or s
 import asyncio
 import collections
 import concurrent.futures
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -71,6 +73,7 @@ MAX_HELD = 64  # guesses held at once; past that, answered at once (a held one c
 LOG_EVERY = 10.0
 # What `comfy-init healthcheck` asks for (a random name after it) to prove the door closed.
 HEALTHCHECK_PROBE = "/userdata/comfy-init-probe-"
+HEALTHCHECK_AGENT = "comfy-init-healthcheck/"  # and what it sends as its User-Agent
 LOOPBACK = ("127.0.0.1", "::1")
 
 log = logging.getLogger("comfy-init.doors")
@@ -115,8 +118,10 @@ class Refusals:
         self.last = collections.OrderedDict()  # (address, kind) -> (time logged, refused since)
 
     def say(self, request, kind, why, now):
-        if request.remote in LOOPBACK and request.path.startswith(HEALTHCHECK_PROBE):
-            return  # comfy-init healthcheck proving the door closed, every 30 s: not news
+        if request.remote in LOOPBACK and (
+            request.path.startswith(HEALTHCHECK_PROBE) or request.headers.get("User-Agent", "").startswith(HEALTHCHECK_AGENT)
+        ):
+            return  # comfy-init healthcheck proving a door closed, every 30 s: not news
         key = (client(request), kind)
         logged, unsaid = self.last.get(key, (None, 0))
         if logged is not None and now - logged < LOG_EVERY:
@@ -350,9 +355,34 @@ def refused_key(request, why):
     return web.json_response({"error": "invalid API key"}, status=401)
 
 
+# COMFY_INIT_PASSWORD_TOKEN=off: API keys are the only API credential. The password's token is
+# refused, except on comfy-init's own requests (its healthcheck and probes), which carry the key
+# PID 1 made at this start in SELF_HEADER; ComfyUI gets only that key's SHA-256. Web logins
+# (a session cookie) are not affected.
+TOKEN_OFF = os.environ.get("COMFY_INIT_PASSWORD_TOKEN") == "off"
+SELF_DIGEST = os.environ.get("COMFY_INIT_SELF_KEY_SHA256", "")
+SELF_HEADER = "X-Comfy-Init-Key"
+
+
+def carries_token(request, node):
+    """The request presents ComfyUI-Login's token (header or ?token=)."""
+    parts = request.headers.get("Authorization", "").split()
+    if len(parts) == 2 and parts[0] == "Bearer" and same(parts[1], node.TOKEN):
+        return True
+    return same(request.query.get("token", ""), node.TOKEN)
+
+
+def from_comfy_init(request):
+    key = request.headers.get(SELF_HEADER, "")
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+    return bool(key) and len(SELF_DIGEST) == 64 and hmac.compare_digest(digest, SELF_DIGEST)
+
+
 async def guard(request, handler):
     if login_node() is None:  # ComfyUI-Login is not loaded: there is no auth to keep
         return await handler(request)
+    if TOKEN_OFF and carries_token(request, login_node()) and not from_comfy_init(request):
+        return unauthorised(request, "the password's token is off (COMFY_INIT_PASSWORD_TOKEN=off): use an API key")
     request, answer = with_api_key(request)
     if answer is not None:
         return answer

@@ -173,6 +173,9 @@ echo "comfy-init apikey add demo-client --expires 90d -> ${KEY:0:12}... (printed
 key_served() { [ "$(status "$KEY")" = 200 ]; }
 wait_for 5 key_served
 echo "the key -> $(status "$KEY")"
+key_used() { "$BIN" apikey list | grep -q "last used"; }
+wait_for 8 key_used
+"$BIN" apikey list | sed 's/^/  | (after a use, batched by the companion) /'
 "$BIN" apikey revoke demo-client
 key_refused() { [ "$(status "$KEY")" = 401 ]; }
 wait_for 5 key_refused

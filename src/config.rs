@@ -34,6 +34,9 @@ pub struct Settings {
     pub guest_mode: GuestMode,
     /// `COMFY_INIT_COMPANION`: install the companion node (default on).
     pub companion: bool,
+    /// `COMFY_INIT_PASSWORD_TOKEN`: ComfyUI-Login's token (the password's hash) is an API
+    /// credential (default on); off: API keys are the only one.
+    pub password_token: bool,
     /// `COMFY_INIT_ON_TOKEN_CHANGE`: a new token is reloaded in place (default, restart as the
     /// fallback) or always restarts ComfyUI.
     pub on_token_change: OnTokenChange,
@@ -96,6 +99,7 @@ impl Settings {
             credentials: credential_settings(get, owner),
             guest_mode: guest_mode(get)?,
             companion: on_off(get, "COMFY_INIT_COMPANION")?,
+            password_token: on_off(get, "COMFY_INIT_PASSWORD_TOKEN")?,
             on_token_change: on_token_change(get)?,
             gpu: gpu_settings(get, owner)?,
             health_timeout: health_timeout(get)?,
@@ -314,6 +318,7 @@ fn credential_settings(get: Lookup, owner: Option<(u32, u32)>) -> credentials::S
         env_password: get(credentials::KEY_PASSWORD),
         env_username: get(credentials::KEY_USERNAME),
         env_token: get(credentials::KEY_TOKEN),
+        api_keys_file: get("COMFYUI_API_KEYS_FILE").map(PathBuf::from),
         owner,
     }
 }

@@ -22,7 +22,7 @@ use serde_json::Value;
 use std::path::Path;
 
 use crate::config::{self, ConfigError, GuestMode, Settings, ENV_HEALTH_TIMEOUT as ENV_TIMEOUT};
-use crate::credentials;
+use crate::credentials::{self, api_keys};
 use crate::fsutil::Links;
 use crate::gpu::{self, GpuPolicy};
 use crate::queue;
@@ -54,6 +54,12 @@ pub enum Request<'a> {
     UserFile,
     /// GET /comfy-init/status (the companion's: draining, import failures, queue), with our token.
     Status(Option<&'a str>),
+    /// `Bearer cik_` and something that is not a key: the companion must refuse it.
+    MalformedKey,
+    /// A well-formed API key that no one was given.
+    UnknownKey,
+    /// Our token without comfy-init's own key: refused under COMFY_INIT_PASSWORD_TOKEN=off.
+    TokenAlone(&'a str),
 }
 
 impl Request<'_> {
@@ -65,6 +71,9 @@ impl Request<'_> {
             Request::WrongBearer(_) => "with a wrong token",
             Request::UserFile => "for a user file through a .js path, without a token",
             Request::Status(_) => "for the companion's status",
+            Request::MalformedKey => "with a malformed API key",
+            Request::UnknownKey => "with an unknown API key",
+            Request::TokenAlone(_) => "with the password's token under COMFY_INIT_PASSWORD_TOKEN=off",
         }
     }
 }
@@ -75,6 +84,8 @@ pub enum Auth {
     /// COMFY_INIT_AUTH=off: no token, no enforcement check.
     Off,
     Token(String),
+    /// COMFY_INIT_PASSWORD_TOKEN=off: the token, which only comfy-init's own requests may use.
+    KeysOnly(String),
     /// PASSWORD missing, empty or malformed: why, with the repair.
     Unreadable(String),
 }
@@ -103,6 +114,10 @@ pub enum Problem {
     Transport(String),
     /// A user file through a `.js` path reached ComfyUI's handler without a token.
     UserFilesOpen(u16),
+    /// 200 to an API key that no one holds: the request.
+    KeyNotChecked(&'static str),
+    /// 200 to the password's token alone under COMFY_INIT_PASSWORD_TOKEN=off.
+    TokenNotOff,
     GpuLost(String),
     /// `login/GUEST_MODE` exists under COMFY_INIT_GUEST_MODE=refuse.
     GuestModeRefused(String),
@@ -122,6 +137,8 @@ pub struct Healthy {
     pub version: String,
     pub device: Option<String>,
     pub auth_checked: bool,
+    /// COMFY_INIT_PASSWORD_TOKEN=off, and the token alone was refused.
+    pub token_off: bool,
     pub gpu: Option<String>,
     /// `login/GUEST_MODE` exists (and COMFY_INIT_GUEST_MODE=warn lets it be).
     pub guest_mode: bool,
@@ -180,6 +197,14 @@ impl Problem {
                  workflows and settings; comfy-init's companion node closes that door: keep \
                  COMFY_INIT_COMPANION=on and custom_nodes writable by root, then restart"
             ),
+            Problem::KeyNotChecked(request) => format!(
+                "API keys are not checked: /system_stats answered 200 {request}: comfy-init's companion \
+                 node checks them; keep COMFY_INIT_COMPANION=on and custom_nodes writable by root, then restart"
+            ),
+            Problem::TokenNotOff => "COMFY_INIT_PASSWORD_TOKEN=off, but /system_stats answered 200 to the \
+                password's token alone: the companion node that refuses it is not in place (custom_nodes \
+                not writable by root?); restart"
+                .to_string(),
             Problem::GpuLost(e) => format!("GPU lost: ComfyUI answers but NVML fails: {e}"),
             Problem::GuestModeRefused(file) => format!(
                 "guest mode is on ({file} exists) and COMFY_INIT_GUEST_MODE=refuse: anyone can run \
@@ -200,11 +225,14 @@ impl Healthy {
             line += &format!(", device {d}");
         }
         line += if self.auth_checked {
-            "; auth enforced (401 without a token, with an empty ?token=, with a wrong token, and for \
-             a user file through a .js path)"
+            "; auth enforced (401 without a token, with an empty ?token=, with a wrong token, with a \
+             malformed and an unknown API key, and for a user file through a .js path)"
         } else {
             "; auth not checked (COMFY_INIT_AUTH=off)"
         };
+        if self.token_off {
+            line += "; the password's token is refused (COMFY_INIT_PASSWORD_TOKEN=off)";
+        }
         if let Some(g) = &self.gpu {
             line += &format!("; NVML opens {g}");
         }
@@ -257,6 +285,7 @@ pub fn judge_stats(reply: &Reply, request: Request) -> Result<Healthy, Problem> 
         version: text(system.get("comfyui_version")).unwrap_or_else(|| "(version unknown)".into()),
         device: text(json.pointer("/devices/0/name")),
         auth_checked: false,
+        token_off: false,
         gpu: None,
         guest_mode: false,
         token_logged: false,
@@ -272,9 +301,11 @@ pub fn judge_refusal(reply: &Reply, request: Request) -> Result<(), Problem> {
     match reply {
         // ComfyUI-Login: 401 for API clients, 302 to /login for browsers.
         Reply::Answer { status: 401 | 302, .. } => Ok(()),
-        Reply::Answer { status: 200..=299, .. } => {
-            Err(Problem::AuthNotEnforced { request: request.describe(), token_problem: None })
-        }
+        Reply::Answer { status: 200..=299, .. } => Err(match request {
+            Request::MalformedKey | Request::UnknownKey => Problem::KeyNotChecked(request.describe()),
+            Request::TokenAlone(_) => Problem::TokenNotOff,
+            _ => Problem::AuthNotEnforced { request: request.describe(), token_problem: None },
+        }),
         Reply::Answer { status, .. } => Err(Problem::Unexpected { status: *status, request: request.describe() }),
         _ => Err(Problem::Transport("no answer".into())),
     }
@@ -298,17 +329,22 @@ pub fn evaluate(
 ) -> Result<Healthy, Problem> {
     fn refusals(fetch: &mut dyn FnMut(Request) -> Reply, wrong: Option<&str>) -> Result<(), Problem> {
         let wrong = wrong.map(Request::WrongBearer);
-        for r in [Request::Anonymous, Request::EmptyToken].into_iter().chain(wrong) {
+        let keys = [Request::MalformedKey, Request::UnknownKey];
+        for r in [Request::Anonymous, Request::EmptyToken].into_iter().chain(wrong).chain(keys) {
             judge_refusal(&fetch(r), r)?;
         }
         judge_user_file(&fetch(Request::UserFile))
     }
     let mut healthy = match auth {
         Auth::Off => judge_stats(&fetch(Request::Anonymous), Request::Anonymous)?,
-        Auth::Token(token) => {
+        Auth::Token(token) | Auth::KeysOnly(token) => {
             let r = Request::Bearer(token);
             let mut h = judge_stats(&fetch(r), r)?;
             refusals(fetch, Some(&wrong_token(token)))?;
+            if let Auth::KeysOnly(_) = auth {
+                judge_refusal(&fetch(Request::TokenAlone(token)), Request::TokenAlone(token))?;
+                h.token_off = true;
+            }
             h.auth_checked = true;
             h
         }
@@ -370,8 +406,18 @@ fn auth(settings: &Settings) -> Auth {
         return Auth::Off;
     }
     match credentials::current_token(&settings.credentials) {
-        Ok(t) => Auth::Token(t),
+        Ok(t) if settings.password_token => Auth::Token(t),
+        Ok(t) => Auth::KeysOnly(t),
         Err(e) => Auth::Unreadable(e.to_string()),
+    }
+}
+
+impl Auth {
+    fn token(&self) -> Option<&str> {
+        match self {
+            Auth::Token(t) | Auth::KeysOnly(t) => Some(t),
+            Auth::Off | Auth::Unreadable(_) => None,
+        }
     }
 }
 
@@ -438,40 +484,76 @@ fn arm_watchdog(deadline: Instant, target: Target) {
     });
 }
 
-/// One GET of /system_stats. `origin`: the `--enable-cors-header` origin, sent with every
-/// request (ComfyUI-Login only looks at tokens on requests that carry it).
-fn fetch(agent: &ureq::Agent, port: u16, origin: Option<&str>, deadline: Instant, request: Request) -> Reply {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Reply::Timeout;
+/// How comfy-init's own requests reach ComfyUI: its port, the `--enable-cors-header` origin sent
+/// with every request (ComfyUI-Login only looks at tokens on requests that carry it), and under
+/// COMFY_INIT_PASSWORD_TOKEN=off the key that lets them use the token.
+struct Client {
+    agent: ureq::Agent,
+    port: u16,
+    origin: Option<String>,
+    self_key: Option<String>,
+}
+
+impl Client {
+    fn new(s: &Settings) -> Client {
+        Client {
+            agent: ureq::AgentBuilder::new()
+                .redirects(0) // a 302 to /login is an answer, not somewhere to go
+                .user_agent(concat!("comfy-init-healthcheck/", env!("CARGO_PKG_VERSION")))
+                .build(),
+            port: s.comfyui.port,
+            origin: origin(s),
+            self_key: (!s.password_token).then(|| crate::supervisor::self_key::read(&s.run_dir)).flatten(),
+        }
     }
-    let path = match request {
-        Request::EmptyToken => "/system_stats?token=".to_string(),
-        // Random: no file planted under a known name can answer for it.
-        Request::UserFile => format!("/userdata/comfy-init-probe-{:016x}.js", rand::random::<u64>()),
-        Request::Status(_) => "/comfy-init/status".to_string(),
-        _ => "/system_stats".to_string(),
-    };
-    let mut req = agent.get(&format!("http://127.0.0.1:{port}{path}")).timeout(left);
-    if let Request::Bearer(token) | Request::WrongBearer(token) | Request::Status(Some(token)) = request {
-        req = req.set("Authorization", &format!("Bearer {token}"));
-    }
-    if let Some(origin) = origin {
-        req = req.set("Origin", origin);
-    }
-    let response = match req.call() {
-        Ok(r) => r,
-        Err(ureq::Error::Status(status, _)) => return Reply::Answer { status, body: String::new() },
-        Err(ureq::Error::Transport(t)) => return transport_reply(&t),
-    };
-    let status = response.status();
-    if status != 200 {
-        return Reply::Answer { status, body: String::new() };
-    }
-    match response.into_string() {
-        Ok(body) => Reply::Answer { status, body },
-        Err(e) if timed_out(&e) => Reply::Timeout,
-        Err(e) => Reply::Failed(format!("reading the answer: {e}")),
+
+    /// One GET, answered by `deadline`.
+    fn fetch(&self, deadline: Instant, request: Request) -> Reply {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Reply::Timeout;
+        }
+        let path = match request {
+            Request::EmptyToken => "/system_stats?token=".to_string(),
+            // Random: no file planted under a known name can answer for it.
+            Request::UserFile => format!("/userdata/comfy-init-probe-{:016x}.js", rand::random::<u64>()),
+            Request::Status(_) => "/comfy-init/status".to_string(),
+            _ => "/system_stats".to_string(),
+        };
+        let mut req = self.agent.get(&format!("http://127.0.0.1:{}{path}", self.port)).timeout(left);
+        let bearer = match request {
+            Request::Bearer(token) | Request::WrongBearer(token) | Request::Status(Some(token)) => {
+                Some(token.to_string())
+            }
+            Request::TokenAlone(token) => Some(token.to_string()),
+            // The prefix, then what no key is: the companion must see a key and refuse it.
+            Request::MalformedKey => Some(format!("{}{}", api_keys::PREFIX, "z".repeat(64))),
+            Request::UnknownKey => Some(api_keys::generate()),
+            _ => None,
+        };
+        if let Some(bearer) = bearer {
+            req = req.set("Authorization", &format!("Bearer {bearer}"));
+        }
+        if let Some(key) = self.self_key.as_deref().filter(|_| !matches!(request, Request::TokenAlone(_))) {
+            req = req.set(crate::supervisor::self_key::HEADER, key);
+        }
+        if let Some(origin) = &self.origin {
+            req = req.set("Origin", origin);
+        }
+        let response = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(status, _)) => return Reply::Answer { status, body: String::new() },
+            Err(ureq::Error::Transport(t)) => return transport_reply(&t),
+        };
+        let status = response.status();
+        if status != 200 {
+            return Reply::Answer { status, body: String::new() };
+        }
+        match response.into_string() {
+            Ok(body) => Reply::Answer { status, body },
+            Err(e) if timed_out(&e) => Reply::Timeout,
+            Err(e) => Reply::Failed(format!("reading the answer: {e}")),
+        }
     }
 }
 
@@ -503,9 +585,8 @@ const PROOF_WINDOW: Duration = Duration::from_secs(2);
 pub fn prove_reload(settings: Result<Settings, ConfigError>, old: &str, new: &str) -> u8 {
     let Ok(s) = settings else { return 1 };
     let deadline = Instant::now() + PROOF_WINDOW;
-    let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let origin = origin(&s);
-    let ask = |r: Request| fetch(&agent, s.comfyui.port, origin.as_deref(), deadline, r);
+    let client = Client::new(&s);
+    let ask = |r: Request| client.fetch(deadline, r);
     let status = |reply: Reply| match reply {
         Reply::Answer { status, .. } => status.to_string(),
         other => format!("{other:?}"),
@@ -535,12 +616,8 @@ fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Proble
     if guest_mode && s.guest_mode == GuestMode::Refuse {
         return Err(Problem::GuestModeRefused(s.credentials.guest_mode_path().display().to_string()));
     }
-    let agent = ureq::AgentBuilder::new()
-        .redirects(0) // a 302 to /login is an answer, not somewhere to go
-        .user_agent(concat!("comfy-init-healthcheck/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let origin = origin(s);
-    let mut http = |r: Request| fetch(&agent, s.comfyui.port, origin.as_deref(), deadline, r);
+    let client = Client::new(s);
+    let mut http = |r: Request| client.fetch(deadline, r);
     let gpu_settings = s.gpu.clone();
     let gpu_check = move || {
         STAGE.store(STAGE_GPU, Ordering::SeqCst);
@@ -579,12 +656,7 @@ fn pid1_comfyui_flags() -> Vec<String> {
 fn check_ready(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Problem> {
     judge_phase(crate::supervisor::phase::read(&s.run_dir).as_deref())?;
     let healthy = check(s, auth, deadline)?;
-    let token = match auth {
-        Auth::Token(t) => Some(t.as_str()),
-        _ => None,
-    };
-    let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let status = fetch(&agent, s.comfyui.port, origin(s).as_deref(), deadline, Request::Status(token));
+    let status = Client::new(s).fetch(deadline, Request::Status(auth.token()));
     let note = judge_status(&status, s.max_queue)?;
     Ok(Healthy { ready: Some(note), ..healthy })
 }
@@ -656,12 +728,11 @@ pub fn probe_drain(settings: Result<Settings, ConfigError>) -> u8 {
     let Ok(s) = settings else { return 1 };
     let token = std::env::var(queue::ENV_TOKEN).ok();
     let deadline = Instant::now() + s.supervisor.drain_timeout;
-    let agent = ureq::AgentBuilder::new().redirects(0).build();
-    let origin = origin(&s);
+    let client = Client::new(&s);
     let (mut silent, mut said) = (0, false);
     while Instant::now() < deadline {
         let soon = (Instant::now() + Duration::from_secs(2)).min(deadline);
-        let reply = fetch(&agent, s.comfyui.port, origin.as_deref(), soon, Request::Status(token.as_deref()));
+        let reply = client.fetch(soon, Request::Status(token.as_deref()));
         match reply {
             Reply::Answer { status: 200, body } => {
                 let Some(status) = queue::Status::parse(&body) else { return 1 };
@@ -722,8 +793,8 @@ pub fn command(settings: Result<Settings, ConfigError>, ready: bool) -> u8 {
         Err(p) => (1, p.line(target)),
     };
     // Belt and braces: no path above prints the token, and none ever may.
-    if let Auth::Token(token) = &auth {
-        line = line.replace(token.as_str(), "<token>");
+    if let Some(token) = auth.token() {
+        line = line.replace(token, "<token>");
     }
     if print_once(&line) {
         code
@@ -793,12 +864,46 @@ mod tests {
                 "without a token",
                 "with an empty ?token=",
                 "with a wrong token",
+                "with a malformed API key",
+                "with an unknown API key",
                 "for a user file through a .js path, without a token"
             ]
         );
         let line = h.line(T);
         assert!(line.starts_with("healthy: ComfyUI 0.3.40 answers on 127.0.0.1:8188"));
-        assert!(line.contains("auth enforced"), "{line}");
+        assert!(line.contains("auth enforced") && line.contains("a malformed and an unknown API key"), "{line}");
+        assert!(!line.contains("COMFY_INIT_PASSWORD_TOKEN"), "{line}");
+    }
+
+    #[test]
+    fn an_api_key_no_one_holds_must_be_refused() {
+        for (kind, describe) in
+            [(Request::MalformedKey, "with a malformed API key"), (Request::UnknownKey, "with an unknown API key")]
+        {
+            let takes_it = |r: Request| if r == kind { ok(STATS) } else { protected(r) };
+            let (result, _) = run(&token(), takes_it, None);
+            let p = result.unwrap_err();
+            assert_eq!(p, Problem::KeyNotChecked(describe));
+            assert!(p.line(T).contains("API keys are not checked"), "{}", p.line(T));
+        }
+    }
+
+    #[test]
+    fn with_the_password_token_off_the_token_alone_must_be_refused() {
+        let keys_only = Auth::KeysOnly("tok".into());
+        let (result, asked) = run(&keys_only, protected, None);
+        let line = result.unwrap().line(T);
+        assert_eq!(
+            asked.last().map(String::as_str),
+            Some("with the password's token under COMFY_INIT_PASSWORD_TOKEN=off")
+        );
+        assert!(line.contains("the password's token is refused (COMFY_INIT_PASSWORD_TOKEN=off)"), "{line}");
+        let token_works = |r: Request| match r {
+            Request::Bearer("tok") | Request::TokenAlone("tok") => ok(STATS),
+            _ => status(401),
+        };
+        let (result, _) = run(&keys_only, token_works, None);
+        assert_eq!(result, Err(Problem::TokenNotOff));
     }
 
     #[test]

@@ -152,10 +152,18 @@ fn sync(dry_run: bool) -> u8 {
 fn token() -> u8 {
     let result = Settings::from_env()
         .map_err(Error::from)
-        .and_then(|s| credentials::current_token(&s.credentials).map_err(Error::from));
+        .and_then(|s| Ok((credentials::current_token(&s.credentials)?, s.password_token)));
     match result {
-        Ok(token) => {
+        Ok((token, true)) => {
             println!("{token}");
+            0
+        }
+        Ok((token, false)) => {
+            println!("{token}");
+            eprintln!(
+                "comfy-init: COMFY_INIT_PASSWORD_TOKEN=off: ComfyUI refuses this token from API clients; \
+                 give each client an API key (comfy-init apikey add NAME)"
+            );
             0
         }
         Err(e) => {
@@ -183,14 +191,19 @@ fn apikey(command: cli::ApiKeyCommand) -> u8 {
             .transpose()
             .and_then(|lifetime| api_keys::add(&settings, &name, lifetime, read_only))
             .map(|key| println!("{key}")),
-        cli::ApiKeyCommand::List => api_keys::list(&settings).map(|keys| {
+        cli::ApiKeyCommand::List => api_keys::list(&settings).and_then(|ours| {
+            let theirs = api_keys::listed_by_operator(&settings)?;
+            let used = api_keys::last_used(&settings);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            if keys.is_empty() {
+            if ours.is_empty() && theirs.is_empty() {
                 println!("no API keys (comfy-init apikey add NAME makes one)");
             }
-            for key in &keys {
-                println!("{}", api_keys::describe(key, now));
+            for (key, from) in
+                ours.iter().map(|k| (k, "")).chain(theirs.iter().map(|k| (k, "  (COMFYUI_API_KEYS_FILE)")))
+            {
+                println!("{}{from}", api_keys::describe(key, now, used.get(&key.name).copied()));
             }
+            Ok(())
         }),
         cli::ApiKeyCommand::Revoke { name } => {
             api_keys::revoke(&settings, &name).map(|()| println!("revoked: {name} (refused within a second)"))
@@ -297,6 +310,9 @@ fn prepare(
     } else {
         log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it");
     }
+    if !settings.password_token {
+        spec.env_set.push((supervisor::self_key::ENV_DIGEST.into(), password_token_off(&settings, companion)?.into()));
+    }
     // The plaintext password is ours; the child and its custom nodes do not need it.
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
     if command.is_empty() {
@@ -314,6 +330,26 @@ fn prepare(
         reload,
         hooks,
         settings: settings.supervisor,
+    })
+}
+
+/// COMFY_INIT_PASSWORD_TOKEN=off: only the companion can refuse ComfyUI-Login's token, and
+/// comfy-init's own requests need their key (published for the healthcheck). The key's digest,
+/// for ComfyUI. Err: the token would stay an API credential; nothing is started.
+fn password_token_off(settings: &Settings, companion: bool) -> Result<String, Error> {
+    let off = "COMFY_INIT_PASSWORD_TOKEN=off";
+    if !settings.auth || !companion {
+        return Err(Error::Config(config::ConfigError(format!(
+            "{off} needs COMFY_INIT_AUTH=on and comfy-init's companion node installed (COMFY_INIT_COMPANION=on, \
+             custom_nodes writable by root): without it ComfyUI-Login accepts its token anyway"
+        ))));
+    }
+    supervisor::self_key::publish(&settings.run_dir).map_err(|why| {
+        Error::Config(config::ConfigError(format!(
+            "{off}: cannot keep comfy-init's own key in {} ({why}): set COMFY_INIT_RUN_DIR to a folder of \
+             comfy-init's user that no one else can write",
+            settings.run_dir.display()
+        )))
     })
 }
 

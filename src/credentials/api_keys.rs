@@ -5,9 +5,15 @@
 //! companion reads that file and lets a valid key through as ComfyUI-Login's token; a change to
 //! the file applies in place within a second, no restart.
 //!
-//! One key a line: `<name> <sha256 hex> <created unix s> <expires unix s or -> <rw|ro>`.
+//! One key a line: `<name> <sha256 hex> <created unix s> <expires unix s or -> <rw|ro>`. The
+//! companion keeps when each key was last used in `login/API_KEYS.used` (`<name> <unix s>`),
+//! written in batches, never on every request; `apikey list` shows it.
+//!
+//! `COMFYUI_API_KEYS_FILE` names a second list in the same format, the operator's (a Kubernetes
+//! Secret): the companion reads it too, `apikey list` shows it, nothing here writes it.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -37,6 +43,12 @@ pub enum KeyError {
     Exists(String),
     #[error("no API key named '{0}' (comfy-init apikey list shows them)")]
     Unknown(String),
+    #[error(
+        "the API key '{name}' comes from COMFYUI_API_KEYS_FILE ({}), which comfy-init does not write: \
+         remove its line there (e.g. from the Kubernetes Secret)",
+        file.display()
+    )]
+    NotOurs { name: String, file: PathBuf },
     #[error("--expires '{0}' is not a lifetime: use days like 90d, or hours like 12h")]
     BadLifetime(String),
     #[error("{0}")]
@@ -94,6 +106,13 @@ pub fn parse(text: &str) -> Vec<Key> {
     text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).filter_map(Key::parse).collect()
 }
 
+/// `cik_` and 64 lowercase hex digits, what [`generate`] makes.
+pub fn well_formed(key: &str) -> bool {
+    key.len() == PREFIX.len() + 64
+        && key.starts_with(PREFIX)
+        && key[PREFIX.len()..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 pub fn digest(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -127,13 +146,41 @@ fn now() -> u64 {
 
 /// The keys in login/API_KEYS (none when it is missing), read as PUID where PUID could swap it.
 pub fn list(s: &Settings) -> Result<Vec<Key>, KeyError> {
-    let file = path(s);
-    let read = as_puid_where_exposed(&file, s.owner, || fsutil::read_bounded(&file, MAX_FILE, Links::Refuse));
-    match read {
+    read_keys(&path(s), s.owner, Links::Refuse)
+}
+
+/// The keys of COMFYUI_API_KEYS_FILE (none when unset or missing). The operator's path: a link
+/// there is followed (Kubernetes mounts a Secret's files as links).
+pub fn listed_by_operator(s: &Settings) -> Result<Vec<Key>, KeyError> {
+    match &s.api_keys_file {
+        Some(file) => read_keys(file, s.owner, Links::Follow),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn read_keys(file: &Path, owner: Option<(u32, u32)>, links: Links) -> Result<Vec<Key>, KeyError> {
+    match as_puid_where_exposed(file, owner, || fsutil::read_bounded(file, MAX_FILE, links)) {
         Ok(Some(bytes)) => Ok(parse(&String::from_utf8_lossy(&bytes))),
         Ok(None) => Ok(Vec::new()),
-        Err(e) => Err(KeyError::Unreadable { path: file, why: e.to_string() }),
+        Err(e) => Err(KeyError::Unreadable { path: file.to_path_buf(), why: e.to_string() }),
     }
+}
+
+/// When each key was last used, as the companion last wrote it (empty when it never did). A
+/// bad line is left out: the file only informs.
+pub fn last_used(s: &Settings) -> HashMap<String, u64> {
+    let file = path(s).with_file_name("API_KEYS.used");
+    let read = as_puid_where_exposed(&file, s.owner, || fsutil::read_bounded(&file, MAX_FILE, Links::Refuse));
+    let text = match read {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        _ => return HashMap::new(),
+    };
+    text.lines()
+        .filter_map(|line| {
+            let (name, when) = line.split_once(' ')?;
+            Some((name.to_string(), when.parse().ok()?))
+        })
+        .collect()
 }
 
 fn save(s: &Settings, keys: &[Key]) -> Result<(), KeyError> {
@@ -178,21 +225,39 @@ pub fn revoke(s: &Settings, name: &str) -> Result<(), KeyError> {
     let before = keys.len();
     keys.retain(|k| k.name != name);
     if keys.len() == before {
+        if let Some(file) = s
+            .api_keys_file
+            .as_ref()
+            .filter(|_| listed_by_operator(s).is_ok_and(|theirs| theirs.iter().any(|k| k.name == name)))
+        {
+            return Err(KeyError::NotOurs { name: name.into(), file: file.clone() });
+        }
         return Err(KeyError::Unknown(name.into()));
     }
     save(s, &keys)
 }
 
 /// One line a key for `apikey list`: never the key, which is not kept.
-pub fn describe(key: &Key, now_s: u64) -> String {
-    let when = |t: u64| format!("{}d ago", now_s.saturating_sub(t) / 86_400);
+pub fn describe(key: &Key, now_s: u64, last_used: Option<u64>) -> String {
+    let when = |t: u64| ago(now_s.saturating_sub(t));
     let expires = match key.expires {
         None => "never expires".to_string(),
         Some(_) if key.expired(now_s) => "EXPIRED".to_string(),
         Some(e) => format!("expires in {}d", e.saturating_sub(now_s).div_ceil(86_400)),
     };
     let mode = if key.read_only { "read-only" } else { "read-write" };
-    format!("{}  created {}  {expires}  {mode}", key.name, when(key.created))
+    let used = last_used.map_or("never used".to_string(), |t| format!("last used {}", when(t)));
+    format!("{}  created {}  {expires}  {used}  {mode}", key.name, when(key.created))
+}
+
+/// `3d ago`, `5h ago`, `12m ago`, `just now`.
+fn ago(seconds: u64) -> String {
+    match seconds {
+        0..60 => "just now".into(),
+        60..3_600 => format!("{}m ago", seconds / 60),
+        3_600..86_400 => format!("{}h ago", seconds / 3_600),
+        _ => format!("{}d ago", seconds / 86_400),
+    }
 }
 
 #[cfg(test)]
@@ -224,5 +289,16 @@ mod tests {
             assert!(parse_lifetime(bad).is_err(), "{bad}");
         }
         assert!(valid_name("my-ci.bot_1") && !valid_name("") && !valid_name("a b") && !valid_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn a_key_is_described_without_its_secret_with_its_age_and_last_use() {
+        let k =
+            Key { name: "ci".into(), digest: digest("cik_x"), created: 0, expires: Some(10 * 86_400), read_only: true };
+        let line = describe(&k, 3 * 86_400, Some(3 * 86_400 - 7_200));
+        assert_eq!(line, "ci  created 3d ago  expires in 7d  last used 2h ago  read-only");
+        assert!(describe(&k, 11 * 86_400, None).contains("EXPIRED  never used"));
+        assert_eq!(ago(59), "just now");
+        assert_eq!(ago(61), "1m ago");
     }
 }

@@ -31,6 +31,8 @@ pub struct Settings {
     pub env_password: Option<String>,
     pub env_username: Option<String>,
     pub env_token: Option<String>,
+    /// `COMFYUI_API_KEYS_FILE`: the operator's read-only list of API keys (a Kubernetes Secret).
+    pub api_keys_file: Option<PathBuf>,
     /// PUID/PGID: owner of what we create.
     pub owner: Option<(u32, u32)>,
 }

@@ -12,6 +12,7 @@ pub mod idle;
 pub mod phase;
 pub mod policy;
 pub mod reaper;
+pub mod self_key;
 pub mod service;
 pub mod session;
 pub mod signals;

@@ -56,6 +56,12 @@ impl Publisher {
 
 /// `dir/phase`, opened for writing: `dir` made if missing, never through a link, ours alone.
 fn open(dir: &Path) -> Result<File, String> {
+    open_in(dir, c"phase", 0o644)
+}
+
+/// `dir/name`, opened for writing (created with `mode`): `dir` made if missing, never through a
+/// link, a folder only we can write.
+pub fn open_in(dir: &Path, name: &std::ffi::CStr, mode: libc::c_uint) -> Result<File, String> {
     let made = std::fs::DirBuilder::new().mode(0o755).recursive(true).create(dir);
     // Never through a link in its place (a folder someone else could swap); a folder that cannot
     // be made says why (EACCES), not what follows from it (ENOENT).
@@ -70,8 +76,8 @@ fn open(dir: &Path) -> Result<File, String> {
         return Err("not a folder of ours that only we can write".into());
     }
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
-    // SAFETY: openat relative to a directory descriptor we own, with a constant name.
-    let fd = unsafe { libc::openat(folder.as_raw_fd(), c"phase".as_ptr(), flags, 0o644) };
+    // SAFETY: openat relative to a directory descriptor we own, with a NUL-terminated name.
+    let fd = unsafe { libc::openat(folder.as_raw_fd(), name.as_ptr(), flags, mode) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error().to_string());
     }
@@ -79,7 +85,7 @@ fn open(dir: &Path) -> Result<File, String> {
     let file = unsafe { File::from_raw_fd(fd) };
     match file.metadata() {
         Ok(m) if m.is_file() => Ok(file),
-        _ => Err("phase is not a plain file".into()),
+        _ => Err(format!("{} is not a plain file", name.to_string_lossy())),
     }
 }
 
