@@ -11,8 +11,10 @@ pub enum Command {
         comfyui_args: Vec<OsString>,
     },
     /// `--ready`: readiness (traffic), not only liveness.
+    /// `--instance N`: only that ComfyUI of several (COMFY_INIT_INSTANCES).
     Healthcheck {
         ready: bool,
+        instance: Option<usize>,
     },
     Gpu {
         json: bool,
@@ -123,9 +125,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("-V" | "--version") => Ok(Command::Version),
         Some("--") => Ok(Command::Run { command: rest, comfyui_args: Vec::new() }),
         Some("run") => parse_run(rest),
-        Some("healthcheck") => {
-            flags(Topic::Healthcheck, rest, &["--ready"]).map(|f| Command::Healthcheck { ready: !f.is_empty() })
-        }
+        Some("healthcheck") => parse_healthcheck(rest),
         Some("gpu") => flags(Topic::Gpu, rest, &["--json"]).map(|f| Command::Gpu { json: !f.is_empty() }),
         Some("sync") => flags(Topic::Sync, rest, &["--dry-run"]).map(|f| Command::Sync { dry_run: !f.is_empty() }),
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
@@ -169,6 +169,27 @@ fn comfyui_flags(topic: Topic, args: Vec<OsString>) -> Result<Command, UsageErro
 }
 
 /// Accepts only the given flags (and --help); returns the flags seen.
+/// `healthcheck [--ready] [--instance N]`.
+fn parse_healthcheck(rest: Vec<OsString>) -> Result<Command, UsageError> {
+    let mut rest = rest.into_iter();
+    let (mut ready, mut instance, mut others) = (false, None, Vec::new());
+    while let Some(arg) = rest.next() {
+        match arg.to_str() {
+            Some("--ready") => ready = true,
+            Some("--instance") => {
+                let n = rest.next().and_then(|n| n.to_str().and_then(|n| n.parse().ok()));
+                instance = Some(n.ok_or_else(|| UsageError {
+                    topic: Topic::Healthcheck,
+                    message: "--instance needs a number: 0 for the first ComfyUI, 1 for the second...".into(),
+                })?);
+            }
+            _ => others.push(arg),
+        }
+    }
+    flags(Topic::Healthcheck, others, &[])?;
+    Ok(Command::Healthcheck { ready, instance })
+}
+
 fn flags(topic: Topic, rest: Vec<OsString>, allowed: &[&str]) -> Result<Vec<String>, UsageError> {
     let mut seen = Vec::new();
     for arg in rest {
@@ -291,7 +312,7 @@ for signal N). `comfy-init --help` lists every setting and exit code.
 ";
 
 const HELP_HEALTHCHECK: &str = "\
-Usage: comfy-init healthcheck [--ready]
+Usage: comfy-init healthcheck [--ready] [--instance N]
 
 Docker HEALTHCHECK target (liveness). GETs /system_stats on 127.0.0.1:$COMFYUI_PORT with the
 bearer token, then checks that requests without a token are refused. Prints one line; exits 0
@@ -300,6 +321,10 @@ bearer token, then checks that requests without a token are refused. Prints one 
 --ready (readiness: send traffic?): also fails while comfy-init starts, reloads, restarts,
 drains or stops ComfyUI, while a custom node failed to import, and while more prompts wait
 than $COMFY_INIT_MAX_QUEUE.
+
+With several ComfyUI instances (COMFY_INIT_INSTANCES) every one is checked, and the line names
+the first that fails with its port and card; --instance N checks only instance N (a load
+balancer's readiness per port).
 ";
 
 const HELP_APIKEY: &str = "\
@@ -427,8 +452,13 @@ mod tests {
     fn each_subcommand_takes_only_its_own_flags() {
         assert_eq!(parse_strs(&["gpu", "--json"]), Ok(Command::Gpu { json: true }));
         assert_eq!(parse_strs(&["sync", "--dry-run"]), Ok(Command::Sync { dry_run: true }));
-        assert_eq!(parse_strs(&["healthcheck"]), Ok(Command::Healthcheck { ready: false }));
-        assert_eq!(parse_strs(&["healthcheck", "--ready"]), Ok(Command::Healthcheck { ready: true }));
+        assert_eq!(parse_strs(&["healthcheck"]), Ok(Command::Healthcheck { ready: false, instance: None }));
+        assert_eq!(parse_strs(&["healthcheck", "--ready"]), Ok(Command::Healthcheck { ready: true, instance: None }));
+        assert_eq!(
+            parse_strs(&["healthcheck", "--instance", "2", "--ready"]),
+            Ok(Command::Healthcheck { ready: true, instance: Some(2) })
+        );
+        assert!(parse_strs(&["healthcheck", "--instance", "x"]).is_err());
         let err = parse_strs(&["healthcheck", "--nope"]).unwrap_err();
         assert_eq!(err.topic, Topic::Healthcheck);
         assert!(err.message.contains("--nope"));

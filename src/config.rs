@@ -347,6 +347,22 @@ fn gpu_settings(get: Lookup, owner: Option<(u32, u32)>) -> Result<GpuSettings, C
         }
     };
     let timeout = positive_duration(ENV_TIMEOUT, non_empty(ENV_TIMEOUT), crate::gpu::model::TIMEOUT)?;
+    let instances = match non_empty("COMFY_INIT_INSTANCES") {
+        None => crate::gpu::Instances::One,
+        Some(v) => crate::gpu::Instances::parse(&v).ok_or_else(|| {
+            ConfigError(format!(
+                "COMFY_INIT_INSTANCES='{v}' is not valid: use 1 (one ComfyUI), per-gpu (one per usable card) or a \
+                 list of GPU indexes or UUIDs (0,1 or GPU-...,GPU-...)"
+            ))
+        })?,
+    };
+    if instances != crate::gpu::Instances::One && non_empty("COMFY_INIT_GPU_SELECT").is_some() {
+        return Err(ConfigError(
+            "COMFY_INIT_INSTANCES and COMFY_INIT_GPU_SELECT both choose cards: keep one (a list in \
+             COMFY_INIT_INSTANCES runs one ComfyUI on each card named)"
+                .into(),
+        ));
+    }
     Ok(GpuSettings {
         policy,
         min_vram_gb,
@@ -355,6 +371,7 @@ fn gpu_settings(get: Lookup, owner: Option<(u32, u32)>) -> Result<GpuSettings, C
         image_cuda_version: non_empty(ENV_CUDA_VERSION).map(|v| v.trim().to_string()),
         visible_devices: get("NVIDIA_VISIBLE_DEVICES"),
         torch_probe: Some(torch_probe(get, owner)),
+        instances,
         select: match non_empty("COMFY_INIT_GPU_SELECT") {
             None => None,
             Some(v) => Some(crate::gpu::Select::parse(&v).ok_or_else(|| {

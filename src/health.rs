@@ -123,6 +123,11 @@ pub enum Problem {
     GuestModeRefused(String),
     /// Alive, but no traffic should come (`--ready`): why.
     NotReady(String),
+    /// One of several instances failed: which (its port and card), and how.
+    Instance {
+        about: String,
+        problem: Box<Problem>,
+    },
 }
 
 /// Where and how long: only for the wording of the line.
@@ -146,6 +151,8 @@ pub struct Healthy {
     pub token_logged: bool,
     /// `--ready`: what readiness proved.
     pub ready: Option<String>,
+    /// Several instances: the summary that stands for "ComfyUI answers on ...".
+    pub instances: Option<String>,
 }
 
 impl Problem {
@@ -153,6 +160,13 @@ impl Problem {
         let addr = format!("127.0.0.1:{}", t.port);
         let why = match self {
             Problem::NotReady(why) => return format!("NOT READY: {why}"),
+            Problem::Instance { about, problem } => {
+                let inner = problem.line(Target { port: t.port, ..t });
+                return match inner.split_once(": ") {
+                    Some((verdict, why)) => format!("{verdict}: {about}: {why}"),
+                    None => format!("UNHEALTHY: {about}: {inner}"),
+                };
+            }
             Problem::Config(e) => format!("bad configuration: {e}"),
             Problem::NotListening => format!(
                 "not listening: nothing accepts connections on {addr} (ComfyUI is starting, \
@@ -217,7 +231,10 @@ impl Problem {
 
 impl Healthy {
     pub fn line(&self, t: Target) -> String {
-        let mut line = format!("healthy: ComfyUI {} answers on 127.0.0.1:{}", self.version, t.port);
+        let mut line = match &self.instances {
+            Some(summary) => format!("healthy: {summary} (ComfyUI {})", self.version),
+            None => format!("healthy: ComfyUI {} answers on 127.0.0.1:{}", self.version, t.port),
+        };
         if let Some(ready) = &self.ready {
             line = format!("{ready}; {line}");
         }
@@ -290,6 +307,7 @@ pub fn judge_stats(reply: &Reply, request: Request) -> Result<Healthy, Problem> 
         guest_mode: false,
         token_logged: false,
         ready: None,
+        instances: None,
     })
 }
 
@@ -457,7 +475,19 @@ fn emit(line: &str) {
 /// `comfy-init __probe-alive`: the liveness check for PID 1's watchdog (COMFY_INIT_WATCHDOG).
 pub fn watchdog_probe(settings: Result<Settings, ConfigError>) -> u8 {
     AS_WATCHDOG.store(true, Ordering::SeqCst);
-    command(settings, false)
+    // PID 1 gave it the port of the one instance it watches.
+    command(settings, false, Some(Scope::ThisPort))
+}
+
+/// Which ComfyUI the healthcheck asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every instance PID 1 published (one: COMFYUI_PORT).
+    All,
+    /// Instance N of those PID 1 published.
+    Instance(usize),
+    /// COMFYUI_PORT alone (the watchdog's probe of one instance).
+    ThisPort,
 }
 
 /// The per-request timeouts already end at the deadline; this covers whatever they cannot
@@ -653,12 +683,54 @@ fn pid1_comfyui_flags() -> Vec<String> {
 
 /// Readiness (`--ready`) is liveness, and more: PID 1's phase is `running` (looked at first: not
 /// running, no request is needed), and the companion says what [`judge_status`] wants.
-fn check_ready(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Problem> {
-    judge_phase(crate::supervisor::phase::read(&s.run_dir).as_deref())?;
+fn check_ready(s: &Settings, auth: &Auth, deadline: Instant, phase: Option<&str>) -> Result<Healthy, Problem> {
+    judge_phase(phase)?;
     let healthy = check(s, auth, deadline)?;
     let status = Client::new(s).fetch(deadline, Request::Status(auth.token()));
     let note = judge_status(&status, s.max_queue)?;
     Ok(Healthy { ready: Some(note), ..healthy })
+}
+
+/// Several ComfyUI (COMFY_INIT_INSTANCES): each one as if it were the only one, on its port, with
+/// its slot of the phase; the first that fails is named with its port and card.
+fn check_instances(
+    s: &Settings,
+    auth: &Auth,
+    deadline: Instant,
+    ready: bool,
+    published: &[crate::instances::Published],
+    scope: Option<Scope>,
+) -> Result<Healthy, Problem> {
+    let chosen: Vec<_> = match scope {
+        Some(Scope::Instance(n)) => published.iter().filter(|p| p.index == n).collect(),
+        _ => published.iter().collect(),
+    };
+    if chosen.is_empty() {
+        return Err(Problem::Config(format!(
+            "there is no such instance: comfy-init runs {} (--instance 0 to {})",
+            published.len(),
+            published.len() - 1
+        )));
+    }
+    let phases = crate::supervisor::phase::read_all(&s.run_dir).unwrap_or_default();
+    let mut first: Option<Healthy> = None;
+    for p in &chosen {
+        let one = Settings { comfyui: config::ComfyUi { port: p.port, ..s.comfyui.clone() }, ..s.clone() };
+        let result = match ready {
+            true => check_ready(&one, auth, deadline, phases.get(p.index).map(String::as_str)),
+            false => check(&one, auth, deadline),
+        };
+        let healthy = result.map_err(|problem| Problem::Instance {
+            about: format!("instance {} ({}) on 127.0.0.1:{}", p.index, p.label, p.port),
+            problem: Box::new(problem),
+        })?;
+        first.get_or_insert(healthy);
+    }
+    let each: Vec<String> =
+        chosen.iter().map(|p| format!("#{} on 127.0.0.1:{} ({})", p.index, p.port, p.label)).collect();
+    let what = if ready { "ready" } else { "answer" };
+    let summary = format!("{} of {} ComfyUI instances {what}: {}", chosen.len(), published.len(), each.join(", "));
+    Ok(Healthy { instances: Some(summary), device: None, ..first.expect("at least one instance was checked") })
 }
 
 /// Only a ComfyUI that comfy-init runs untouched gets traffic.
@@ -762,8 +834,9 @@ pub fn probe_drain(settings: Result<Settings, ConfigError>) -> u8 {
     2
 }
 
-/// `comfy-init healthcheck [--ready]`: prints one line, returns 0 (healthy, or ready) or 1.
-pub fn command(settings: Result<Settings, ConfigError>, ready: bool) -> u8 {
+/// `comfy-init healthcheck [--ready] [--instance N]`: prints one line, returns 0 (healthy, or
+/// ready) or 1.
+pub fn command(settings: Result<Settings, ConfigError>, ready: bool, scope: Option<Scope>) -> u8 {
     let started = Instant::now();
     // Exit 0 or 1, whatever happens: a bug must read "unhealthy", never Docker's reserved 2 or an
     // abort's 134. The message is not printed: it could hold what a file contained.
@@ -784,9 +857,17 @@ pub fn command(settings: Result<Settings, ConfigError>, ready: bool) -> u8 {
     let deadline = started + target.timeout;
     arm_watchdog(deadline, target);
     let auth = auth(&s);
-    let result = match ready {
-        false => check(&s, &auth, deadline),
-        true => check_ready(&s, &auth, deadline),
+    let published = match scope {
+        Some(Scope::ThisPort) => Vec::new(),
+        _ => crate::instances::read(&s.run_dir),
+    };
+    let result = match (published.is_empty(), scope) {
+        (true, Some(Scope::Instance(n))) if n > 0 => {
+            Err(Problem::Config(format!("there is no instance {n}: comfy-init runs one ComfyUI here")))
+        }
+        (true, _) if ready => check_ready(&s, &auth, deadline, crate::supervisor::phase::read(&s.run_dir).as_deref()),
+        (true, _) => check(&s, &auth, deadline),
+        (false, scope) => check_instances(&s, &auth, deadline, ready, &published, scope),
     };
     let (code, mut line) = match result {
         Ok(h) => (0, h.line(target)),

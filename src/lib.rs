@@ -12,6 +12,7 @@ pub mod fsutil;
 mod fuzz;
 pub mod gpu;
 pub mod health;
+pub mod instances;
 pub mod logging;
 pub mod privileges;
 pub mod queue;

@@ -10,7 +10,7 @@
 compile_error!("comfy-init's own C main needs glibc (target *-linux-gnu): std gets argv from glibc's .init_array");
 
 use comfy_init::cli::{self, Command, Topic};
-use comfy_init::{companion, config, credentials, error, gpu, health, logging, privileges, supervisor};
+use comfy_init::{companion, config, credentials, error, gpu, health, instances, logging, privileges, supervisor};
 use config::Settings;
 use error::{Error, EXIT_CONFIG, EXIT_USAGE};
 use supervisor::child::ChildSpec;
@@ -79,7 +79,10 @@ fn entry() -> u8 {
         Command::Token => token(),
         Command::Rotate => rotate(),
         Command::ApiKey(command) => apikey(command),
-        Command::Healthcheck { ready } => health::command(Settings::from_env(), ready),
+        Command::Healthcheck { ready, instance } => {
+            let scope = instance.map_or(health::Scope::All, health::Scope::Instance);
+            health::command(Settings::from_env(), ready, Some(scope))
+        }
         Command::Prefix { name, command } => supervisor::hooks::prefix(&name, &command),
         Command::CredentialService => {
             logging::init();
@@ -315,15 +318,23 @@ fn prepare(
     }
     // The plaintext password is ours; the child and its custom nodes do not need it.
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
-    if command.is_empty() {
-        spec.argv = settings.comfyui.default_command();
-        spec.argv.extend(comfyui_args);
-        spec.cwd = Some(settings.comfyui.dir.clone());
+    let instances = if !for_child.instances.is_empty() {
+        several_instances(&settings, &spec, &command, &comfyui_args, &for_child.instances)?
     } else {
-        spec.argv = command;
-    }
+        if command.is_empty() {
+            spec.argv = settings.comfyui.default_command();
+            spec.argv.extend(comfyui_args);
+            spec.cwd = Some(settings.comfyui.dir.clone());
+        } else {
+            spec.argv = command;
+        }
+        if let Err(why) = instances::publish(&settings.run_dir, &[]) {
+            log::warn!("{}: {why}", settings.run_dir.display());
+        }
+        vec![supervisor::InstanceSpec { spec, port: settings.comfyui.port, label: None }]
+    };
     Ok(supervisor::Start {
-        spec,
+        instances,
         run_dir: settings.run_dir,
         auth: settings.auth,
         companion,
@@ -331,6 +342,49 @@ fn prepare(
         hooks,
         settings: settings.supervisor,
     })
+}
+
+/// COMFY_INIT_INSTANCES: one ComfyUI per card (issue 26), its user folder made (as PUID where
+/// PUID could redirect it), the list published for the healthcheck.
+fn several_instances(
+    settings: &Settings,
+    spec: &ChildSpec,
+    command: &[std::ffi::OsString],
+    comfyui_args: &[std::ffi::OsString],
+    cards: &[gpu::InstanceCard],
+) -> Result<Vec<supervisor::InstanceSpec>, Error> {
+    let config = |message: String| Error::Config(config::ConfigError(message));
+    if !command.is_empty() {
+        return Err(config(
+            "COMFY_INIT_INSTANCES needs comfy-init to start ComfyUI itself (no command after `run`): it gives each \
+             instance its port and folders; pass ComfyUI's flags in COMFYUI_ARGS"
+                .into(),
+        ));
+    }
+    let specs = instances::specs(spec, &settings.comfyui, comfyui_args, cards);
+    for i in 1..specs.len() {
+        let Some(dir) = instances::user_dir(&settings.comfyui, i) else { continue };
+        let made = privileges::as_puid_where_exposed(&dir, settings.owner, || std::fs::create_dir_all(&dir));
+        made.map_err(|e| {
+            config(format!(
+                "{}: cannot make instance {i}'s user folder ({e}): make `user` writable by ComfyUI's user",
+                dir.display()
+            ))
+        })?;
+    }
+    let published: Vec<_> = specs
+        .iter()
+        .enumerate()
+        .map(|(index, s)| instances::Published { index, port: s.port, label: s.label.clone().unwrap_or_default() })
+        .collect();
+    instances::publish(&settings.run_dir, &published).map_err(|why| {
+        config(format!(
+            "{}: cannot publish the instances for the healthcheck ({why}): set COMFY_INIT_RUN_DIR to a folder of \
+             comfy-init's user that no one else can write",
+            settings.run_dir.display()
+        ))
+    })?;
+    Ok(specs)
 }
 
 /// COMFY_INIT_PASSWORD_TOKEN=off: only the companion can refuse ComfyUI-Login's token, and

@@ -2,7 +2,7 @@
 //! No I/O here; everything is unit-tested below.
 
 use super::model::{gib, CudaVersion, GpuInfo, GpuReport, NvmlFailure, ProbeError, Stage};
-use super::model::{Found, GpuPolicy, GpuSettings, Select, Torch};
+use super::model::{Found, GpuPolicy, GpuSettings, Instances, Select, Torch};
 use super::torch::{self, Coverage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -90,8 +90,10 @@ impl Verdict {
 
 /// COMFY_INIT_GPU_SELECT names no usable card: what it says, and the cards there are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("COMFY_INIT_GPU_SELECT={select} names no usable GPU here: {}", Cards(cards))]
+#[error("{variable}={select} names no usable GPU here: {}", Cards(cards))]
 pub struct NoSuchGpu {
+    /// COMFY_INIT_GPU_SELECT or COMFY_INIT_INSTANCES.
+    pub variable: &'static str,
     pub select: Select,
     pub cards: Vec<Card>,
 }
@@ -148,8 +150,78 @@ pub fn select(report: &GpuReport, settings: &GpuSettings) -> Result<Option<(Vec<
         Some(g) => Ok(Some((vec![g.index], g.uuid.clone().unwrap_or_else(|| g.index.to_string())))),
         None => {
             let card = |g: &&GpuInfo| Card { index: g.index, name: g.display_name().to_string(), uuid: g.uuid.clone() };
-            Err(NoSuchGpu { select: select.clone(), cards: usable.iter().map(card).collect() })
+            Err(NoSuchGpu {
+                variable: "COMFY_INIT_GPU_SELECT",
+                select: select.clone(),
+                cards: usable.iter().map(card).collect(),
+            })
         }
+    }
+}
+
+/// The cards that get a ComfyUI, and those left out with why.
+pub type InstanceCards = (Vec<Card>, Vec<(Card, String)>);
+
+/// The cards of `COMFY_INIT_INSTANCES` (issue 26), one ComfyUI each, and the cards left out with
+/// why. `per-gpu`: every card that is not lost, is an RTX card, has kernels in the installed
+/// PyTorch (unknown counts as yes: the verdict says so) and has `COMFY_INIT_MIN_VRAM_GB`. A list:
+/// the cards named, in that order, each present (the verdict judges them). Err: a card named is
+/// not here.
+pub fn instance_cards(report: &GpuReport, settings: &GpuSettings) -> Result<InstanceCards, NoSuchGpu> {
+    let card = |g: &GpuInfo| Card { index: g.index, name: g.display_name().to_string(), uuid: g.uuid.clone() };
+    let present: Vec<&GpuInfo> = report.gpus.iter().filter(|g| !g.is_lost()).collect();
+    let names = |select: &Select| NoSuchGpu {
+        variable: "COMFY_INIT_INSTANCES",
+        select: select.clone(),
+        cards: present.iter().map(|g| card(g)).collect(),
+    };
+    let list = match &settings.instances {
+        Instances::One => return Ok((Vec::new(), Vec::new())),
+        Instances::Cards(list) => list,
+        Instances::PerGpu => {
+            let (mut usable, mut left_out) = (Vec::new(), Vec::new());
+            for g in &report.gpus {
+                match unusable_for_an_instance(report, settings, g) {
+                    None => usable.push(card(g)),
+                    Some(why) => left_out.push((card(g), why)),
+                }
+            }
+            return Ok((usable, left_out));
+        }
+    };
+    let mut cards = Vec::new();
+    for select in list {
+        let found = present.iter().find(|g| match select {
+            Select::Index(i) => g.index == *i,
+            Select::Uuid(u) => g.uuid.as_deref() == Some(u),
+            Select::Best => false,
+        });
+        match found {
+            Some(g) if !cards.iter().any(|c: &Card| c.index == g.index) => cards.push(card(g)),
+            Some(_) => {}
+            None => return Err(names(select)),
+        }
+    }
+    Ok((cards, Vec::new()))
+}
+
+/// Why `per-gpu` gives this card no ComfyUI (None: it gets one).
+fn unusable_for_an_instance(report: &GpuReport, settings: &GpuSettings, g: &GpuInfo) -> Option<String> {
+    if g.is_lost() {
+        return Some("it has fallen off the bus (NVML: GPU lost)".into());
+    }
+    if !is_rtx(g) {
+        return Some("it is not an RTX card".into());
+    }
+    if torch::coverage(report.torch.as_ref(), g.compute_capability) == Coverage::NotCovered {
+        let cc = g.compute_capability_string().unwrap_or_else(|| "?".into());
+        return Some(format!("the installed PyTorch has no kernels for its compute capability {cc}"));
+    }
+    match (settings.min_vram_gb, g.vram_total_bytes) {
+        (Some(min), Some(total)) if gib(total) < min * (1.0 - VRAM_TOLERANCE) => {
+            Some(format!("{:.1} GiB of VRAM, under COMFY_INIT_MIN_VRAM_GB={min}", gib(total)))
+        }
+        _ => None,
     }
 }
 
@@ -830,6 +902,38 @@ mod tests {
             assert!(v.ok, "{p:?}");
             assert!(v.findings.is_empty(), "{:?}", v.findings);
         }
+    }
+
+    #[test]
+    fn per_gpu_leaves_out_each_card_that_cannot_run_a_comfyui_and_says_why() {
+        let cards = vec![
+            gpu(0, "NVIDIA GeForce RTX 4090", "GeForce", 24.0, (8, 9)),
+            gpu(1, "NVIDIA GeForce RTX 3060", "GeForce", 12.0, (8, 6)),
+            gpu(2, "Tesla T4", "Tesla", 16.0, (7, 5)),
+            gpu(3, "NVIDIA GeForce RTX 3090", "GeForce", 24.0, (8, 6)),
+        ];
+        let s = GpuSettings { instances: Instances::PerGpu, min_vram_gb: Some(16.0), ..GpuSettings::default() };
+        let (usable, left_out) = instance_cards(&healthy(cards.clone()), &s).unwrap();
+        assert_eq!(usable.iter().map(|c| c.index).collect::<Vec<_>>(), [0, 3]);
+        let why: Vec<_> = left_out.iter().map(|(c, why)| format!("{}: {why}", c.index)).collect();
+        assert_eq!(why, ["1: 12.0 GiB of VRAM, under COMFY_INIT_MIN_VRAM_GB=16", "2: it is not an RTX card"]);
+        let listed =
+            GpuSettings { instances: Instances::Cards(vec![Select::Index(3), Select::Uuid("GPU-1".into())]), ..s };
+        let (usable, _) = instance_cards(&healthy(cards.clone()), &listed).unwrap();
+        assert_eq!(usable.iter().map(|c| c.index).collect::<Vec<_>>(), [3, 1], "a list keeps its order");
+        let missing = GpuSettings { instances: Instances::Cards(vec![Select::Index(7)]), ..GpuSettings::default() };
+        let err = instance_cards(&healthy(cards), &missing).unwrap_err().to_string();
+        assert!(
+            err.contains("COMFY_INIT_INSTANCES=7 names no usable GPU here")
+                && err.contains("3 (NVIDIA GeForce RTX 3090, GPU-3)"),
+            "{err}"
+        );
+        assert_eq!(
+            Instances::parse("0,GPU-x"),
+            Some(Instances::Cards(vec![Select::Index(0), Select::Uuid("GPU-x".into())]))
+        );
+        assert_eq!(Instances::parse("best"), None);
+        assert_eq!(Instances::parse("per-gpu"), Some(Instances::PerGpu));
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub mod report;
 pub mod torch;
 pub mod wire;
 
+pub use evaluate::Card;
 pub use evaluate::{evaluate, Severity, Verdict};
-pub use model::{GpuPolicy, GpuReport, GpuSettings, NvmlFailure, ProbeError, Select, Stage, TorchProbe};
+pub use model::{GpuPolicy, GpuReport, GpuSettings, Instances, NvmlFailure, ProbeError, Select, Stage, TorchProbe};
 pub use model::{ENV_CUDA_VERSION, ENV_MIN_VRAM, ENV_NVML_LIB, ENV_POLICY, ENV_TIMEOUT};
 
 /// Why the preflight refuses to start ComfyUI: one short line (the details were just logged).
@@ -35,6 +36,10 @@ pub enum PreflightError {
     /// The verdict failed under `require`.
     #[error("the GPU check failed (see above); set {ENV_POLICY}=warn to start anyway")]
     Failed,
+    #[error("COMFY_INIT_INSTANCES=per-gpu needs the GPU check to find the cards: set {ENV_POLICY}=warn or require")]
+    PerGpuNeedsCheck,
+    #[error("COMFY_INIT_INSTANCES=per-gpu: no card can run a ComfyUI (see above why each is left out)")]
+    NoCardForAnInstance,
 }
 
 /// The healthcheck's light check failed: its line, problem and advice (see [`check_alive`]).
@@ -47,6 +52,24 @@ pub struct NotAlive(pub ProbeError);
 pub struct ForChild {
     /// `CUDA_VISIBLE_DEVICES` for ComfyUI, from COMFY_INIT_GPU_SELECT.
     pub visible_devices: Option<String>,
+    /// COMFY_INIT_INSTANCES other than 1: one ComfyUI per card, in order (empty: one ComfyUI).
+    pub instances: Vec<InstanceCard>,
+}
+
+/// The card of one ComfyUI instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceCard {
+    /// Its `CUDA_VISIBLE_DEVICES`: the UUID where known (CUDA's own order of indexes may differ
+    /// from NVML's), else the index.
+    pub visible: String,
+    /// For the log and the healthcheck: `GPU 1 (NVIDIA GeForce RTX 4090, GPU-...)`.
+    pub label: String,
+}
+
+impl From<&Card> for InstanceCard {
+    fn from(c: &Card) -> InstanceCard {
+        InstanceCard { visible: c.uuid.clone().unwrap_or_else(|| c.index.to_string()), label: format!("GPU {c}") }
+    }
 }
 
 /// How NVML is asked: [`helper::probe`] everywhere but in unit tests, which call [`probe::probe`]
@@ -66,6 +89,11 @@ fn check_with(settings: &GpuSettings, probe: Probe) -> (GpuReport, Verdict) {
         }
     }
     report.selected = evaluate::select(&report, settings).ok().flatten().map(|(indices, _)| indices);
+    if settings.instances != Instances::One {
+        // The verdict judges the cards that get a ComfyUI, not those left out.
+        report.selected =
+            evaluate::instance_cards(&report, settings).ok().map(|(cards, _)| cards.iter().map(|c| c.index).collect());
+    }
     let verdict = evaluate(&report, settings);
     (report, verdict)
 }
@@ -100,11 +128,16 @@ pub fn preflight(settings: &GpuSettings) -> Result<ForChild, PreflightError> {
 fn preflight_with(settings: &GpuSettings, probe: Probe) -> Result<ForChild, PreflightError> {
     if settings.policy == GpuPolicy::Off {
         log::info!("gpu: check skipped ({ENV_POLICY}=off)");
-        return match &settings.select {
-            None => Ok(ForChild::default()),
-            Some(Select::Index(i)) => Ok(ForChild { visible_devices: Some(i.to_string()) }),
-            Some(Select::Uuid(u)) => Ok(ForChild { visible_devices: Some(u.clone()) }),
-            Some(Select::Best) => Err(PreflightError::BestNeedsCheck),
+        let named = |s: &Select| InstanceCard { visible: s.to_string(), label: format!("GPU {s}") };
+        return match (&settings.select, &settings.instances) {
+            (_, Instances::PerGpu) => Err(PreflightError::PerGpuNeedsCheck),
+            (_, Instances::Cards(list)) => {
+                Ok(ForChild { instances: list.iter().map(named).collect(), ..ForChild::default() })
+            }
+            (None, Instances::One) => Ok(ForChild::default()),
+            (Some(Select::Index(i)), _) => Ok(ForChild { visible_devices: Some(i.to_string()), ..ForChild::default() }),
+            (Some(Select::Uuid(u)), _) => Ok(ForChild { visible_devices: Some(u.clone()), ..ForChild::default() }),
+            (Some(Select::Best), _) => Err(PreflightError::BestNeedsCheck),
         };
     }
     let (report, verdict) = check_with(settings, probe);
@@ -114,6 +147,7 @@ fn preflight_with(settings: &GpuSettings, probe: Probe) -> Result<ForChild, Pref
         Err(refusal) if report.fatal.is_none() => return Err(refusal.into()),
         Err(_) => None, // no card is known at all: the verdict above says why
     };
+    let instances = instance_cards(&report, settings)?;
     if !verdict.ok {
         return Err(PreflightError::Failed);
     }
@@ -121,7 +155,30 @@ fn preflight_with(settings: &GpuSettings, probe: Probe) -> Result<ForChild, Pref
     if let Some(v) = &visible_devices {
         log::info!("gpu: ComfyUI gets CUDA_VISIBLE_DEVICES={v} (COMFY_INIT_GPU_SELECT)");
     }
-    Ok(ForChild { visible_devices })
+    Ok(ForChild { visible_devices, instances })
+}
+
+/// COMFY_INIT_INSTANCES: the cards that get a ComfyUI, each said in the log with those left out.
+fn instance_cards(report: &GpuReport, settings: &GpuSettings) -> Result<Vec<InstanceCard>, PreflightError> {
+    if settings.instances == Instances::One {
+        return Ok(Vec::new());
+    }
+    let (cards, left_out) = match evaluate::instance_cards(report, settings) {
+        Ok(found) => found,
+        Err(refusal) if report.fatal.is_none() => return Err(refusal.into()),
+        Err(_) => return Err(PreflightError::Failed), // no card is known at all: the verdict says why
+    };
+    for (card, why) in &left_out {
+        log::warn!("gpu: GPU {card} gets no ComfyUI: {why}");
+    }
+    if cards.is_empty() {
+        return Err(if report.fatal.is_some() { PreflightError::Failed } else { PreflightError::NoCardForAnInstance });
+    }
+    let instances: Vec<InstanceCard> = cards.iter().map(InstanceCard::from).collect();
+    for (i, card) in instances.iter().enumerate() {
+        log::info!("gpu: instance {i} runs on {}", card.label);
+    }
+    Ok(instances)
 }
 
 /// `comfy-init gpu [--json]`: prints the report (text, or one JSON object) to stdout, returns the exit code 0/1.

@@ -59,6 +59,34 @@ pub struct GpuSettings {
     /// `COMFY_INIT_GPU_SELECT`: the card(s) ComfyUI gets (CUDA_VISIBLE_DEVICES) and the verdict
     /// judges.
     pub select: Option<Select>,
+    /// `COMFY_INIT_INSTANCES`: one ComfyUI, or one per card.
+    pub instances: Instances,
+}
+
+/// `COMFY_INIT_INSTANCES` (issue 26).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Instances {
+    /// One ComfyUI (the default).
+    #[default]
+    One,
+    /// One per usable card: RTX, kernels for it in the installed PyTorch, enough VRAM.
+    PerGpu,
+    /// One per card named (indexes or UUIDs), in that order.
+    Cards(Vec<Select>),
+}
+
+impl Instances {
+    pub fn parse(value: &str) -> Option<Instances> {
+        match value.trim() {
+            "1" => Some(Instances::One),
+            "per-gpu" => Some(Instances::PerGpu),
+            list => {
+                let cards: Option<Vec<Select>> =
+                    list.split(',').map(|c| Select::parse(c).filter(|s| *s != Select::Best)).collect();
+                cards.filter(|c| !c.is_empty()).map(Instances::Cards)
+            }
+        }
+    }
 }
 
 /// ComfyUI's interpreter, asked where `torch` is (`gpu::torch::find`), the way ComfyUI runs:
@@ -123,6 +151,7 @@ impl Default for GpuSettings {
             visible_devices: None,
             torch_probe: None,
             select: None,
+            instances: Instances::One,
         }
     }
 }

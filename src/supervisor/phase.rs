@@ -3,7 +3,9 @@
 //! word in `<COMFY_INIT_RUN_DIR>/phase`, a folder only root writes: ComfyUI's user cannot claim
 //! readiness.
 //!
-//! The file is opened once and each change is one `pwrite` of a fixed-width word at offset 0: a
+//! With several ComfyUI instances (COMFY_INIT_INSTANCES) instance i's word is at offset i x WIDTH.
+//!
+//! The file is opened once and each change is one `pwrite` of a fixed-width word at its offset: a
 //! rename per change cost 0.3-0.6 ms on the container's overlay filesystem (measured: it tripled
 //! the stop latency of `make bench`). A reader that catches a write half done sees no word it
 //! knows, which reads "not ready" for one probe.
@@ -20,14 +22,16 @@ const WIDTH: usize = 12;
 pub struct Publisher {
     /// None: the folder could not be made ours; readiness then stays unproven (said once).
     file: Option<File>,
-    last: &'static str,
+    /// What each slot says now.
+    last: Vec<&'static str>,
 }
 
 impl Publisher {
     /// The folder is created (0755) when missing; one that is a link, not ours or writable by
     /// others is not used.
-    pub fn new(dir: &Path) -> Publisher {
-        let file = match open(dir) {
+    pub fn new(dir: &Path, instances: usize) -> Publisher {
+        // A longer file of an earlier start (more instances) must not leave slots behind.
+        let file = match open(dir).and_then(|f| f.set_len(0).map(|()| f).map_err(|e| e.to_string())) {
             Ok(file) => Some(file),
             Err(why) => {
                 log::warn!(
@@ -38,17 +42,20 @@ impl Publisher {
                 None
             }
         };
-        Publisher { file, last: "" }
+        Publisher { file, last: vec![""; instances.max(1)] }
     }
 
-    /// Writes the phase when it changed. A failure is logged, never fatal.
-    pub fn publish(&mut self, phase: &'static str) {
-        let Some(file) = self.file.as_ref().filter(|_| phase != self.last) else { return };
+    /// Writes instance `slot`'s phase when it changed. A failure is logged, never fatal.
+    pub fn publish(&mut self, slot: usize, phase: &'static str) {
+        let Some(file) = self.file.as_ref().filter(|_| self.last.get(slot).is_some_and(|l| *l != phase)) else {
+            return;
+        };
         let word = format!("{phase:<WIDTH$}");
+        let offset = (slot * WIDTH) as libc::off_t;
         // SAFETY: pwrite from a buffer we own into a descriptor we own.
-        let written = unsafe { libc::pwrite(file.as_raw_fd(), word.as_ptr().cast(), word.len(), 0) };
+        let written = unsafe { libc::pwrite(file.as_raw_fd(), word.as_ptr().cast(), word.len(), offset) };
         match usize::try_from(written) {
-            Ok(n) if n == word.len() => self.last = phase,
+            Ok(n) if n == word.len() => self.last[slot] = phase,
             _ => log::warn!("cannot publish the phase: {}", std::io::Error::last_os_error()),
         }
     }
@@ -89,11 +96,29 @@ pub fn open_in(dir: &Path, name: &std::ffi::CStr, mode: libc::c_uint) -> Result<
     }
 }
 
-/// The phase PID 1 published in `dir` (None: none, or not one short word).
+/// The most instances a phase file is read for.
+const MAX_SLOTS: usize = 64;
+
+/// The phase PID 1 published in `dir` for the first (or only) instance (None: none, or not a
+/// short word).
 pub fn read(dir: &Path) -> Option<String> {
-    let raw = crate::fsutil::read_bounded(&dir.join(FILE), 32, crate::fsutil::Links::Refuse).ok()??;
-    let word = String::from_utf8(raw).ok()?.trim_end().to_string();
-    (!word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase())).then_some(word)
+    read_all(dir)?.into_iter().next()
+}
+
+/// Every instance's phase (None: no file, or a slot that is not one short word).
+pub fn read_all(dir: &Path) -> Option<Vec<String>> {
+    let raw = crate::fsutil::read_bounded(&dir.join(FILE), (MAX_SLOTS * WIDTH) as u64, crate::fsutil::Links::Refuse)
+        .ok()??;
+    let text = String::from_utf8(raw).ok()?;
+    let words: Option<Vec<String>> = text
+        .as_bytes()
+        .chunks(WIDTH)
+        .map(|slot| {
+            let word = std::str::from_utf8(slot).ok()?.trim_end();
+            (!word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase())).then(|| word.to_string())
+        })
+        .collect();
+    words.filter(|w| !w.is_empty())
 }
 
 #[cfg(test)]
@@ -103,12 +128,16 @@ mod tests {
     #[test]
     fn the_phase_is_written_when_it_changes_and_read_back() {
         let dir = std::env::temp_dir().join(format!("comfy-init-phase-{}", std::process::id()));
-        let mut publisher = Publisher::new(&dir);
+        let mut publisher = Publisher::new(&dir, 2);
         assert_eq!(read(&dir), None, "nothing published yet");
-        publisher.publish("restarting");
+        publisher.publish(0, "restarting");
         assert_eq!(read(&dir).as_deref(), Some("restarting"));
-        publisher.publish("running");
+        publisher.publish(0, "running");
         assert_eq!(read(&dir).as_deref(), Some("running"), "nothing of a longer word is left");
+        publisher.publish(1, "draining");
+        assert_eq!(read_all(&dir), Some(vec!["running".to_string(), "draining".to_string()]));
+        Publisher::new(&dir, 1).publish(0, "starting");
+        assert_eq!(read_all(&dir), Some(vec!["starting".to_string()]), "an earlier start's slots are gone");
         std::fs::write(dir.join(FILE), "running\nready").unwrap();
         assert_eq!(read(&dir), None, "only one word is believed");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -120,7 +149,7 @@ mod tests {
         let target = base.join("target");
         std::fs::create_dir_all(&target).unwrap();
         std::os::unix::fs::symlink(&target, base.join("run")).unwrap();
-        Publisher::new(&base.join("run")).publish("running");
+        Publisher::new(&base.join("run"), 1).publish(0, "running");
         assert!(!target.join(FILE).exists(), "written through the link");
         std::fs::remove_dir_all(&base).unwrap();
     }
@@ -130,8 +159,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("comfy-init-phase-open-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let mut publisher = Publisher::new(&dir);
-        publisher.publish("running");
+        let mut publisher = Publisher::new(&dir, 1);
+        publisher.publish(0, "running");
         assert_eq!(read(&dir), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -232,6 +232,11 @@ impl Machine {
         self.state
     }
 
+    /// The child was started (once at least): the pre-start hooks are over.
+    pub fn started(&self) -> bool {
+        self.started_once
+    }
+
     /// The phase readiness is judged by (`healthcheck --ready`): ready only while `running`.
     pub fn phase(&self) -> &'static str {
         match self.state {

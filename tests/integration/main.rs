@@ -18,6 +18,7 @@ mod gpu;
 mod hardening;
 mod health;
 mod hooks;
+mod instances;
 mod lifecycle;
 mod packaging;
 mod pid1;

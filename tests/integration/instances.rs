@@ -1,0 +1,172 @@
+//! One ComfyUI per GPU under one init (issue 26): COMFY_INIT_INSTANCES over the fake NVML, each
+//! stand-in started with its card, port and folders, one password for all, restarted alone,
+//! stopped together, and the healthcheck naming the instance (and card) that is down.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn uuid(index: u32) -> String {
+    format!("GPU-fa4e0000-0000-4000-8000-{index:012}") // what the fake NVML answers
+}
+
+/// A workspace whose cards are `gpus` (fake NVML), with a PyTorch built for `cuda`.
+fn with_cards(tag: &str, gpus: &str, torch: &TempDir) -> Workspace {
+    let ws = Workspace::new(tag)
+        .set("COMFY_INIT_GPU", "require")
+        .set("COMFY_INIT_NVML_LIB", &nvml_fixtures().full)
+        .set("FAKE_NVML_GPUS", gpus)
+        .set("FAKE_NVML_DRIVER", "570.86")
+        .set("FAKE_NVML_CUDA", "12080")
+        .set("PYTHONPATH", torch.path())
+        .set("COMFYUI_PYTHON", "python3")
+        .set("COMFY_INIT_INSTANCES", "per-gpu");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=cards-pass\n");
+    ws
+}
+
+/// GET /system_stats on `port` with `token`: (status, JSON).
+fn stats(port: u16, token: &str) -> (u16, Value) {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(3)).build();
+    let req =
+        agent.get(&format!("http://127.0.0.1:{port}/system_stats")).set("Authorization", &format!("Bearer {token}"));
+    match req.call() {
+        Ok(r) => (r.status(), serde_json::from_str(&r.into_string().unwrap_or_default()).unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, _)) => (code, Value::Null),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+fn pid(port: u16, token: &str) -> Option<i64> {
+    stats(port, token).1["standin"]["pid"].as_i64()
+}
+
+#[test]
+fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
+    root_only!("two_cards_two_instances_one_password_restarted_alone_stopped_together");
+    let torch = fake_torch("2.8.0+cu128", Some("12.8"), None);
+    let ws = with_cards("inst-two", "NVIDIA GeForce RTX 4090:24:8.9;NVIDIA GeForce RTX 3090:24:8.6", &torch);
+    let mut init = ws.launch().start();
+    let ports = [ws.port, ws.port + 1];
+    let up = init.until(LONG, || ws.cli(&["healthcheck", "--ready"]).0 == 0);
+    assert!(up, "never ready: {}\n{}", ws.cli(&["healthcheck", "--ready"]).1, init.stderr());
+    let token = ws.token();
+    for (i, port) in ports.into_iter().enumerate() {
+        let (code, json) = stats(port, &token);
+        assert_eq!(code, 200, "instance {i}");
+        assert_eq!(json["standin"]["cuda_visible_devices"], uuid(i as u32), "instance {i}'s card");
+        let argv: Vec<String> =
+            json["system"]["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        let temp = ws.comfyui().join(format!("temp/instance-{i}"));
+        assert!(argv.windows(2).any(|w| w[0] == "--temp-directory" && w[1] == temp.to_str().unwrap()), "{argv:?}");
+        let user = argv.windows(2).find(|w| w[0] == "--user-directory").map(|w| w[1].clone());
+        match i {
+            0 => assert_eq!(user, None, "the first instance keeps ComfyUI's user folder"),
+            _ => assert_eq!(user.as_deref(), ws.comfyui().join("user/instance-1").to_str(), "{argv:?}"),
+        }
+    }
+    let (code, line, _) = ws.cli(&["healthcheck"]);
+    assert_eq!(code, 0, "{line}");
+    assert!(line.contains("2 of 2 ComfyUI instances answer") && line.contains(&uuid(1)), "{line}");
+    assert_eq!(ws.cli(&["healthcheck", "--ready", "--instance", "1"]).0, 0);
+    assert_eq!(ws.cli(&["healthcheck", "--instance", "2"]).0, 1, "no instance 2");
+
+    // One password for all: a change reaches every instance in place.
+    let pids = [pid(ports[0], &token).unwrap(), pid(ports[1], &token).unwrap()];
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=cards-pass-2");
+    let t0 = Instant::now();
+    let mut new = String::new();
+    let both = init.until(LONG, || {
+        new = ws.token();
+        new != token && ports.iter().all(|p| stats(*p, &new).0 == 200 && stats(*p, &token).0 == 401)
+    });
+    assert!(both, "not every instance took the new token: {}", init.stderr());
+    eprintln!("password change -> both instances answer the new token in {:?}", t0.elapsed());
+    let after = [pid(ports[0], &new).unwrap(), pid(ports[1], &new).unwrap()];
+    assert_eq!(after, pids, "an instance was restarted: {}", init.stderr());
+
+    // A crash of one restarts it alone.
+    let listening_on = format!("--port\0{}\0", ports[1]);
+    let host_pid = children_of(init.init_pid())
+        .into_iter()
+        .find(|p| {
+            fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&listening_on))
+        })
+        .expect("instance 1 among comfy-init's children")
+        .pid;
+    // SAFETY: a plain kill of a process of ours.
+    unsafe { libc::kill(host_pid, libc::SIGKILL) };
+    let back = init.until(LONG, || pid(ports[1], &new).is_some_and(|p| p != pids[1]));
+    assert!(back, "instance 1 was not restarted: {}", init.stderr());
+    assert_eq!(pid(ports[0], &new), Some(pids[0]), "instance 0 was restarted too");
+    assert!(init.stderr().contains(&format!("instance 1 (GPU 1 (NVIDIA GeForce RTX 3090, {}))", uuid(1))));
+
+    // A stop stops both, within one grace.
+    let t0 = Instant::now();
+    init.signal(libc::SIGTERM);
+    let code = init.wait(LONG);
+    eprintln!("SIGTERM -> both instances stopped, comfy-init exited in {:?}", t0.elapsed());
+    assert_eq!(code, Some(0), "{}", init.stderr());
+    assert!(t0.elapsed() < Duration::from_secs(8), "longer than one grace");
+    assert!(ports.iter().all(|p| stats(*p, &new).0 == 0), "an instance outlived the stop");
+}
+
+#[test]
+fn four_cards_only_the_usable_ones_get_an_instance_and_a_lost_card_is_named() {
+    root_only!("four_cards_only_the_usable_ones_get_an_instance_and_a_lost_card_is_named");
+    // PyTorch for CUDA 12.4: kernels up to compute capability 9.0, none for an RTX 5090 (12.0).
+    let torch = fake_torch("2.6.0+cu124", Some("12.4"), None);
+    let cards = "NVIDIA GeForce RTX 4090:24:8.9;NVIDIA GeForce RTX 5090:32:12.0;\
+                 NVIDIA GeForce RTX 3060:12:8.6;NVIDIA GeForce RTX 3090:24:8.6";
+    let ws = with_cards("inst-four", cards, &torch)
+        .set("COMFY_INIT_MIN_VRAM_GB", "16")
+        // The RTX 3090 falls off the bus: its ComfyUI dies at every start.
+        .set("FAKE_COMFYUI_LOST_DEVICE", uuid(3));
+    let init = ws.launch().start();
+    let token = {
+        let mut t = String::new();
+        let up = init.until(LONG, || {
+            t = ws.cli(&["token"]).1.trim().to_string();
+            stats(ws.port, &t).0 == 200
+        });
+        assert!(up, "{}", init.stderr());
+        t
+    };
+    let (code, json) = stats(ws.port, &token);
+    assert_eq!((code, json["standin"]["cuda_visible_devices"].as_str()), (200, Some(uuid(0).as_str())));
+    let log = init.stderr();
+    assert!(
+        log.contains(&format!(
+            "GPU 1 (NVIDIA GeForce RTX 5090, {}) gets no ComfyUI: the installed PyTorch has no kernels",
+            uuid(1)
+        )),
+        "{log}"
+    );
+    assert!(log.contains("gets no ComfyUI: 12.0 GiB of VRAM, under COMFY_INIT_MIN_VRAM_GB=16"), "{log}");
+    assert!(log.contains(&format!("instance 1 runs on GPU 3 (NVIDIA GeForce RTX 3090, {})", uuid(3))), "{log}");
+    // Instance 1 (port + 1, the lost card) is down; instance 0 serves; the healthcheck names it.
+    let mut line = String::new();
+    let named = init.until(LONG, || {
+        line = ws.cli(&["healthcheck"]).1;
+        line.contains("instance 1")
+    });
+    assert!(named, "{line}");
+    assert!(
+        line.starts_with("UNHEALTHY: instance 1 (GPU 3 (NVIDIA GeForce RTX 3090")
+            && line.contains(&format!("127.0.0.1:{}", ws.port + 1)),
+        "{line}"
+    );
+    assert_eq!(ws.cli(&["healthcheck", "--instance", "0"]).0, 0, "instance 0 is fine");
+    assert!(
+        init.stderr().contains(&format!("instance 1 (GPU 3 (NVIDIA GeForce RTX 3090, {})): ", uuid(3))),
+        "{}",
+        init.stderr()
+    );
+    assert_eq!(fs::read_to_string(ws.run_dir().join("instances")).unwrap().lines().count(), 2);
+}
