@@ -49,6 +49,7 @@ RSS_RUNS = 10
 FLOOD_THREADS = 4
 FLOOD_SECONDS = 6
 KEY_REQUESTS = 400
+INSTANCE_COUNTS = (1, 4)
 REVOKE_ROUNDS = 5
 
 T0 = time.monotonic()
@@ -761,6 +762,79 @@ class Bench:
         except OSError:
             return ""
 
+    # --------------------------------------------------- 13. N instances ---
+
+    def fake_gpus(self):
+        """The fake NVML (tests/fixtures/fake_nvml.c) and a fake PyTorch built for CUDA 12.8."""
+        lib = os.path.join(self.tmp, "libnvidia-ml-fake.so")
+        if not os.path.exists(lib):
+            subprocess.run(["cc", "-shared", "-fPIC", "-o", lib, os.path.join(REPO, "tests", "fixtures", "fake_nvml.c")],
+                           check=True)
+            site = os.path.join(self.tmp, "site", "torch")
+            os.makedirs(site, exist_ok=True)
+            open(os.path.join(site, "__init__.py"), "w").close()
+            with open(os.path.join(site, "version.py"), "w") as f:
+                f.write("__version__ = '2.8.0+cu128'\ndebug = False\ncuda = '12.8'\ngit_version = 'fake'\nhip = None\n")
+        return lib, os.path.join(self.tmp, "site")
+
+    def instances(self):
+        """comfy-init over 1 ComfyUI and over 4 (COMFY_INIT_INSTANCES=per-gpu, four fake RTX cards):
+        PID 1's RSS and wake-ups while they idle, and a password change until every instance
+        answers the new token and refuses the old one."""
+        lib, site = self.fake_gpus()
+        self.inst = {}
+        for n in INSTANCE_COUNTS:
+            progress(f"13 {n} instance(s): idle {IDLE_SECONDS} s, then {TOKEN_ROUNDS} password changes")
+            base, comfy, envdir, port, env = self.workspace(f"instances-{n}")
+            env.update({"COMFY_INIT_GPU": "require", "COMFY_INIT_NVML_LIB": lib, "PYTHONPATH": site,
+                        "FAKE_NVML_GPUS": ";".join(["NVIDIA GeForce RTX 4090:24:8.9"] * n),
+                        "FAKE_NVML_DRIVER": "570.86", "FAKE_NVML_CUDA": "12080",
+                        "COMFY_INIT_RUN_DIR": os.path.join(base, "run")})
+            if n > 1:
+                env["COMFY_INIT_INSTANCES"] = "per-gpu"
+            ports = [port + i for i in range(n)]
+            self.write_env(envdir, "instpass0")
+            p = subprocess.Popen([self.bin, "run"], env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            password_file = os.path.join(comfy, "login", "PASSWORD")
+
+            def token():
+                try:
+                    with open(password_file) as f:
+                        return f.readline().strip()
+                except OSError:
+                    return ""
+            try:
+                deadline = time.monotonic() + 60
+                while not all(self.get(q, token())[0] == 200 for q in ports):
+                    if time.monotonic() > deadline:
+                        die(f"{n} instances: not every one answered")
+                    time.sleep(0.1)
+                time.sleep(2.0)  # the stand-ins' start-up settles
+                before = self.proc_status(p.pid)
+                time.sleep(IDLE_SECONDS)
+                after = self.proc_status(p.pid)
+                switches = lambda st: int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
+                times = []
+                for i in range(1, TOKEN_ROUNDS + 1):
+                    old = token()
+                    t0 = self.write_env(envdir, f"instpass{i}")
+                    deadline = time.monotonic() + 30
+                    while True:
+                        new = token()
+                        if new != old and all(self.get(q, new)[0] == 200 and self.get(q, old)[0] in (401, 302)
+                                              for q in ports):
+                            break
+                        if time.monotonic() > deadline:
+                            die(f"{n} instances: the new token never answered everywhere")
+                        time.sleep(0.002)
+                    times.append((time.monotonic_ns() - t0) / 1e6)
+                    time.sleep(1.0)
+            finally:
+                self.stop_run(p, env["FAKE_COMFYUI_EVENTS"])
+            self.inst[n] = {"rss": int(after["VmRSS"].split()[0]), "wakeups": switches(after) - switches(before),
+                            "change": median(times)}
+
     # ------------------------------------------------------- 12. API keys ---
 
     def api_keys(self):
@@ -1090,6 +1164,8 @@ class Bench:
                     goal_txt, met = "≤ 1.1", me <= 1.1
                 elif rule == "<1000":
                     goal_txt, met = "< 1000 ms", me < 1000
+                elif rule == "<=ms":
+                    goal_txt, met = f"≤ {ref} ms", me <= float(ref)
                 ref_val = {"<=": vals.get(ref), "<=1.2x": 1.2 * vals.get(ref, 0)}.get(rule)
                 if met:
                     met = "yes"
@@ -1139,6 +1215,16 @@ class Bench:
                      {"comfy-init": k["key"] / k["token"]}, ("1.1", "<=1.1"))
             self.add(f"12. `apikey revoke` -> first 401 to that key, median of {REVOKE_ROUNDS} (max "
                      f"{max(k['revoke']):.0f} ms)", "ms", {"comfy-init": median(k["revoke"])}, ("1000", "<1000"))
+        inst = getattr(self, "inst", None)
+        if inst:
+            one, four = inst[INSTANCE_COUNTS[0]], inst[INSTANCE_COUNTS[-1]]
+            self.add("13. PID 1's RSS over 4 ComfyUI instances (alternative: over 1)", "KiB",
+                     {"comfy-init": four["rss"], "alt": one["rss"]})
+            self.add(f"13. PID 1's wake-ups in {IDLE_SECONDS} s over 4 idle instances (alternative: over 1)", "count",
+                     {"comfy-init": four["wakeups"], "alt": one["wakeups"]})
+            self.add("13. password change -> every instance answers the new token, old refused, median: 4 instances "
+                     f"(alternative: 1; goal: one + 50 ms = {one['change'] + 50:.0f} ms)", "ms",
+                     {"comfy-init": four["change"], "alt": one["change"]}, (f"{one['change'] + 50:.0f}", "<=ms"))
         h = getattr(self, "health_res", None)
         if h:
             self.add("7. healthcheck (alternative: curl, one authorised request), median wall", "ms",
@@ -1206,7 +1292,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--watchexec", default="")
-    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu,flood,drain,apikeys)")
+    ap.add_argument("--only", default="", help="comma list of phases (spawn,idle,reap,signal,stop,token,reload,gpu,flood,drain,apikeys,instances)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         die("needs root (unshare --pid, /proc of other processes)")
@@ -1223,6 +1309,7 @@ def main():
         "flood": b.login_flood,
         "drain": b.stop_with_prompt,
         "apikeys": b.api_keys,
+        "instances": b.instances,
     }
     only = [p for p in args.only.split(",") if p]
     for name, fn in phases.items():

@@ -4,8 +4,8 @@
 # place (no restart, the token redacted from the log), ComfyUI-Login's open doors closed (user
 # files through .js paths, wrong logins throttled), the PyTorch-against-card check, a hostile
 # PASSWORD refused without blocking, guest mode called out, readiness apart from liveness, a
-# stop that lets the running prompt finish first, API keys added and revoked in place, and PID
-# 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
+# stop that lets the running prompt finish first, API keys added and revoked in place, one ComfyUI
+# per GPU over a fake NVML with two cards, and PID 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
 # namespace when root.
 set -euo pipefail
 
@@ -216,5 +216,35 @@ INIT_PID=
 grep -E "drain|exited" "$LOG" | sed 's/^/  | /'
 echo "the running prompt: $(grep -oE "prompt_(done|dropped)" "$WORK/events" | head -n1)"
 printf 'stopped in %.2f s\n' "$(echo "$(date +%s.%N) - $START" | bc 2>/dev/null || echo 0)"
+
+if command -v cc >/dev/null; then
+  bold "One ComfyUI per GPU (COMFY_INIT_INSTANCES=per-gpu) over a fake NVML with two RTX cards"
+  cc -shared -fPIC -o "$WORK/libnvidia-ml-fake.so" "$ROOT/tests/fixtures/fake_nvml.c" 2>/dev/null || true
+  mkdir -p "$WORK/multi/ComfyUI" "$WORK/site/torch" && : > "$WORK/site/torch/__init__.py"
+  printf "__version__ = '2.8.0+cu128'\ncuda = '12.8'\nhip = None\n" > "$WORK/site/torch/version.py"
+  cp "$ROOT/tests/fixtures/fake_comfyui.py" "$WORK/multi/ComfyUI/main.py"
+  printf 'COMFYUI_PASSWORD=two-cards\n' > "$WORK/multi/.env"
+  MULTI_LOG="$WORK/multi.log"
+  COMFYUI_DIR="$WORK/multi/ComfyUI" COMFY_INIT_ENV_FILE="$WORK/multi/.env" COMFY_INIT_RUN_DIR="$WORK/multi/run" \
+    COMFY_INIT_INSTANCES=per-gpu COMFY_INIT_GPU=require COMFY_INIT_NVML_LIB="$WORK/libnvidia-ml-fake.so" \
+    PYTHONPATH="$WORK/site" FAKE_NVML_GPUS="NVIDIA GeForce RTX 4090:24:8.9;NVIDIA GeForce RTX 3090:24:8.6" \
+    FAKE_NVML_DRIVER=570.86 FAKE_NVML_CUDA=12080 "$BIN" >"$MULTI_LOG" 2>&1 &
+  INIT_PID=$!
+  multi() { COMFYUI_DIR="$WORK/multi/ComfyUI" COMFY_INIT_ENV_FILE="$WORK/multi/.env" COMFY_INIT_RUN_DIR="$WORK/multi/run" "$BIN" "$@"; }
+  both_ready() { multi healthcheck --ready; }
+  wait_for 30 both_ready
+  grep -E "gpu: instance|started python3" "$MULTI_LOG" | cut -c1-140 | sed 's/^/  | /'
+  echo "  healthcheck: $(multi healthcheck | cut -c1-200) ..."
+  OLD=$(multi token)
+  printf 'COMFYUI_PASSWORD=two-cards-changed\n' > "$WORK/multi/.env.tmp" && mv "$WORK/multi/.env.tmp" "$WORK/multi/.env"
+  reloaded_twice() { [ "$(grep -c "no restart needed" "$MULTI_LOG")" -ge 2 ]; }
+  wait_for 15 reloaded_twice
+  NEW=$(multi token)
+  for i in 0 1; do
+    echo "  instance $i (port $((COMFYUI_PORT + i))): new token -> $(COMFYUI_PORT=$((COMFYUI_PORT + i)) status "$NEW"), old -> $(COMFYUI_PORT=$((COMFYUI_PORT + i)) status "$OLD")"
+  done
+  kill -TERM "$INIT_PID"; wait "$INIT_PID" 2>/dev/null || true; INIT_PID=
+  grep -E "exited|stopp" "$MULTI_LOG" | cut -c1-140 | sed 's/^/  | /'
+fi
 
 bold "Done. Next: 'make test', and README.md for Docker, compose and Kubernetes."

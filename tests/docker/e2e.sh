@@ -138,6 +138,13 @@ if ((${#COMPOSE[@]})); then
         not_ok "docker/compose.yml validates (${COMPOSE[*]} config)"
         note <<<"$out"
     fi
+    if out=$("${COMPOSE[@]}" -f "$ROOT/docker/compose.multi-gpu.yml" config 2>&1) &&
+        grep -q "COMFY_INIT_INSTANCES: per-gpu" <<<"$out" && grep -q "count: all" <<<"$out"; then
+        ok "docker/compose.multi-gpu.yml validates: one ComfyUI per GPU, all GPUs (${COMPOSE[*]} config)"
+    else
+        not_ok "docker/compose.multi-gpu.yml validates: one ComfyUI per GPU, all GPUs (${COMPOSE[*]} config)"
+        note <<<"$out"
+    fi
 elif [[ $MANDATORY == 1 ]]; then
     not_ok "docker compose or docker-compose is installed"
 else
