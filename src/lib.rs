@@ -14,6 +14,7 @@ pub mod gpu;
 pub mod health;
 pub mod logging;
 pub mod privileges;
+pub mod provision;
 pub mod queue;
 pub mod supervisor;
 mod test_hook;
