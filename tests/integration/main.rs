@@ -22,6 +22,7 @@ mod lifecycle;
 mod packaging;
 mod pid1;
 mod privileges;
+mod provision;
 mod reload;
 mod supervise;
 mod util;
