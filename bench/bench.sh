@@ -51,7 +51,15 @@ trap cleanup EXIT
 
 cc -O2 -Wall -o "$work/helper" "$here/helper.c"
 
+# BENCH_ONLY=phase,...: those rows alone, printed; bench/results.md keeps the last full run.
+out="$here/results.md"
+[ -z "${BENCH_ONLY:-}" ] || out="$work/results.md"
+
 started=$(date +%s)
 python3 "$here/bench.py" --bin "$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")" --helper "$work/helper" \
-    --work "$work" --out "$here/results.md" --watchexec "$watchexec" ${BENCH_ONLY:+--only "$BENCH_ONLY"}
-say "done in $(( $(date +%s) - started )) s; table written to bench/results.md"
+    --work "$work" --out "$out" --watchexec "$watchexec" ${BENCH_ONLY:+--only "$BENCH_ONLY"}
+if [ -z "${BENCH_ONLY:-}" ]; then
+    say "done in $(( $(date +%s) - started )) s; table written to bench/results.md"
+else
+    say "done in $(( $(date +%s) - started )) s (BENCH_ONLY=$BENCH_ONLY: bench/results.md left as it was)"
+fi

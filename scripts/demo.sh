@@ -5,7 +5,8 @@
 # files through .js paths, wrong logins throttled), the PyTorch-against-card check, a hostile
 # PASSWORD refused without blocking, guest mode called out, readiness apart from liveness, a
 # stop that lets the running prompt finish first, API keys added and revoked in place, one ComfyUI
-# per GPU over a fake NVML with two cards, and PID 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
+# per GPU over a fake NVML with two cards, provisioning (a model and a pinned node, then a second
+# start that fetches nothing), and PID 1's children (the credential service, ComfyUI). Runs as PID 1 of a fresh PID
 # namespace when root.
 set -euo pipefail
 
@@ -245,6 +246,32 @@ if command -v cc >/dev/null; then
   done
   kill -TERM "$INIT_PID"; wait "$INIT_PID" 2>/dev/null || true; INIT_PID=
   grep -E "exited|stopp" "$MULTI_LOG" | cut -c1-140 | sed 's/^/  | /'
+fi
+
+bold "Provisioning: a model from a loopback server and a pinned node from a git repository"
+if command -v aria2c >/dev/null && command -v git >/dev/null; then
+  P="$WORK/provision"
+  mkdir -p "$P/srv" "$P/ComfyUI" "$P/node"
+  head -c 2000000 /dev/urandom >"$P/srv/demo.safetensors"
+  SHA=$(sha256sum "$P/srv/demo.safetensors" | cut -d' ' -f1)
+  python3 "$ROOT/tests/fixtures/range_server.py" "$P/srv" "$P/port" "$P/requests.log" &
+  SERVER=$!
+  wait_for 5 test -f "$P/port"
+  git -C "$P/node" init -q && echo 'NODE_CLASS_MAPPINGS = {}' >"$P/node/__init__.py"
+  git -C "$P/node" add . && git -C "$P/node" -c user.name=demo -c user.email=demo@demo commit -qm one
+  git -C "$P/node" tag v1
+  printf '[[model]]\nurl = "http://127.0.0.1:%s/files/demo.safetensors"\ndir = "checkpoints"\nsha256 = "%s"\n\n[[node]]\ngit = "file://%s"\nref = "v1"\nname = "DemoNode"\n' \
+    "$(cat "$P/port")" "$SHA" "$P/node" >"$P/provision.toml"
+  sed 's/^/  | /' "$P/provision.toml"
+  for start in first second; do
+    echo "$start start (the image's hook docker/pre-start.d/20-provision):"
+    PATH="$(dirname "$BIN"):$PATH" COMFYUI_DIR="$P/ComfyUI" COMFY_INIT_PROVISION="$P/provision.toml" \
+      sh "$ROOT/docker/pre-start.d/20-provision" 2>&1 | sed 's/^/  | /'
+    echo "  requests the server answered so far: $(wc -l <"$P/requests.log")"
+  done
+  kill "$SERVER" 2>/dev/null || true
+else
+  echo "skipped: aria2c and git are needed (apt-get install aria2 git)"
 fi
 
 bold "Done. Next: 'make test', and README.md for Docker, compose and Kubernetes."

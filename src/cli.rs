@@ -26,6 +26,11 @@ pub enum Command {
     Rotate,
     /// `comfy-init apikey add|list|revoke`.
     ApiKey(ApiKeyCommand),
+    /// `comfy-init provision [--check] [--manifest PATH]`.
+    Provision {
+        check: bool,
+        manifest: Option<std::path::PathBuf>,
+    },
     /// Internal: the child PID 1 starts to prove a reload (see `supervisor::start_reload`).
     ProbeReload,
     /// PID 1's probe that watches ComfyUI's queue while it drains (hidden).
@@ -53,6 +58,7 @@ pub enum Topic {
     Sync,
     Token,
     Rotate,
+    Provision,
 }
 
 /// `comfy-init apikey ...`.
@@ -93,6 +99,25 @@ fn parse_apikey(rest: Vec<OsString>) -> Result<ApiKeyCommand, UsageError> {
     }
 }
 
+fn parse_provision(rest: Vec<OsString>) -> Result<Command, UsageError> {
+    let usage = |message: String| UsageError { topic: Topic::Provision, message };
+    let (mut check, mut manifest, mut args) = (false, None, rest.into_iter());
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("-h" | "--help") => return Err(usage(String::new())),
+            Some("--check" | "--dry-run") => check = true,
+            Some("--manifest") => {
+                manifest = Some(args.next().ok_or_else(|| usage("--manifest needs a path".into()))?.into())
+            }
+            _ => {
+                let arg = arg.to_string_lossy();
+                return Err(usage(format!("unexpected argument '{arg}' (see 'comfy-init provision --help')")));
+            }
+        }
+    }
+    Ok(Command::Provision { check, manifest })
+}
+
 /// A usage error, with the subcommand it belongs to (the healthcheck maps it to exit 1).
 #[derive(Debug, PartialEq, Eq)]
 pub struct UsageError {
@@ -131,6 +156,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Command, UsageError> {
         Some("token") => flags(Topic::Token, rest, &[]).map(|_| Command::Token),
         Some("rotate") => flags(Topic::Rotate, rest, &[]).map(|_| Command::Rotate),
         Some("apikey") => parse_apikey(rest).map(Command::ApiKey),
+        Some("provision") => parse_provision(rest),
         Some(PROBE_RELOAD) if rest.is_empty() => Ok(Command::ProbeReload),
         Some(PROBE_DRAIN) if rest.is_empty() => Ok(Command::ProbeDrain),
         Some(PROBE_ALIVE) if rest.is_empty() => Ok(Command::ProbeAlive),
@@ -219,6 +245,7 @@ impl Topic {
             Topic::Sync => "sync",
             Topic::Token => "token",
             Topic::Rotate => "rotate",
+            Topic::Provision => "provision",
         }
     }
 
@@ -232,6 +259,7 @@ impl Topic {
             Topic::Sync => HELP_SYNC,
             Topic::Token => HELP_TOKEN,
             Topic::Rotate => HELP_ROTATE,
+            Topic::Provision => HELP_PROVISION,
         }
     }
 }
@@ -255,6 +283,8 @@ Usage:
   comfy-init rotate                      set a new random password
   comfy-init apikey add NAME [--expires 90d] [--read-only] | list | revoke NAME
                                          API keys apart from the password (printed once)
+  comfy-init provision [--check] [--manifest PATH]
+                                         models and custom nodes from a manifest (pre-start hook)
   comfy-init --help | --version          (every subcommand takes --help)
 
 Settings (environment; an invalid value stops comfy-init naming the variable):
@@ -286,6 +316,8 @@ Settings (environment; an invalid value stops comfy-init naming the variable):
     COMFY_INIT_CHOWN=on                  give output/ input/ user/ temp/ login/ to PUID (recursive, off)
     COMFY_INIT_PRE_START=/config/pre-start.d  executables run before ComfyUI, in name order, once
     COMFY_INIT_PRE_START_FAILURE=stop    a failing hook stops the start; warn goes on
+    COMFY_INIT_PROVISION=/config/provision.toml  the manifest of `comfy-init provision`
+    COMFY_INIT_PROVISION_PROGRESS=10s    time between two progress lines of a download
     COMFY_INIT_STOP_SIGNAL=SIGINT        sent to ComfyUI's group on stop (its clean stop)
     COMFY_INIT_STOP_TIMEOUT=8s           grace before SIGKILL (keep it under Docker's 10 s)
     COMFY_INIT_RESTART=on-failure        on-failure, always, never
@@ -358,6 +390,22 @@ Usage: comfy-init token
 
 Prints the API bearer token (the hash in login/PASSWORD) and nothing else:
   curl -H \"Authorization: Bearer $(comfy-init token)\" http://127.0.0.1:8188/system_stats
+";
+
+const HELP_PROVISION: &str = "\
+Usage: comfy-init provision [--check] [--manifest PATH]
+
+Brings the models and custom nodes the manifest names ($COMFY_INIT_PROVISION, default
+/config/provision.toml; TOML): models downloaded by aria2c into $COMFYUI_DIR/models/DIR/FILE
+(resumed, verified against their sha256, renamed into place only once verified; those already
+verified cost a stat, through models/.comfy-init-provision.json), custom nodes checked out with
+git at their pinned commit or tag into $COMFYUI_DIR/custom_nodes/NAME, their requirements.txt
+installed with $COMFYUI_PYTHON -m pip. The image's pre-start hook 20-provision runs it at each
+container start when the manifest exists.
+
+--check (or --dry-run) says what would be done, without the network, writing nothing.
+Exit codes: 0 done (or checked), 1 a download, a hash or a node failed, 78 the manifest cannot
+be used (the message names the file, the line and the key).
 ";
 
 const HELP_ROTATE: &str = "\
@@ -463,5 +511,12 @@ mod tests {
         assert_eq!(err.topic, Topic::Healthcheck);
         assert!(err.message.contains("--nope"));
         assert!(is_help_request(&parse_strs(&["token", "--help"]).unwrap_err()));
+        assert_eq!(parse_strs(&["provision"]), Ok(Command::Provision { check: false, manifest: None }));
+        assert_eq!(
+            parse_strs(&["provision", "--check", "--manifest", "/m.toml"]),
+            Ok(Command::Provision { check: true, manifest: Some("/m.toml".into()) })
+        );
+        assert!(parse_strs(&["provision", "--manifest"]).is_err());
+        assert!(parse_strs(&["provision", "--nope"]).unwrap_err().message.contains("--nope"));
     }
 }

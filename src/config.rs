@@ -47,8 +47,11 @@ pub struct Settings {
     pub owner: Option<(u32, u32)>,
     /// `COMFY_INIT_CHOWN`: how ComfyUI's folders are given to PUID:PGID.
     pub chown: Chown,
-    /// `COMFY_INIT_PRE_START`: the folder of executables run before ComfyUI (once a start).
-    pub pre_start: PathBuf,
+    /// `COMFY_INIT_PRE_START`: the folders of executables run before ComfyUI (once a start),
+    /// separated by ':' like PATH (the image ships its own hooks in a folder before the user's).
+    pub pre_start: Vec<PathBuf>,
+    /// `COMFY_INIT_PROVISION` and `COMFY_INIT_PROVISION_PROGRESS`: `comfy-init provision`.
+    pub provision: crate::provision::Settings,
     /// `COMFY_INIT_RUN_DIR`: where PID 1 publishes its phase for `healthcheck --ready`.
     pub run_dir: PathBuf,
     /// `COMFY_INIT_MAX_QUEUE`: `healthcheck --ready` fails while more prompts wait than this.
@@ -104,7 +107,13 @@ impl Settings {
             gpu: gpu_settings(get, owner)?,
             health_timeout: health_timeout(get)?,
             owner,
-            pre_start: get("COMFY_INIT_PRE_START").map(PathBuf::from).unwrap_or_else(|| "/config/pre-start.d".into()),
+            pre_start: get("COMFY_INIT_PRE_START")
+                .unwrap_or_else(|| "/config/pre-start.d".into())
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            provision: provision_settings(get)?,
             run_dir: get("COMFY_INIT_RUN_DIR").map(PathBuf::from).unwrap_or_else(default_run_dir),
             max_queue: match get("COMFY_INIT_MAX_QUEUE") {
                 None => None,
@@ -399,6 +408,19 @@ pub const ENV_HEALTH_TIMEOUT: &str = "COMFY_INIT_HEALTH_TIMEOUT";
 
 fn health_timeout(get: Lookup) -> Result<Duration, ConfigError> {
     positive_duration(ENV_HEALTH_TIMEOUT, get(ENV_HEALTH_TIMEOUT), Duration::from_secs(5))
+}
+
+/// `comfy-init provision`'s settings; ComfyUI's folder and Python are the ones it starts with.
+fn provision_settings(get: Lookup) -> Result<crate::provision::Settings, ConfigError> {
+    let var = "COMFY_INIT_PROVISION_PROGRESS";
+    let every = positive_duration(var, get(var), Duration::from_secs(10))?;
+    Ok(crate::provision::Settings {
+        manifest: get("COMFY_INIT_PROVISION").map(PathBuf::from).unwrap_or_else(|| "/config/provision.toml".into()),
+        // aria2c counts its summary interval in whole seconds.
+        progress_every: every.as_secs().clamp(1, 3600) as u32,
+        comfyui_dir: comfyui_dir(get),
+        python: get("COMFYUI_PYTHON").unwrap_or_else(|| "python3".into()),
+    })
 }
 
 /// A deadline from `var`: `default` when unset, never 0 (a deadline of 0 could never be met).

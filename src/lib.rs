@@ -15,6 +15,7 @@ pub mod health;
 pub mod instances;
 pub mod logging;
 pub mod privileges;
+pub mod provision;
 pub mod queue;
 pub mod supervisor;
 mod test_hook;

@@ -79,6 +79,7 @@ fn entry() -> u8 {
         Command::Token => token(),
         Command::Rotate => rotate(),
         Command::ApiKey(command) => apikey(command),
+        Command::Provision { check, manifest } => provision(check, manifest),
         Command::Healthcheck { ready, instance } => {
             let scope = instance.map_or(health::Scope::All, health::Scope::Instance);
             health::command(Settings::from_env(), ready, Some(scope))
@@ -216,6 +217,23 @@ fn apikey(command: cli::ApiKeyCommand) -> u8 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("comfy-init: {e}");
+            EXIT_CONFIG
+        }
+    }
+}
+
+/// `comfy-init provision [--check] [--manifest PATH]`: the manifest's models and nodes.
+fn provision(check: bool, manifest: Option<std::path::PathBuf>) -> u8 {
+    match Settings::from_env() {
+        Ok(settings) => {
+            let mut settings = settings.provision;
+            if let Some(path) = manifest {
+                settings.manifest = path;
+            }
+            comfy_init::provision::command(&settings, check)
+        }
+        Err(e) => {
+            eprintln!("comfy-init provision: {e}");
             EXIT_CONFIG
         }
     }

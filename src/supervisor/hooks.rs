@@ -1,4 +1,5 @@
-//! Pre-start hooks: the executables in COMFY_INIT_PRE_START (default `/config/pre-start.d`), run
+//! Pre-start hooks: the executables in COMFY_INIT_PRE_START (default `/config/pre-start.d`; several
+//! folders separated by ':', a later folder's hook replacing an earlier one of the same name), run
 //! in name order before ComfyUI, once per container start (a token-change restart runs none),
 //! as ComfyUI's user. Each is a child of PID 1 in its own process group, like ComfyUI: reaped,
 //! stopped within the grace by `docker stop`. Its output reaches the log line by line, prefixed
@@ -26,9 +27,22 @@ pub struct ListError {
 #[error("cannot find comfy-init's own path: {0}")]
 pub struct NoSelf(#[source] std::io::Error);
 
+/// The executables in `dirs`, in name order. A hook in a later folder replaces one of the same
+/// name in an earlier folder: the image's own hooks come first, the user's (in /config) can
+/// replace them.
+pub fn list(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ListError> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for dir in dirs {
+        for hook in list_one(dir)? {
+            by_name.insert(name(&hook), hook);
+        }
+    }
+    Ok(by_name.into_values().collect())
+}
+
 /// The executables in `dir`, in name order; none when the folder does not exist. Hidden files,
 /// folders and files without an execute bit are left out (a README can sit beside the hooks).
-pub fn list(dir: &Path) -> Result<Vec<PathBuf>, ListError> {
+fn list_one(dir: &Path) -> Result<Vec<PathBuf>, ListError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -152,9 +166,17 @@ mod tests {
             std::fs::write(dir.join(name), "#!/bin/sh\n").unwrap();
             std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        let names: Vec<String> = list(&dir).unwrap().iter().map(|p| name(p)).collect();
+        let names: Vec<String> = list(std::slice::from_ref(&dir)).unwrap().iter().map(|p| name(p)).collect();
         assert_eq!(names, ["10-a", "20-b"]);
-        assert_eq!(list(&dir.join("missing")).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(list(&[dir.join("missing")]).unwrap(), Vec::<PathBuf>::new());
+        // A second folder: merged in name order, its 20-b replacing the first one's.
+        let user = dir.join("a-folder");
+        for name in ["20-b", "15-c"] {
+            std::fs::write(user.join(name), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(user.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let merged = list(&[dir.clone(), user.clone()]).unwrap();
+        assert_eq!(merged, [dir.join("10-a"), user.join("15-c"), user.join("20-b")]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

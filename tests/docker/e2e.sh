@@ -226,6 +226,8 @@ mkdir -p "$WORK/ctx"
 cp "$BIN" "$WORK/ctx/comfy-init"
 cp "$(dirname "$BIN")/comfy-init-nvml" "$WORK/ctx/comfy-init-nvml"
 cp "$STANDIN" "$WORK/ctx/fake_comfyui.py"
+mkdir -p "$WORK/ctx/docker/pre-start.d"
+cp "$ROOT/docker/pre-start.d/20-provision" "$WORK/ctx/docker/pre-start.d/"
 # Untagged images a build added (newest first): the build stage, and after a failed build the
 # steps that did succeed. Removed in cleanup; `docker rmi IMG` only takes the runtime stage's.
 track_new_images() {

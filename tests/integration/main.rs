@@ -23,6 +23,7 @@ mod lifecycle;
 mod packaging;
 mod pid1;
 mod privileges;
+mod provision;
 mod reload;
 mod supervise;
 mod util;
