@@ -35,8 +35,8 @@ import stat
 import time
 
 KEY = re.compile(r"cik_[0-9a-f]{64}")
-DIGEST = re.compile(r"[0-9a-f]{64}")
-NAME = re.compile(r"[^\s]{1,200}")
+DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # what `comfy-init apikey` reads too (api_keys.rs)
 PREFIX = "cik_"
 FILE_NAME = "API_KEYS"
 ENV_FILE = "COMFYUI_API_KEYS_FILE"
@@ -135,7 +135,7 @@ class KeyFile:
                 bad.append(number)
                 continue
             expires = None if fields[3] == "-" else int(fields[3])
-            keys.append((fields[0], bytes.fromhex(fields[1]), expires, fields[4]))
+            keys.append((fields[0], bytes.fromhex(fields[1].lower()), expires, fields[4]))
         if bad:
             shown = ", ".join(str(n) for n in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
             log.warning("comfy-init companion: ignored malformed API key line(s) %s of %s", shown, self.path)
@@ -194,13 +194,14 @@ def check(node, key, method, now=None):
 
 
 class LastUsed:
-    """When each key was last used, in memory; written to USED_FILE in batches."""
+    """When each key was last used, in memory; written to USED_FILE in batches, by a worker
+    thread (never in the event loop: a slow disk must not stall requests)."""
 
     def __init__(self):
         self.pending = {}  # name -> unix s, not written yet
         self.path = None
         self.scheduled = False
-        self.written = None  # monotonic time of the last write
+        self.warned = False
 
     def used(self, node, name, when):
         self.path = os.path.join(os.path.dirname(node.password_path), USED_FILE)
@@ -209,34 +210,48 @@ class LastUsed:
             return
         self.scheduled = True
         try:
-            asyncio.get_running_loop().call_later(USED_EVERY, self.write)
+            loop = asyncio.get_running_loop()
+            loop.call_later(USED_EVERY, lambda: loop.run_in_executor(None, self.write, self.take()))
         except RuntimeError:  # no event loop here (a test): write now
-            self.write()
+            self.write(self.take())
 
-    def write(self):
+    def take(self):
+        """What to write, taken in the event loop's thread (where `used` adds to it)."""
         self.scheduled = False
-        if not self.pending or self.path is None:
-            return
         pending, self.pending = self.pending, {}
+        return pending
+
+    def write(self, pending):
+        if not pending or self.path is None:
+            return
         try:
-            known = {entry[0] for keyfile in FILES.values() for entry in keyfile.keys}
+            known = {entry[0] for keyfile in list(FILES.values()) for entry in list(keyfile.keys)}
             times = {n: t for n, t in read_used(self.path).items() if n in known}
             for name, when in pending.items():
                 times[name] = max(when, times.get(name, 0))
-            text = "".join(f"{n} {t}\n" for n, t in sorted(times.items()))
+            data = "".join(f"{n} {t}\n" for n, t in sorted(times.items())).encode("utf-8")
             tmp = os.path.join(os.path.dirname(self.path), f".{USED_FILE}.tmp-{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, text.encode("ascii", "replace"))
+                os.unlink(tmp)  # whatever was left there (a file, a FIFO, a link): never opened
+            except FileNotFoundError:
+                pass
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)
         except OSError as e:
-            log.warning("comfy-init companion: cannot write %s (%s); 'last used' is not kept", self.path, e.strerror)
+            if not self.warned:
+                self.warned = True
+                log.warning("comfy-init companion: cannot write %s (%s); 'last used' is not kept", self.path, e.strerror)
 
 
 def read_used(path):
-    """{name: unix s} from USED_FILE; {} for a missing, linked, oversized or unreadable one."""
+    """{name: unix s} from USED_FILE; {} for a missing, linked, unreadable or oversized one."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -247,8 +262,10 @@ def read_used(path):
         raw = os.read(fd, MAX_BYTES + 1)
     finally:
         os.close(fd)
+    if len(raw) > MAX_BYTES:
+        return {}
     times = {}
-    for line in raw[:MAX_BYTES].decode("utf-8", "replace").splitlines():
+    for line in raw.decode("utf-8", "replace").splitlines():
         fields = line.split(" ")
         if len(fields) == 2 and NAME.fullmatch(fields[0]) and fields[1].isascii() and fields[1].isdigit():
             times[fields[0]] = int(fields[1])
@@ -256,7 +273,7 @@ def read_used(path):
 
 
 LAST_USED = LastUsed()
-atexit.register(LAST_USED.write)  # what a stop would lose otherwise: at most USED_EVERY seconds
+atexit.register(lambda: LAST_USED.write(LAST_USED.take()))  # what a stop would lose: USED_EVERY seconds at most
 
 
 def as_token(request, node):

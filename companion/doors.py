@@ -73,7 +73,6 @@ MAX_HELD = 64  # guesses held at once; past that, answered at once (a held one c
 LOG_EVERY = 10.0
 # What `comfy-init healthcheck` asks for (a random name after it) to prove the door closed.
 HEALTHCHECK_PROBE = "/userdata/comfy-init-probe-"
-HEALTHCHECK_AGENT = "comfy-init-healthcheck/"  # and what it sends as its User-Agent
 LOOPBACK = ("127.0.0.1", "::1")
 
 log = logging.getLogger("comfy-init.doors")
@@ -118,9 +117,7 @@ class Refusals:
         self.last = collections.OrderedDict()  # (address, kind) -> (time logged, refused since)
 
     def say(self, request, kind, why, now):
-        if request.remote in LOOPBACK and (
-            request.path.startswith(HEALTHCHECK_PROBE) or request.headers.get("User-Agent", "").startswith(HEALTHCHECK_AGENT)
-        ):
+        if from_comfy_init(request) or (request.remote in LOOPBACK and request.path.startswith(HEALTHCHECK_PROBE)):
             return  # comfy-init healthcheck proving a door closed, every 30 s: not news
         key = (client(request), kind)
         logged, unsaid = self.last.get(key, (None, 0))
@@ -355,21 +352,23 @@ def refused_key(request, why):
     return web.json_response({"error": "invalid API key"}, status=401)
 
 
-# COMFY_INIT_PASSWORD_TOKEN=off: API keys are the only API credential. The password's token is
-# refused, except on comfy-init's own requests (its healthcheck and probes), which carry the key
-# PID 1 made at this start in SELF_HEADER; ComfyUI gets only that key's SHA-256. Web logins
+# comfy-init's own requests (its healthcheck and probes) carry the key PID 1 made at this start
+# in SELF_HEADER; ComfyUI gets only its SHA-256. COMFY_INIT_PASSWORD_TOKEN=off: API keys are the
+# only API credential, and any other credential a request presents (an Authorization that is not
+# `Bearer cik_...`, a ?token= that is not a key: the password's token, or whatever the node may
+# take for it, an empty one included) is refused, except on comfy-init's own requests. Web logins
 # (a session cookie) are not affected.
 TOKEN_OFF = os.environ.get("COMFY_INIT_PASSWORD_TOKEN") == "off"
 SELF_DIGEST = os.environ.get("COMFY_INIT_SELF_KEY_SHA256", "")
 SELF_HEADER = "X-Comfy-Init-Key"
 
 
-def carries_token(request, node):
-    """The request presents ComfyUI-Login's token (header or ?token=)."""
-    parts = request.headers.get("Authorization", "").split()
-    if len(parts) == 2 and parts[0] == "Bearer" and same(parts[1], node.TOKEN):
+def presents_other_than_a_key(request):
+    """The request shows a credential that is not an API key (header or ?token=)."""
+    header = request.headers.get("Authorization")
+    if header is not None and not (header.startswith("Bearer cik_") and len(header.split()) == 2):
         return True
-    return same(request.query.get("token", ""), node.TOKEN)
+    return "token" in request.query and not request.query.get("token", "").startswith("cik_")
 
 
 def from_comfy_init(request):
@@ -381,7 +380,7 @@ def from_comfy_init(request):
 async def guard(request, handler):
     if login_node() is None:  # ComfyUI-Login is not loaded: there is no auth to keep
         return await handler(request)
-    if TOKEN_OFF and carries_token(request, login_node()) and not from_comfy_init(request):
+    if TOKEN_OFF and presents_other_than_a_key(request) and not from_comfy_init(request):
         return unauthorised(request, "the password's token is off (COMFY_INIT_PASSWORD_TOKEN=off): use an API key")
     request, answer = with_api_key(request)
     if answer is not None:

@@ -60,6 +60,10 @@ pub enum Request<'a> {
     UnknownKey,
     /// Our token without comfy-init's own key: refused under COMFY_INIT_PASSWORD_TOKEN=off.
     TokenAlone(&'a str),
+    /// Our token with a key that is not comfy-init's: refused the same.
+    TokenWrongKey(&'a str),
+    /// Our token as `?token=`, without comfy-init's own key: refused the same.
+    TokenQuery(&'a str),
 }
 
 impl Request<'_> {
@@ -74,6 +78,8 @@ impl Request<'_> {
             Request::MalformedKey => "with a malformed API key",
             Request::UnknownKey => "with an unknown API key",
             Request::TokenAlone(_) => "with the password's token under COMFY_INIT_PASSWORD_TOKEN=off",
+            Request::TokenWrongKey(_) => "with the password's token and a wrong comfy-init key",
+            Request::TokenQuery(_) => "with the password's token as ?token= under COMFY_INIT_PASSWORD_TOKEN=off",
         }
     }
 }
@@ -321,7 +327,7 @@ pub fn judge_refusal(reply: &Reply, request: Request) -> Result<(), Problem> {
         Reply::Answer { status: 401 | 302, .. } => Ok(()),
         Reply::Answer { status: 200..=299, .. } => Err(match request {
             Request::MalformedKey | Request::UnknownKey => Problem::KeyNotChecked(request.describe()),
-            Request::TokenAlone(_) => Problem::TokenNotOff,
+            Request::TokenAlone(_) | Request::TokenWrongKey(_) | Request::TokenQuery(_) => Problem::TokenNotOff,
             _ => Problem::AuthNotEnforced { request: request.describe(), token_problem: None },
         }),
         Reply::Answer { status, .. } => Err(Problem::Unexpected { status: *status, request: request.describe() }),
@@ -360,7 +366,9 @@ pub fn evaluate(
             let mut h = judge_stats(&fetch(r), r)?;
             refusals(fetch, Some(&wrong_token(token)))?;
             if let Auth::KeysOnly(_) = auth {
-                judge_refusal(&fetch(Request::TokenAlone(token)), Request::TokenAlone(token))?;
+                for r in [Request::TokenAlone(token), Request::TokenWrongKey(token), Request::TokenQuery(token)] {
+                    judge_refusal(&fetch(r), r)?;
+                }
                 h.token_off = true;
             }
             h.auth_checked = true;
@@ -381,6 +389,16 @@ pub fn evaluate(
         healthy.gpu = Some(check().map_err(|e| Problem::GpuLost(one_line(&e.to_string())))?);
     }
     Ok(healthy)
+}
+
+/// A token in a URL's query: bcrypt's `$` and `/` (and anything else) encoded.
+fn percent_encoded(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Our token with its last character changed: well-formed, the same length, and wrong. A server
@@ -533,7 +551,7 @@ impl Client {
                 .build(),
             port: s.comfyui.port,
             origin: origin(s),
-            self_key: (!s.password_token).then(|| crate::supervisor::self_key::read(&s.run_dir)).flatten(),
+            self_key: crate::supervisor::self_key::read(&s.run_dir),
         }
     }
 
@@ -548,6 +566,7 @@ impl Client {
             // Random: no file planted under a known name can answer for it.
             Request::UserFile => format!("/userdata/comfy-init-probe-{:016x}.js", rand::random::<u64>()),
             Request::Status(_) => "/comfy-init/status".to_string(),
+            Request::TokenQuery(token) => format!("/system_stats?token={}", percent_encoded(token)),
             _ => "/system_stats".to_string(),
         };
         let mut req = self.agent.get(&format!("http://127.0.0.1:{}{path}", self.port)).timeout(left);
@@ -555,7 +574,7 @@ impl Client {
             Request::Bearer(token) | Request::WrongBearer(token) | Request::Status(Some(token)) => {
                 Some(token.to_string())
             }
-            Request::TokenAlone(token) => Some(token.to_string()),
+            Request::TokenAlone(token) | Request::TokenWrongKey(token) => Some(token.to_string()),
             // The prefix, then what no key is: the companion must see a key and refuse it.
             Request::MalformedKey => Some(format!("{}{}", api_keys::PREFIX, "z".repeat(64))),
             Request::UnknownKey => Some(api_keys::generate()),
@@ -564,8 +583,14 @@ impl Client {
         if let Some(bearer) = bearer {
             req = req.set("Authorization", &format!("Bearer {bearer}"));
         }
-        if let Some(key) = self.self_key.as_deref().filter(|_| !matches!(request, Request::TokenAlone(_))) {
-            req = req.set(crate::supervisor::self_key::HEADER, key);
+        match request {
+            Request::TokenAlone(_) | Request::TokenQuery(_) => {}
+            Request::TokenWrongKey(_) => req = req.set(crate::supervisor::self_key::HEADER, &api_keys::generate()),
+            _ => {
+                if let Some(key) = &self.self_key {
+                    req = req.set(crate::supervisor::self_key::HEADER, key);
+                }
+            }
         }
         if let Some(origin) = &self.origin {
             req = req.set("Origin", origin);
@@ -647,6 +672,13 @@ fn check(s: &Settings, auth: &Auth, deadline: Instant) -> Result<Healthy, Proble
         return Err(Problem::GuestModeRefused(s.credentials.guest_mode_path().display().to_string()));
     }
     let client = Client::new(s);
+    if matches!(auth, Auth::KeysOnly(_)) && client.self_key.is_none() {
+        return Err(Problem::Config(format!(
+            "COMFY_INIT_PASSWORD_TOKEN=off and comfy-init's own key is not readable in {}: run the healthcheck as \
+             comfy-init's user, with the COMFY_INIT_RUN_DIR that PID 1 has",
+            s.run_dir.display()
+        )));
+    }
     let mut http = |r: Request| client.fetch(deadline, r);
     let gpu_settings = s.gpu.clone();
     let gpu_check = move || {
@@ -975,16 +1007,20 @@ mod tests {
         let (result, asked) = run(&keys_only, protected, None);
         let line = result.unwrap().line(T);
         assert_eq!(
-            asked.last().map(String::as_str),
-            Some("with the password's token under COMFY_INIT_PASSWORD_TOKEN=off")
+            asked[asked.len() - 3..],
+            [
+                "with the password's token under COMFY_INIT_PASSWORD_TOKEN=off",
+                "with the password's token and a wrong comfy-init key",
+                "with the password's token as ?token= under COMFY_INIT_PASSWORD_TOKEN=off"
+            ]
         );
         assert!(line.contains("the password's token is refused (COMFY_INIT_PASSWORD_TOKEN=off)"), "{line}");
-        let token_works = |r: Request| match r {
-            Request::Bearer("tok") | Request::TokenAlone("tok") => ok(STATS),
-            _ => status(401),
-        };
-        let (result, _) = run(&keys_only, token_works, None);
-        assert_eq!(result, Err(Problem::TokenNotOff));
+        for leak in [Request::TokenAlone("tok"), Request::TokenWrongKey("tok"), Request::TokenQuery("tok")] {
+            let token_works =
+                |r: Request| if r == Request::Bearer("tok") || r == leak { ok(STATS) } else { status(401) };
+            let (result, _) = run(&keys_only, token_works, None);
+            assert_eq!(result, Err(Problem::TokenNotOff), "{leak:?}");
+        }
     }
 
     #[test]

@@ -195,8 +195,11 @@ fn apikey(command: cli::ApiKeyCommand) -> u8 {
             .transpose()
             .and_then(|lifetime| api_keys::add(&settings, &name, lifetime, read_only))
             .map(|key| println!("{key}")),
-        cli::ApiKeyCommand::List => api_keys::list(&settings).and_then(|ours| {
-            let theirs = api_keys::listed_by_operator(&settings)?;
+        cli::ApiKeyCommand::List => api_keys::list(&settings).map(|ours| {
+            let theirs = api_keys::listed_by_operator(&settings).unwrap_or_else(|e| {
+                eprintln!("comfy-init: COMFYUI_API_KEYS_FILE not listed: {e}");
+                Vec::new()
+            });
             let used = api_keys::last_used(&settings);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             if ours.is_empty() && theirs.is_empty() {
@@ -207,7 +210,6 @@ fn apikey(command: cli::ApiKeyCommand) -> u8 {
             {
                 println!("{}{from}", api_keys::describe(key, now, used.get(&key.name).copied()));
             }
-            Ok(())
         }),
         cli::ApiKeyCommand::Revoke { name } => {
             api_keys::revoke(&settings, &name).map(|()| println!("revoked: {name} (refused within a second)"))
@@ -331,8 +333,8 @@ fn prepare(
     } else {
         log::warn!("COMFY_INIT_AUTH=off: credentials are not managed; ComfyUI runs unprotected unless you protect it");
     }
-    if !settings.password_token {
-        spec.env_set.push((supervisor::self_key::ENV_DIGEST.into(), password_token_off(&settings, companion)?.into()));
+    if let Some(digest) = own_key(&settings, companion)? {
+        spec.env_set.push((supervisor::self_key::ENV_DIGEST.into(), digest.into()));
     }
     // The plaintext password is ours; the child and its custom nodes do not need it.
     spec.env_remove.push(credentials::KEY_PASSWORD.into());
@@ -405,24 +407,37 @@ fn several_instances(
     Ok(specs)
 }
 
-/// COMFY_INIT_PASSWORD_TOKEN=off: only the companion can refuse ComfyUI-Login's token, and
-/// comfy-init's own requests need their key (published for the healthcheck). The key's digest,
-/// for ComfyUI. Err: the token would stay an API credential; nothing is started.
-fn password_token_off(settings: &Settings, companion: bool) -> Result<String, Error> {
+/// comfy-init's own key, by which the companion knows comfy-init's requests (the healthcheck's
+/// refusals are not logged; under COMFY_INIT_PASSWORD_TOKEN=off only they may use the token): its
+/// digest, for ComfyUI. None: no companion. Err: the token is off but would stay an API
+/// credential, or comfy-init could not keep its key; nothing is started.
+fn own_key(settings: &Settings, companion: bool) -> Result<Option<String>, Error> {
     let off = "COMFY_INIT_PASSWORD_TOKEN=off";
-    if !settings.auth || !companion {
-        return Err(Error::Config(config::ConfigError(format!(
+    let config = |message: String| Error::Config(config::ConfigError(message));
+    if !settings.password_token && (!settings.auth || !companion) {
+        return Err(config(format!(
             "{off} needs COMFY_INIT_AUTH=on and comfy-init's companion node installed (COMFY_INIT_COMPANION=on, \
              custom_nodes writable by root): without it ComfyUI-Login accepts its token anyway"
-        ))));
+        )));
     }
-    supervisor::self_key::publish(&settings.run_dir).map_err(|why| {
-        Error::Config(config::ConfigError(format!(
+    if !companion {
+        return Ok(None);
+    }
+    match supervisor::self_key::publish(&settings.run_dir) {
+        Ok(digest) => Ok(Some(digest)),
+        Err(why) if settings.password_token => {
+            log::warn!(
+                "{}: cannot keep comfy-init's own key ({why}): the healthcheck's refusals will be logged",
+                settings.run_dir.display()
+            );
+            Ok(None)
+        }
+        Err(why) => Err(config(format!(
             "{off}: cannot keep comfy-init's own key in {} ({why}): set COMFY_INIT_RUN_DIR to a folder of \
              comfy-init's user that no one else can write",
             settings.run_dir.display()
-        )))
-    })
+        ))),
+    }
 }
 
 /// Err(Stopped) when a stop request is waiting: start-up goes no further.

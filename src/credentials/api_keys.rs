@@ -66,13 +66,17 @@ impl Key {
         format!("{} {} {} {expires} {mode}", self.name, self.digest, self.created)
     }
 
+    /// One line, as the companion reads it (companion/api_keys.py: the same grammar).
     fn parse(line: &str) -> Option<Key> {
-        let mut f = line.split(' ');
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let mut f = line.trim().split(' ');
         let (name, digest, created, expires, mode) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
         if f.next().is_some()
             || !valid_name(name)
             || digest.len() != 64
             || !digest.bytes().all(|b| b.is_ascii_hexdigit())
+            || !digits(created)
+            || !(expires == "-" || digits(expires))
         {
             return None;
         }
@@ -103,7 +107,24 @@ fn valid_name(name: &str) -> bool {
 
 /// The keys of a file's text; comments, blank and malformed lines left out.
 pub fn parse(text: &str) -> Vec<Key> {
-    text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).filter_map(Key::parse).collect()
+    parse_lines(text).0
+}
+
+/// The keys of a file's text, and the numbers of the lines that are not keys (no key is made of
+/// them, here or in the companion).
+pub fn parse_lines(text: &str) -> (Vec<Key>, Vec<usize>) {
+    let (mut keys, mut bad) = (Vec::new(), Vec::new());
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match Key::parse(line) {
+            Some(key) => keys.push(key),
+            None => bad.push(number + 1),
+        }
+    }
+    (keys, bad)
 }
 
 /// `cik_` and 64 lowercase hex digits, what [`generate`] makes.
@@ -160,7 +181,18 @@ pub fn listed_by_operator(s: &Settings) -> Result<Vec<Key>, KeyError> {
 
 fn read_keys(file: &Path, owner: Option<(u32, u32)>, links: Links) -> Result<Vec<Key>, KeyError> {
     match as_puid_where_exposed(file, owner, || fsutil::read_bounded(file, MAX_FILE, links)) {
-        Ok(Some(bytes)) => Ok(parse(&String::from_utf8_lossy(&bytes))),
+        Ok(Some(bytes)) => {
+            let (keys, bad) = parse_lines(&String::from_utf8_lossy(&bytes));
+            if !bad.is_empty() {
+                let lines: Vec<String> = bad.iter().take(10).map(usize::to_string).collect();
+                log::warn!(
+                    "{}: line(s) {} are not API keys and give none (name digest created expires rw|ro)",
+                    file.display(),
+                    lines.join(", ")
+                );
+            }
+            Ok(keys)
+        }
         Ok(None) => Ok(Vec::new()),
         Err(e) => Err(KeyError::Unreadable { path: file.to_path_buf(), why: e.to_string() }),
     }
@@ -202,7 +234,9 @@ pub fn add(s: &Settings, name: &str, lifetime: Option<Duration>, read_only: bool
     }
     let _lock = Lock::acquire(s, true)?;
     let mut keys = list(s)?;
-    if keys.iter().any(|k| k.name == name) {
+    // "Last used" is kept by name: a name the operator's list has too would be ambiguous.
+    let theirs = listed_by_operator(s).unwrap_or_default();
+    if keys.iter().chain(&theirs).any(|k| k.name == name) {
         return Err(KeyError::Exists(name.into()));
     }
     let key = generate();
@@ -267,8 +301,9 @@ mod tests {
     #[test]
     fn a_key_line_is_written_and_read_back_and_malformed_lines_are_left_out() {
         let k = Key { name: "ci".into(), digest: digest("cik_x"), created: 10, expires: Some(20), read_only: true };
-        let text = format!("# comment\n\n{}\nbad line\nname {} 1 - xx\n", k.line(), k.digest);
-        assert_eq!(parse(&text), vec![k.clone()]);
+        let text =
+            format!("# comment\n\n  {}  \nbad line\nname {} 1 - xx\nplus {} +1 - rw\n", k.line(), k.digest, k.digest);
+        assert_eq!(parse_lines(&text), (vec![k.clone()], vec![4, 5, 6]));
         assert!(k.expired(20) && !k.expired(19));
         let forever = Key { expires: None, read_only: false, ..k };
         assert_eq!(parse(&forever.line()), vec![forever]);

@@ -1,9 +1,11 @@
-//! comfy-init's own key, for `COMFY_INIT_PASSWORD_TOKEN=off` (issue 25): API keys are then the
-//! only API credential, and the companion refuses the password's token, except on comfy-init's
-//! own requests (the healthcheck, the reload and drain probes), which show this key in
-//! [`HEADER`]. PID 1 makes a new one at each container start and keeps it in
-//! `<COMFY_INIT_RUN_DIR>/key` (mode 0600, a folder only root writes: ComfyUI's user can neither
-//! read nor plant it); ComfyUI gets only its SHA-256, in [`ENV_DIGEST`].
+//! comfy-init's own key (issue 25): comfy-init's own requests (the healthcheck, the reload and
+//! drain probes) show it in [`HEADER`], so that the companion knows them: it does not log the
+//! healthcheck's refusals, and under `COMFY_INIT_PASSWORD_TOKEN=off` (API keys the only API
+//! credential) only they may still use the password's token. PID 1 makes a new one at each
+//! container start and keeps it in `<COMFY_INIT_RUN_DIR>/key` (mode 0600, in a folder only
+//! comfy-init's user writes: with PUID, ComfyUI's user can neither read nor plant it; a container
+//! run as one user gives ComfyUI that user too, and it controls ComfyUI anyway); ComfyUI gets
+//! only its SHA-256, in [`ENV_DIGEST`].
 
 use std::io::Write;
 use std::path::Path;
@@ -15,12 +17,17 @@ pub const HEADER: &str = "X-Comfy-Init-Key";
 pub const ENV_DIGEST: &str = "COMFY_INIT_SELF_KEY_SHA256";
 const FILE: &str = "key";
 
-/// A new key written to `dir/key`; its digest, for ComfyUI's environment.
+/// A new key written to `dir/key` (a temporary file made 0600, then renamed over it: a reader
+/// sees the old key or the new one); its digest, for ComfyUI's environment.
 pub fn publish(dir: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
     let key = api_keys::generate();
-    let mut file = super::phase::open_in(dir, c"key", 0o600)?;
-    // A key file left by an earlier start (made 0600 then) is replaced whole.
-    file.set_len(0).and_then(|()| file.write_all(key.as_bytes())).map_err(|e| e.to_string())?;
+    let mut file = super::phase::open_in(dir, c"key.tmp", 0o600)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.set_len(0))
+        .and_then(|()| file.write_all(key.as_bytes()))
+        .and_then(|()| std::fs::rename(dir.join("key.tmp"), dir.join(FILE)))
+        .map_err(|e| e.to_string())?;
     Ok(api_keys::digest(&key))
 }
 
