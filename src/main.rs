@@ -228,6 +228,14 @@ fn apikey(command: cli::ApiKeyCommand) -> u8 {
 fn provision(check: bool, manifest: Option<std::path::PathBuf>) -> u8 {
     match Settings::from_env() {
         Ok(settings) => {
+            // Root never does ComfyUI's user's work in ComfyUI's user's folders: run by hand as
+            // root (`docker exec`) with PUID set, it becomes PUID:PGID first, as the hook runs.
+            if let Some((uid, gid)) = settings.owner.filter(|_| nix::unistd::geteuid().is_root()) {
+                if let Err(e) = become_user(uid, gid) {
+                    eprintln!("comfy-init provision: cannot become PUID:PGID {uid}:{gid} ({e}); nothing was done");
+                    return 1;
+                }
+            }
             let mut settings = settings.provision;
             if let Some(path) = manifest {
                 settings.manifest = path;
@@ -239,6 +247,14 @@ fn provision(check: bool, manifest: Option<std::path::PathBuf>) -> u8 {
             EXIT_CONFIG
         }
     }
+}
+
+/// This process, for good, as `uid`:`gid` with no supplementary group (one thread: before any).
+fn become_user(uid: u32, gid: u32) -> nix::Result<()> {
+    use nix::unistd::{setgid, setgroups, setuid, Gid, Uid};
+    setgroups(&[])?;
+    setgid(Gid::from_raw(gid))?;
+    setuid(Uid::from_raw(uid))
 }
 
 /// `comfy-init rotate`: new random password; a running supervisor restarts ComfyUI.

@@ -240,3 +240,42 @@ fn a_login_folder_swapped_for_a_symlink_in_a_comfyui_folder_of_puid_gets_no_pass
     assert_eq!(owner(&victim), 0);
     assert_ne!(code, 0, "{out}{err}");
 }
+
+/// `comfy-init provision` run by hand as root (`docker exec`) with PUID set becomes PUID first: a
+/// symlink PUID planted in place of `custom_nodes` leads root nowhere.
+#[test]
+fn provision_run_as_root_with_puid_set_acts_as_puid() {
+    root_only!("provision_run_as_root_with_puid_set_acts_as_puid");
+    if !std::process::Command::new("git").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return eprintln!("skipped: no git");
+    }
+    let (ws, victim) = with_victim("prov-root", None);
+    let repo = ws.dir.join("repo");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").arg("-C").arg(&repo).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    fs::create_dir_all(&repo).unwrap();
+    git(&["init", "-q"]);
+    write(&repo.join("__init__.py"), "NODE_CLASS_MAPPINGS = {}\n");
+    git(&["add", "."]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one"]);
+    git(&["tag", "v1"]);
+    // PUID's custom_nodes is a symlink to root's folder.
+    fs::remove_dir_all(ws.comfyui().join("custom_nodes")).unwrap();
+    std::os::unix::fs::symlink(&victim, ws.comfyui().join("custom_nodes")).unwrap();
+    let manifest = ws.dir.join("provision.toml");
+    write(
+        &manifest,
+        &format!(
+            "[[node]]\ngit = \"file://{}\"\nref = \"v1\"\nname = \"Planted\"\nrequirements = false\n",
+            repo.display()
+        ),
+    );
+    let env = ws.env().into_iter().chain([("COMFY_INIT_PROVISION".to_string(), manifest.display().to_string())]);
+    let out = comfy_init(&["provision"], env, LONG);
+    assert_ne!(out.status(), 0, "provisioned through the symlink as root: {}", out.all());
+    assert!(out.all().contains("Permission denied"), "{}", out.all()); // PUID's, not root's, reach
+    assert!(!victim.join("Planted").exists(), "root cloned into the folder PUID's symlink points at");
+    assert_eq!(fs::read_dir(&victim).unwrap().count(), 1, "something was written into root's folder");
+}
