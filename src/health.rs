@@ -631,7 +631,9 @@ fn transport_reply(t: &ureq::Transport) -> Reply {
 }
 
 /// How long the reload probe looks for its proof (PID 1 restarts ComfyUI a little after).
-const PROOF_WINDOW: Duration = Duration::from_secs(2);
+/// 4 s: two instances reloading at once on a loaded 2-core machine did not answer within 2 s, and a
+/// needless restart drops ComfyUI's queue and models; a failed reload costs 2 s more.
+const PROOF_WINDOW: Duration = Duration::from_secs(4);
 
 /// `comfy-init __probe-reload`, started by PID 1 right after it asked the companion to reload a
 /// new token: exit 0 as soon as the new token answers 200 AND the old one is refused, 1 when that

@@ -18,9 +18,9 @@ pub const GROUP_RECHECK: Duration = Duration::from_millis(50);
 /// wakes, and a stop must end within the grace Docker gives. Its pids and states are logged.
 pub const ABANDON_AFTER: Duration = Duration::from_secs(3);
 
-/// How long a reload may take to be proven (the probe gives up after 2 s) before ComfyUI is
+/// How long a reload may take to be proven (the probe gives up after 4 s) before ComfyUI is
 /// restarted instead.
-pub const RELOAD_PROOF: Duration = Duration::from_secs(3);
+pub const RELOAD_PROOF: Duration = Duration::from_secs(5);
 
 /// How the child is stopped and restarted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -186,8 +186,10 @@ fn a_wrong_login_flood_is_answered_429_without_bcrypt_while_the_api_keeps_servin
     let ws = Workspace::new("doors-flood-open");
     let (_init, token) = serving(&ws, false);
     let (codes, open) = wrong_login_flood(&ws, &token, 4, Duration::from_secs(3));
+    // Every guess checked (a 302 each, none throttled), more than the companion's 5 free ones;
+    // how many fit in 3 s depends on the machine's load.
     assert_eq!(count(&codes, 429), 0);
-    assert!(count(&codes, 302) >= 8, "the bare node checks every guess: {codes:?}");
+    assert!(count(&codes, 302) == codes.len() && codes.len() > 5, "the bare node checks every guess: {codes:?}");
 
     let ws = Workspace::new("doors-flood");
     let (init, token) = serving(&ws, true);
