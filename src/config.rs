@@ -361,7 +361,8 @@ fn gpu_settings(get: Lookup, owner: Option<(u32, u32)>) -> Result<GpuSettings, C
         Some(v) => crate::gpu::Instances::parse(&v).ok_or_else(|| {
             ConfigError(format!(
                 "COMFY_INIT_INSTANCES='{v}' is not valid: use 1 (one ComfyUI), per-gpu (one per usable card) or a \
-                 list of GPU indexes or UUIDs (0,1 or GPU-...,GPU-...)"
+                 list of GPU indexes or UUIDs (0,1 or GPU-...,GPU-...); for one ComfyUI on one card, \
+                 COMFY_INIT_GPU_SELECT=<index>"
             ))
         })?,
     };

@@ -132,6 +132,7 @@ pub enum Problem {
     /// One of several instances failed: which (its port and card), and how.
     Instance {
         about: String,
+        port: u16,
         problem: Box<Problem>,
     },
 }
@@ -166,8 +167,8 @@ impl Problem {
         let addr = format!("127.0.0.1:{}", t.port);
         let why = match self {
             Problem::NotReady(why) => return format!("NOT READY: {why}"),
-            Problem::Instance { about, problem } => {
-                let inner = problem.line(Target { port: t.port, ..t });
+            Problem::Instance { about, port, problem } => {
+                let inner = problem.line(Target { port: *port, ..t });
                 return match inner.split_once(": ") {
                     Some((verdict, why)) => format!("{verdict}: {about}: {why}"),
                     None => format!("UNHEALTHY: {about}: {inner}"),
@@ -725,6 +726,26 @@ fn check_ready(s: &Settings, auth: &Auth, deadline: Instant, phase: Option<&str>
     Ok(Healthy { ready: Some(note), ..healthy })
 }
 
+/// What `healthcheck [--ready] [--instance N]` checks: the one ComfyUI, or the instances PID 1
+/// published.
+fn judge_scope(
+    s: &Settings,
+    auth: &Auth,
+    deadline: Instant,
+    ready: bool,
+    published: &[crate::instances::Published],
+    scope: Option<Scope>,
+) -> Result<Healthy, Problem> {
+    match (published.is_empty(), scope) {
+        (true, Some(Scope::Instance(n))) if n > 0 => {
+            Err(Problem::Config(format!("there is no instance {n}: comfy-init runs one ComfyUI here")))
+        }
+        (true, _) if ready => check_ready(s, auth, deadline, crate::supervisor::phase::read(&s.run_dir).as_deref()),
+        (true, _) => check(s, auth, deadline),
+        (false, scope) => check_instances(s, auth, deadline, ready, published, scope),
+    }
+}
+
 /// Several ComfyUI (COMFY_INIT_INSTANCES): each one as if it were the only one, on its port, with
 /// its slot of the phase; the first that fails is named with its port and card.
 fn check_instances(
@@ -739,6 +760,11 @@ fn check_instances(
         Some(Scope::Instance(n)) => published.iter().filter(|p| p.index == n).collect(),
         _ => published.iter().collect(),
     };
+    let mut ports: Vec<u16> = published.iter().map(|p| p.port).collect();
+    ports.sort_unstable();
+    if ports.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Problem::Config("the instances comfy-init published share a port: restart the container".into()));
+    }
     if chosen.is_empty() {
         return Err(Problem::Config(format!(
             "there is no such instance: comfy-init runs {} (--instance 0 to {})",
@@ -749,22 +775,32 @@ fn check_instances(
     let phases = crate::supervisor::phase::read_all(&s.run_dir).unwrap_or_default();
     let mut first: Option<Healthy> = None;
     for p in &chosen {
-        let one = Settings { comfyui: config::ComfyUi { port: p.port, ..s.comfyui.clone() }, ..s.clone() };
+        let mut one = Settings { comfyui: config::ComfyUi { port: p.port, ..s.comfyui.clone() }, ..s.clone() };
+        // NVML is asked once, below, for the whole box: a lost card must not fail every instance.
+        one.gpu.policy = GpuPolicy::Warn;
         let result = match ready {
             true => check_ready(&one, auth, deadline, phases.get(p.index).map(String::as_str)),
             false => check(&one, auth, deadline),
         };
         let healthy = result.map_err(|problem| Problem::Instance {
             about: format!("instance {} ({}) on 127.0.0.1:{}", p.index, p.label, p.port),
+            port: p.port,
             problem: Box::new(problem),
         })?;
         first.get_or_insert(healthy);
+    }
+    let mut gpu = None;
+    if s.gpu.policy == GpuPolicy::Require && scope != Some(Scope::Instance(chosen[0].index)) {
+        STAGE.store(STAGE_GPU, Ordering::SeqCst);
+        // NVML's own line names the card that is lost.
+        gpu = Some(gpu::check_alive(&s.gpu, deadline).map_err(|e| Problem::GpuLost(one_line(&e.to_string())))?);
     }
     let each: Vec<String> =
         chosen.iter().map(|p| format!("#{} on 127.0.0.1:{} ({})", p.index, p.port, p.label)).collect();
     let what = if ready { "ready" } else { "answer" };
     let summary = format!("{} of {} ComfyUI instances {what}: {}", chosen.len(), published.len(), each.join(", "));
-    Ok(Healthy { instances: Some(summary), device: None, ..first.expect("at least one instance was checked") })
+    let first = first.ok_or_else(|| Problem::Config("no instance was checked".into()))?;
+    Ok(Healthy { instances: Some(summary), device: None, gpu: gpu.or(first.gpu.clone()), ..first })
 }
 
 /// Only a ComfyUI that comfy-init runs untouched gets traffic.
@@ -890,18 +926,21 @@ pub fn command(settings: Result<Settings, ConfigError>, ready: bool, scope: Opti
     // Armed before any file is read.
     let deadline = started + target.timeout;
     arm_watchdog(deadline, target);
+    let mut s = s;
     let auth = auth(&s);
-    let published = match scope {
-        Some(Scope::ThisPort) => Vec::new(),
-        _ => crate::instances::read(&s.run_dir),
-    };
-    let result = match (published.is_empty(), scope) {
-        (true, Some(Scope::Instance(n))) if n > 0 => {
-            Err(Problem::Config(format!("there is no instance {n}: comfy-init runs one ComfyUI here")))
-        }
-        (true, _) if ready => check_ready(&s, &auth, deadline, crate::supervisor::phase::read(&s.run_dir).as_deref()),
-        (true, _) => check(&s, &auth, deadline),
-        (false, scope) => check_instances(&s, &auth, deadline, ready, &published, scope),
+    let result = match crate::instances::read(&s.run_dir) {
+        Err(why) => Err(Problem::Config(format!("cannot read the instances comfy-init published: {why}"))),
+        Ok(published) => match scope {
+            // The watchdog's probe of one instance of several: its port only, and not the GPU
+            // (a card lost is its own instance's failure, not every instance's).
+            Some(Scope::ThisPort) => {
+                if published.len() > 1 {
+                    s.gpu.policy = GpuPolicy::Warn;
+                }
+                check(&s, &auth, deadline)
+            }
+            _ => judge_scope(&s, &auth, deadline, ready, &published, scope),
+        },
     };
     let (code, mut line) = match result {
         Ok(h) => (0, h.line(target)),

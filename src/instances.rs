@@ -35,16 +35,31 @@ pub fn user_dir(comfyui: &ComfyUi, index: usize) -> Option<PathBuf> {
     (index > 0).then(|| comfyui.dir.join("user").join(format!("instance-{index}")))
 }
 
-/// The instances' specs: `base` (ComfyUI's, with its user and environment) once per card.
-pub fn specs(base: &ChildSpec, comfyui: &ComfyUi, extra: &[OsString], cards: &[InstanceCard]) -> Vec<InstanceSpec> {
-    cards
+/// The instances' specs: `base` (ComfyUI's, with its user and environment) once per card. Err:
+/// the ports would run past 65535.
+pub fn specs(
+    base: &ChildSpec,
+    comfyui: &ComfyUi,
+    extra: &[OsString],
+    cards: &[InstanceCard],
+) -> Result<Vec<InstanceSpec>, String> {
+    let last = u16::try_from(cards.len().saturating_sub(1)).ok().and_then(|n| comfyui.port.checked_add(n));
+    if last.is_none() {
+        return Err(format!(
+            "COMFYUI_PORT={} leaves no room for {} instances (ports COMFYUI_PORT to COMFYUI_PORT+{}): choose a lower port",
+            comfyui.port,
+            cards.len(),
+            cards.len().saturating_sub(1)
+        ));
+    }
+    Ok(cards
         .iter()
         .enumerate()
         .map(|(i, card)| {
-            let port = comfyui.port.saturating_add(i as u16);
+            let port = comfyui.port + i as u16;
             let mut spec = base.clone();
-            // One terminal, one foreground group: the first instance's.
-            spec.terminal = i == 0;
+            // Several: none takes the terminal, PID 1 keeps it, so that Ctrl-C stops them all.
+            spec.terminal = base.terminal && cards.len() == 1;
             spec.env_set.push(("CUDA_VISIBLE_DEVICES".into(), card.visible.clone().into()));
             spec.argv = ComfyUi { port, ..comfyui.clone() }.default_command();
             spec.argv.push("--temp-directory".into());
@@ -57,7 +72,7 @@ pub fn specs(base: &ChildSpec, comfyui: &ComfyUi, extra: &[OsString], cards: &[I
             spec.cwd = Some(comfyui.dir.clone());
             InstanceSpec { spec, port, label: Some(card.label.clone()) }
         })
-        .collect()
+        .collect())
 }
 
 /// Writes the list for the healthcheck in `dir` (root's, like the phase); one instance: no list.
@@ -73,10 +88,15 @@ pub fn publish(dir: &Path, instances: &[Published]) -> Result<(), String> {
     file.set_len(0).and_then(|()| file.write_all(text.as_bytes())).map_err(|e| e.to_string())
 }
 
-/// The instances PID 1 published (empty: one ComfyUI, on COMFYUI_PORT).
-pub fn read(dir: &Path) -> Vec<Published> {
-    let Ok(Some(raw)) = fsutil::read_bounded(&dir.join(FILE), 64 * 1024, Links::Refuse) else { return Vec::new() };
-    String::from_utf8_lossy(&raw).lines().filter_map(parse).collect()
+/// The instances PID 1 published (empty: none published, one ComfyUI on COMFYUI_PORT). Err: a
+/// list is there but cannot be read (a link, too big, unreadable): nothing is known of them.
+pub fn read(dir: &Path) -> Result<Vec<Published>, String> {
+    let path = dir.join(FILE);
+    match fsutil::read_bounded(&path, 64 * 1024, Links::Refuse) {
+        Ok(Some(raw)) => Ok(String::from_utf8_lossy(&raw).lines().filter_map(parse).collect()),
+        Ok(None) => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 fn parse(line: &str) -> Option<Published> {
@@ -103,7 +123,7 @@ mod tests {
         let comfyui =
             ComfyUi { dir: "/c".into(), port: 8188, args: vec!["--lowvram".into()], python: "python3".into() };
         let base = ChildSpec { terminal: true, ..ChildSpec::default() };
-        let specs = specs(&base, &comfyui, &["--fast".into()], &[card(0), card(3)]);
+        let specs = specs(&base, &comfyui, &["--fast".into()], &[card(0), card(3)]).unwrap();
         let argv = |i: usize| {
             specs[i].spec.argv.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
         };
@@ -117,7 +137,11 @@ mod tests {
              --user-directory /c/user/instance-1 --fast"
         );
         assert_eq!(specs[1].port, 8189);
-        assert!(specs[0].spec.terminal && !specs[1].spec.terminal);
+        assert!(!specs[0].spec.terminal && !specs[1].spec.terminal, "PID 1 keeps the terminal");
+        let one = super::specs(&base, &comfyui, &[], &[card(0)]).unwrap();
+        assert!(one[0].spec.terminal, "a single instance takes it as ComfyUI always did");
+        let high = ComfyUi { port: 65535, ..comfyui };
+        assert!(super::specs(&base, &high, &[], &[card(0), card(1)]).unwrap_err().contains("no room for 2 instances"));
         assert!(specs[1].spec.env_set.contains(&("CUDA_VISIBLE_DEVICES".into(), "GPU-3".into())));
     }
 
@@ -129,11 +153,11 @@ mod tests {
             Published { index: 1, port: 8189, label: "GPU 2 (b\nc, GPU-2)".into() },
         ];
         publish(&dir, &list).unwrap();
-        let read_back = read(&dir);
+        let read_back = read(&dir).unwrap();
         assert_eq!(read_back[1].label, "GPU 2 (b c, GPU-2)");
         assert_eq!(read_back.len(), 2);
         publish(&dir, &list[..1]).unwrap();
-        assert!(read(&dir).is_empty());
+        assert!(read(&dir).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

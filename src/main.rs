@@ -397,7 +397,7 @@ fn several_instances(
                 .into(),
         ));
     }
-    let specs = instances::specs(spec, &settings.comfyui, comfyui_args, cards);
+    let specs = instances::specs(spec, &settings.comfyui, comfyui_args, cards).map_err(config)?;
     for i in 1..specs.len() {
         let Some(dir) = instances::user_dir(&settings.comfyui, i) else { continue };
         let made = privileges::as_puid_where_exposed(&dir, settings.owner, || std::fs::create_dir_all(&dir));

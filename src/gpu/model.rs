@@ -80,6 +80,8 @@ impl Instances {
         match value.trim() {
             "1" => Some(Instances::One),
             "per-gpu" => Some(Instances::PerGpu),
+            // A bare index is ambiguous: "2" reads like a count, but would be card 2 alone.
+            list if !list.contains(',') && !list.starts_with("GPU-") && !list.starts_with("MIG-") => None,
             list => {
                 let cards: Option<Vec<Select>> =
                     list.split(',').map(|c| Select::parse(c).filter(|s| *s != Select::Best)).collect();

@@ -116,7 +116,10 @@ pub fn report_lines(report: &GpuReport, settings: &GpuSettings) -> Vec<String> {
             lines.push(format!("  PyTorch kernels for it: {word}"));
         }
         if report.selected.as_ref().is_some_and(|s| s.contains(&g.index)) {
-            lines.push("  selected (COMFY_INIT_GPU_SELECT): ComfyUI gets this card only".into());
+            lines.push(match settings.instances {
+                super::Instances::One => "  selected (COMFY_INIT_GPU_SELECT): ComfyUI gets this card only".into(),
+                _ => "  selected (COMFY_INIT_INSTANCES): a ComfyUI of its own runs on it".into(),
+            });
         }
     }
     lines

@@ -53,6 +53,7 @@ pub struct Start {
 }
 
 /// One ComfyUI: how it is started, where it listens, and (one of several) its card.
+#[derive(Debug)]
 pub struct InstanceSpec {
     pub spec: ChildSpec,
     pub port: u16,
@@ -214,6 +215,9 @@ impl Supervisor {
 
     /// A stop or a forwarded signal reaches every instance at once: one grace for all.
     fn on_signal(&mut self, signo: i32) {
+        if signals::is_stop_request(signo) {
+            self.others_waiting = false; // they are told themselves, now
+        }
         for i in 0..self.instances.len() {
             if signals::is_stop_request(signo) {
                 self.feed(i, Event::StopRequested(signo));
@@ -398,6 +402,10 @@ impl Supervisor {
             State::Done(code) => {
                 if code != 0 && self.exit_code.is_none() {
                     self.exit_code = Some(code);
+                }
+                // One of several ended for good while the others run: say so to `--ready`.
+                if self.instances.len() > 1 {
+                    self.phase.publish(i, "stopped");
                 }
             }
             // At the end there is no one to tell: "stopping" was said, and the exit follows.
