@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::manifest::{strip_query, Model};
+use super::manifest::{shown_url, Model};
 
 /// aria2c's exit code for a checksum that does not match.
 const CHECKSUM_MISMATCH: i32 = 32;
@@ -55,7 +55,7 @@ pub struct Options<'a> {
 /// for the next start to resume.
 pub fn fetch(model: &Model, dest_dir: &Path, opts: &Options) -> Result<(), DownloadError> {
     let partial = partial_path(dest_dir, &model.file);
-    let url = strip_query(&model.url).to_string();
+    let url = shown_url(&model.url);
     let io =
         |op, path: &Path, source| DownloadError::Io { file: model.file.clone(), op, path: path.to_path_buf(), source };
     let outcome = run_aria2c(model, dest_dir, &partial, opts).map_err(DownloadError::NoAria2)?;
@@ -192,7 +192,8 @@ impl Cleaner<'_> {
     }
 }
 
-/// Every `?...` that follows an http(s) URL in `line`, cut up to the next blank.
+/// Every URL in `line` (from `http` up to the next blank) as `shown_url` shows it: no query,
+/// no credentials.
 fn strip_queries(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
@@ -200,7 +201,7 @@ fn strip_queries(line: &str) -> String {
         let (before, url_on) = rest.split_at(start);
         out.push_str(before);
         let end = url_on.find(char::is_whitespace).unwrap_or(url_on.len());
-        out.push_str(strip_query(&url_on[..end]));
+        out.push_str(&shown_url(&url_on[..end]));
         rest = &url_on[end..];
     }
     out.push_str(rest);

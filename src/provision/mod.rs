@@ -165,10 +165,7 @@ fn provision_model(
             let partial = aria2::partial_path(&dest_dir, &model.file);
             let resume = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
             let from = if resume > 0 { format!(", resuming at {resume} bytes") } else { String::new() };
-            println!(
-                "{name}: will download from {} (size unknown until asked){from}",
-                manifest::strip_query(&model.url)
-            );
+            println!("{name}: will download from {} (size unknown until asked){from}", manifest::shown_url(&model.url));
             return Ok(false);
         }
         Action::Download => {}
@@ -182,7 +179,7 @@ fn download(settings: &Settings, model: &Model, dest_dir: &Path, path: &Path, ca
     if model.sha256.is_none() {
         println!("models/{}: no sha256 in the manifest: it will not be verified", key(model));
     }
-    println!("models/{}: downloading from {}", key(model), manifest::strip_query(&model.url));
+    println!("models/{}: downloading from {}", key(model), manifest::shown_url(&model.url));
     std::fs::create_dir_all(dest_dir).map_err(|e| io(model, "create", dest_dir, e))?;
     let took = Instant::now();
     let opts = aria2::Options { token: token.as_deref(), progress_every: settings.progress_every };

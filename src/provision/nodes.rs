@@ -69,17 +69,8 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-/// The repository's address without credentials (`https://user:token@host/...`) or a query.
-pub fn shown_url(url: &str) -> String {
-    let url = super::manifest::strip_query(url);
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('/') {
-            Some((host, path)) => format!("{scheme}://{}/{path}", host.rsplit('@').next().unwrap_or(host)),
-            None => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest)),
-        },
-        None => url.to_string(),
-    }
-}
+/// The repository's address without credentials or a query.
+pub use super::manifest::shown_url;
 
 /// What `node` needs, looking only at `custom_nodes/<name>`.
 pub fn plan(custom_nodes: &Path, node: &Node) -> Result<Plan, NodeError> {
