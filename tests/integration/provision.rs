@@ -410,3 +410,48 @@ fn check_says_what_would_be_done_without_the_network() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("[pre-start 20-provision] no provisioning manifest at"), "{out}");
 }
+
+#[test]
+fn a_model_rewritten_in_place_with_its_mtime_put_back_is_hashed_and_downloaded_again() {
+    provision_test!("a_model_rewritten_in_place_with_its_mtime_put_back_is_hashed_and_downloaded_again");
+    let a = random_bytes(400_000);
+    let server = Server::start(&[("a.safetensors", &a)], 1 << 30);
+    let s = Setup::new("provision-inplace");
+    write(&s.manifest, &model(&server.url("files", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let path = s.models().join("checkpoints/a.safetensors");
+    let before = fs::metadata(&path).unwrap();
+    let first = server.requests().len();
+
+    // Same size, same inode, the old mtime put back (`touch -r`): only the ctime moved.
+    std::thread::sleep(Duration::from_millis(20));
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(1000)).unwrap();
+        file.write_all(&[0u8; 4096]).unwrap();
+    }
+    filetime_back(&path, &before);
+    let after = fs::metadata(&path).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (after.len(), after.ino(), after.mtime(), after.mtime_nsec()),
+        (before.len(), before.ino(), before.mtime(), before.mtime_nsec())
+    );
+
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("models/checkpoints/a.safetensors: present but its sha256 is not the manifest's: downloading"),
+        "the rewritten file was not hashed again:\n{out}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), a, "the manifest's file was not put back");
+    assert!(server.requests().len() > first, "nothing downloaded");
+}
+
+/// Puts `path`'s mtime back to the one in `before`, as `touch -r` does.
+fn filetime_back(path: &Path, before: &fs::Metadata) {
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+}
