@@ -162,9 +162,10 @@ fn provision_model(
             println!("{name}: present but its sha256 is not the manifest's: downloading the manifest's file");
         }
         Action::Download if check => {
-            let partial = aria2::partial_path(&dest_dir, &model.file);
-            let resume = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-            let from = if resume > 0 { format!(", resuming at {resume} bytes") } else { String::new() };
+            let from = match aria2::resumable(&aria2::partial_path(&dest_dir, model)) {
+                Some(resume) => format!(", resuming at {resume} bytes"),
+                None => String::new(),
+            };
             println!("{name}: will download from {} (size unknown until asked){from}", manifest::shown_url(&model.url));
             return Ok(false);
         }

@@ -326,9 +326,9 @@ fn a_stop_during_a_download_ends_within_the_grace_and_the_next_start_resumes() {
     let s = Setup::new("provision-resume");
     let s = Setup { ws: s.ws.set("COMFY_INIT_STOP_TIMEOUT", "3s").set("COMFY_INIT_PROVISION_PROGRESS", "1s"), ..s };
     write(&s.manifest, &model(&server.url("slow", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
-    let partial = s.models().join("checkpoints/.a.safetensors.part");
+    let checkpoints = s.models().join("checkpoints");
     let mut init = s.launch().start();
-    let size = || fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let size = || partial_in(&checkpoints, "a.safetensors").and_then(|p| fs::metadata(p).ok()).map_or(0, |m| m.len());
     assert!(init.until(Duration::from_secs(20), || size() > 500_000), "no download under way: {}", init.stdout());
     let asked = Instant::now();
     init.signal(libc::SIGTERM);
@@ -339,6 +339,8 @@ fn a_stop_during_a_download_ends_within_the_grace_and_the_next_start_resumes() {
     assert!(size() > 0, "the partial download was not kept");
     assert!(!s.models().join("checkpoints/a.safetensors").exists(), "an unverified file was renamed into place");
     let first = server.requests().len();
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert!(check.stdout.contains(", resuming at "), "{}", check.stdout);
 
     let (code, out, err) = s.start_once();
     assert_eq!(code, 0, "{out}\n{err}");
@@ -454,4 +456,64 @@ fn a_model_rewritten_in_place_with_its_mtime_put_back_is_hashed_and_downloaded_a
 fn filetime_back(path: &Path, before: &fs::Metadata) {
     let file = fs::OpenOptions::new().write(true).open(path).unwrap();
     file.set_modified(before.modified().unwrap()).unwrap();
+}
+
+/// The partial download of `file` in `dir` (`.FILE.KEY.part`), when there is one.
+fn partial_in(dir: &Path, file: &str) -> Option<PathBuf> {
+    let prefix = format!(".{file}.");
+    fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        name.starts_with(&prefix) && name.ends_with(".part")
+    })
+}
+
+#[test]
+fn a_partial_without_its_control_file_or_from_another_url_is_never_resumed() {
+    provision_test!("a_partial_without_its_control_file_or_from_another_url_is_never_resumed");
+    let a = random_bytes(3_000_000);
+    let server = Server::start(&[("a.safetensors", &a)], 1_000_000);
+    let s = Setup::new("provision-partial");
+    let s = Setup { ws: s.ws.set("COMFY_INIT_STOP_TIMEOUT", "3s"), ..s };
+    let checkpoints = s.models().join("checkpoints");
+    // A download cut off by a stop: its partial and control file are kept.
+    write(&s.manifest, &model(&server.url("slow", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
+    let mut init = s.launch().start();
+    let size = || partial_in(&checkpoints, "a.safetensors").and_then(|p| fs::metadata(p).ok()).map_or(0, |m| m.len());
+    assert!(init.until(Duration::from_secs(20), || size() > 500_000), "no download under way: {}", init.stdout());
+    init.signal(libc::SIGTERM);
+    assert!(init.wait(Duration::from_secs(4)).is_some(), "not stopped");
+    let partial = partial_in(&checkpoints, "a.safetensors").unwrap();
+    let mut control = partial.clone().into_os_string();
+    control.push(".aria2");
+    assert!(Path::new(&control).exists(), "no control file beside {}", partial.display());
+
+    // Its control file lost: --check does not promise a resume, and the start downloads from 0.
+    fs::remove_file(&control).unwrap();
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert_eq!(check.code, Some(0), "{}", check.all());
+    assert!(!check.stdout.contains("resuming"), "{}", check.stdout);
+    let first = server.requests().len();
+    write(&s.manifest, &model(&server.url("files", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
+    // Another URL: another partial name, so nothing to resume either.
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert!(!check.stdout.contains("resuming"), "{}", check.stdout);
+    write(&s.manifest, &model(&server.url("slow", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("a partial download without aria2c's control file cannot be resumed"), "{out}");
+    assert_eq!(fs::read(checkpoints.join("a.safetensors")).unwrap(), a);
+    assert!(server.requests().len() > first);
+    let left: Vec<_> = fs::read_dir(&checkpoints).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("a.safetensors")]);
+
+    // A partial of another URL (its name has another key), control file and all: deleted.
+    let stale = checkpoints.join(".a.safetensors.0123abcd.part");
+    write(&stale, "old bytes");
+    write(&checkpoints.join(".a.safetensors.0123abcd.part.aria2"), "old control");
+    fs::remove_file(checkpoints.join("a.safetensors")).unwrap();
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(fs::read(checkpoints.join("a.safetensors")).unwrap(), a);
+    let left: Vec<_> = fs::read_dir(&checkpoints).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("a.safetensors")]);
 }
