@@ -97,17 +97,27 @@ pub fn run(settings: &Settings, check: bool) -> Result<(), Error> {
     let models = settings.comfyui_dir.join("models");
     let mut cache = Cache::load(&models);
     let mut changed = false;
+    let mut outcome = Ok(());
     for model in &manifest.models {
-        changed |= provision_model(settings, &models, model, &mut cache, check)?;
+        match provision_model(settings, &models, model, &mut cache, check) {
+            Ok(c) => changed |= c,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
     }
     if !check {
+        // Saved on failure too: the models verified before it are not hashed again.
         let wanted: std::collections::HashSet<String> = manifest.models.iter().map(key).collect();
         let before = cache.entries.len();
         cache.entries.retain(|k, _| wanted.contains(k));
         if changed || before != cache.entries.len() {
-            cache.save(&models)?;
+            let saved = cache.save(&models);
+            outcome = outcome.and(saved.map_err(Error::from));
         }
     }
+    outcome?;
     let verb = if check { "checked" } else { "provisioned" };
     println!(
         "{verb}: {} model(s), {} node(s) in {:.2} s",

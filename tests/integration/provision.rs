@@ -517,3 +517,21 @@ fn a_partial_without_its_control_file_or_from_another_url_is_never_resumed() {
     let left: Vec<_> = fs::read_dir(&checkpoints).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, [std::ffi::OsString::from("a.safetensors")]);
 }
+
+#[test]
+fn a_failure_on_a_later_model_keeps_what_was_verified_before_it() {
+    provision_test!("a_failure_on_a_later_model_keeps_what_was_verified_before_it");
+    let (a, b) = (random_bytes(300_000), random_bytes(100_000));
+    let server = Server::start(&[("a.safetensors", &a), ("b.safetensors", &b)], 1 << 30);
+    let s = Setup::new("provision-later");
+    write(
+        &s.manifest,
+        &(model(&server.url("files", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None)
+            + &model(&server.url("error", "b.safetensors"), "b.safetensors", Some(&sha256(&b)), None)),
+    );
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("model b.safetensors (http://127.0.0.1:") && out.contains("the download failed"), "{out}");
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert!(check.stdout.contains("models/checkpoints/a.safetensors: present, verified (cache)"), "{}", check.stdout);
+}
