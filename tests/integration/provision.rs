@@ -535,3 +535,60 @@ fn a_failure_on_a_later_model_keeps_what_was_verified_before_it() {
     let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
     assert!(check.stdout.contains("models/checkpoints/a.safetensors: present, verified (cache)"), "{}", check.stdout);
 }
+
+#[test]
+fn a_node_move_cut_off_is_finished_at_the_next_start() {
+    provision_test!("a_node_move_cut_off_is_finished_at_the_next_start");
+    let (repo, one, two) = node_repo();
+    let s = Setup::new("provision-moving");
+    write(&s.manifest, &node(repo.path(), "v1"));
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dir = s.ws.comfyui().join("custom_nodes/TestNode");
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(args).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Its git folder elsewhere, `.git` a `gitdir:` file (as `git init --separate-git-dir` makes).
+    let git_dir = s.ws.dir.join("TestNode.git");
+    fs::rename(dir.join(".git"), &git_dir).unwrap();
+    write(&dir.join(".git"), &format!("gitdir: {}\n", git_dir.display()));
+    assert_eq!(git(&["rev-parse", "HEAD"]), one);
+
+    // What a move from v1 to v2 killed in its checkout leaves: v2 fetched, HEAD still at v1, the
+    // work tree half v2, git's index.lock, and comfy-init's mark naming v2.
+    git(&["fetch", "-q", &format!("file://{}", repo.path().display()), "+refs/tags/v2:refs/tags/v2"]);
+    write(&dir.join("__init__.py"), "NODE_CLASS_MAPPINGS = {'two': 2}\n");
+    write(&git_dir.join("index.lock"), "");
+    write(&git_dir.join("comfy-init-moving"), &format!("{two}\n"));
+    write(&s.manifest, &node(repo.path(), &two));
+
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert_eq!(check.code, Some(0), "{}", check.all());
+    assert!(
+        check.stdout.contains(&format!("a move to {} was cut off: will finish it", &two[..12])),
+        "{}",
+        check.stdout
+    );
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("node TestNode: finished the move to {}", &two[..12])), "{out}");
+    assert_eq!(s.head("TestNode"), two);
+    assert_eq!(git(&["status", "--porcelain"]), "", "the work tree is not v2's");
+    assert!(!git_dir.join("index.lock").exists() && !git_dir.join("comfy-init-moving").exists());
+    // The requirements mark is in the git folder too: the next start installs nothing again.
+    assert_eq!(fs::read_to_string(git_dir.join("comfy-init-requirements")).unwrap().trim(), two);
+    let pip = fs::read_to_string(&s.pip_log).unwrap();
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("node TestNode: at {}", &two[..12])), "{out}");
+    assert_eq!(fs::read_to_string(&s.pip_log).unwrap(), pip, "requirements installed again");
+
+    // A plain move also leaves no mark behind.
+    write(&s.manifest, &node(repo.path(), "v1"));
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(s.head("TestNode"), one);
+    assert!(!git_dir.join("comfy-init-moving").exists());
+}
