@@ -2,7 +2,8 @@
 //! manifest names (see `manifest`) before ComfyUI starts. Run by the pre-start hook
 //! `docker/pre-start.d/20-provision`, so as PUID, in the hook's process group: a `docker stop`
 //! reaches it and its aria2c and git children at once. What is already there and verified costs
-//! a `stat` per model (`cache`); a model is renamed to its name only once verified (`aria2`);
+//! a `stat` per model (`cache`); a model is renamed to its name only once complete, and
+//! verified when the manifest gives its sha256 (`aria2`);
 //! nodes are checked out at their pin (`nodes`). `--check` says what would be done, without the
 //! network and without writing anything.
 
