@@ -1,7 +1,8 @@
 //! One model downloaded by aria2c: resumed where a previous start left it (aria2c's control
 //! file), with parallel connections, checked against the manifest's sha256 by aria2c itself,
-//! and renamed to its final name only once complete and verified, so ComfyUI never lists half a
-//! model. aria2c takes its work on stdin (`--input-file=-`): the URL (its query may hold a token)
+//! synced and renamed to its final name only once aria2c reports it complete (and verified, when
+//! the manifest gives a sha256), so ComfyUI never lists half a model. The partial file's name
+//! holds a hash of the URL and the sha256: a changed source never resumes an old partial. aria2c takes its work on stdin (`--input-file=-`): the URL (its query may hold a token)
 //! and the auth header never reach an argv, which anyone can read in /proc. Its output is read
 //! line by line, its progress summaries turned into one line each, and every line is cleaned of
 //! the token and of URL queries before it is shown.
@@ -10,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::manifest::{strip_query, Model};
+use super::manifest::{shown_url, Model};
 
 /// aria2c's exit code for a checksum that does not match.
 const CHECKSUM_MISMATCH: i32 = 32;
@@ -31,15 +32,64 @@ pub enum DownloadError {
 }
 
 /// Where a model's partial download lives: a hidden name beside the final one (ComfyUI lists
-/// neither hidden files nor unknown extensions), and aria2c's control file beside it.
-pub fn partial_path(dest_dir: &Path, file: &str) -> PathBuf {
-    dest_dir.join(format!(".{file}.part"))
+/// neither hidden files nor unknown extensions), `.FILE.KEY.part`, KEY being 8 hex digits of the
+/// SHA-256 of the URL and the expected sha256, and aria2c's control file beside it.
+pub fn partial_path(dest_dir: &Path, model: &Model) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let source = format!("{}\n{}", model.url, model.sha256.as_deref().unwrap_or(""));
+    let key: String = Sha256::digest(source.as_bytes())[..4].iter().map(|b| format!("{b:02x}")).collect();
+    dest_dir.join(format!(".{}.{key}.part", model.file))
 }
 
-fn control_path(partial: &Path) -> PathBuf {
+pub fn control_path(partial: &Path) -> PathBuf {
     let mut name = partial.as_os_str().to_owned();
     name.push(".aria2");
     PathBuf::from(name)
+}
+
+/// The bytes a download would resume from: only a partial with aria2c's control file beside it
+/// can be resumed (see `clear_partials`).
+pub fn resumable(partial: &Path) -> Option<u64> {
+    if !control_path(partial).is_file() {
+        return None;
+    }
+    std::fs::metadata(partial).ok().map(|m| m.len()).filter(|&n| n > 0)
+}
+
+/// Whether `name` is one of the partial files of `file` (any key, or the older `.FILE.part`),
+/// or the control file of one.
+fn partial_of(name: &str, file: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.').and_then(|n| n.strip_prefix(file)) else { return false };
+    let rest = rest.strip_suffix(".aria2").unwrap_or(rest);
+    let Some(key) = rest.strip_suffix(".part") else { return false };
+    key.is_empty() || key.strip_prefix('.').is_some_and(|k| k.len() == 8 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Before aria2c runs: the partials of this model from another source are deleted (they can
+/// never be resumed), and so is our partial when its control file is gone. aria2c would resume
+/// such a file from its apparent size, but with `--split` it is written in several places at
+/// once and holds holes: the result would be a wrong file.
+fn clear_partials(model: &Model, dest_dir: &Path, partial: &Path) -> Result<(), DownloadError> {
+    let io =
+        |op, path: &Path, source| DownloadError::Io { file: model.file.clone(), op, path: path.to_path_buf(), source };
+    let control = control_path(partial);
+    let entries = std::fs::read_dir(dest_dir).map_err(|e| io("list", dest_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io("list", dest_dir, e))?;
+        let path = entry.path();
+        let ours = path == partial || path == control;
+        if !ours && entry.file_name().to_str().is_some_and(|n| partial_of(n, &model.file)) {
+            std::fs::remove_file(&path).map_err(|e| io("delete the stale partial download", &path, e))?;
+        }
+    }
+    if partial.exists() && !control.exists() {
+        println!(
+            "{}: a partial download without aria2c's control file cannot be resumed: downloading from the start",
+            model.file
+        );
+        std::fs::remove_file(partial).map_err(|e| io("delete", partial, e))?;
+    }
+    Ok(())
 }
 
 /// How a download is run.
@@ -54,10 +104,11 @@ pub struct Options<'a> {
 /// manifest gives a sha256. A mismatch deletes what was downloaded; any other failure keeps it
 /// for the next start to resume.
 pub fn fetch(model: &Model, dest_dir: &Path, opts: &Options) -> Result<(), DownloadError> {
-    let partial = partial_path(dest_dir, &model.file);
-    let url = strip_query(&model.url).to_string();
+    let partial = partial_path(dest_dir, model);
+    let url = shown_url(&model.url);
     let io =
         |op, path: &Path, source| DownloadError::Io { file: model.file.clone(), op, path: path.to_path_buf(), source };
+    clear_partials(model, dest_dir, &partial)?;
     let outcome = run_aria2c(model, dest_dir, &partial, opts).map_err(DownloadError::NoAria2)?;
     match outcome {
         Ok(()) => {}
@@ -71,6 +122,9 @@ pub fn fetch(model: &Model, dest_dir: &Path, opts: &Options) -> Result<(), Downl
             return Err(DownloadError::Failed { file: model.file.clone(), url, why });
         }
     }
+    // On disk before it has its name: a crash after the rename must not leave a named model
+    // whose blocks never reached the disk.
+    std::fs::File::open(&partial).and_then(|f| f.sync_all()).map_err(|e| io("sync", &partial, e))?;
     let dest = dest_dir.join(&model.file);
     std::fs::rename(&partial, &dest).map_err(|e| io("rename into place", &dest, e))?;
     let _ = std::fs::remove_file(control_path(&partial));
@@ -135,7 +189,9 @@ fn arguments(progress_every: u32) -> Vec<String> {
         // A server that cannot resume: start again from zero instead of failing.
         "--always-resume=false",
         "--auto-file-renaming=false",
-        // The file grows as it arrives: a resume without the control file starts at its size.
+        // No preallocation. A resume needs the control file: with --split the file is written in
+        // several places at once, so without it aria2c would trust the file's apparent size and
+        // make a wrong file; `clear_partials` deletes a partial whose control file is gone.
         "--file-allocation=none",
         "--max-connection-per-server=4",
         "--split=4",
@@ -192,7 +248,8 @@ impl Cleaner<'_> {
     }
 }
 
-/// Every `?...` that follows an http(s) URL in `line`, cut up to the next blank.
+/// Every URL in `line` (from `http` up to the next blank) as `shown_url` shows it: no query,
+/// no credentials.
 fn strip_queries(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
@@ -200,7 +257,7 @@ fn strip_queries(line: &str) -> String {
         let (before, url_on) = rest.split_at(start);
         out.push_str(before);
         let end = url_on.find(char::is_whitespace).unwrap_or(url_on.len());
-        out.push_str(strip_query(&url_on[..end]));
+        out.push_str(&shown_url(&url_on[..end]));
         rest = &url_on[end..];
     }
     out.push_str(rest);
@@ -302,11 +359,13 @@ mod tests {
             line: 1,
         };
         let dest = Path::new("/m/checkpoints");
-        let text = input(&model, dest, &partial_path(dest, "x.bin"), Some("hf_SECRET"));
+        let partial = partial_path(dest, &model);
+        let name = partial.file_name().unwrap().to_str().unwrap().to_string();
+        let text = input(&model, dest, &partial, Some("hf_SECRET"));
         assert_eq!(
             text,
             format!(
-                "https://h/x.bin?token=q\n dir=/m/checkpoints\n out=.x.bin.part\n checksum=sha-256={}\n header=Authorization: \
+                "https://h/x.bin?token=q\n dir=/m/checkpoints\n out={name}\n checksum=sha-256={}\n header=Authorization: \
                  Bearer hf_SECRET\n",
                 "ab".repeat(32)
             )
@@ -314,5 +373,30 @@ mod tests {
         let args = arguments(10).join(" ");
         assert!(!args.contains("hf_SECRET") && !args.contains("h/x.bin"), "{args}");
         assert!(args.contains("--input-file=-") && args.contains("--summary-interval=10"), "{args}");
+    }
+
+    #[test]
+    fn a_partial_is_named_by_its_source_and_others_are_recognised() {
+        let model = Model {
+            url: "https://h/x.bin".into(),
+            dir: "c".into(),
+            file: "x.bin".into(),
+            sha256: None,
+            auth_env: None,
+            line: 1,
+        };
+        let dest = Path::new("/m/c");
+        let name = |m: &Model| partial_path(dest, m).file_name().unwrap().to_str().unwrap().to_string();
+        let first = name(&model);
+        assert!(first.starts_with(".x.bin.") && first.ends_with(".part") && first.len() == ".x.bin.".len() + 13);
+        assert_eq!(name(&model), first, "not stable");
+        assert_ne!(name(&Model { url: "https://h/y/x.bin".into(), ..model.clone() }), first);
+        assert_ne!(name(&Model { sha256: Some("ab".repeat(32)), ..model.clone() }), first);
+        for n in [first.as_str(), ".x.bin.part", ".x.bin.0123abcd.part.aria2", ".x.bin.part.aria2"] {
+            assert!(partial_of(n, "x.bin"), "{n}");
+        }
+        for n in ["x.bin", ".x.bin", ".x.bin.0123abcd.part.tmp", ".x.bin.y.0123abcd.part", ".x.binz.part", ".y.part"] {
+            assert!(!partial_of(n, "x.bin"), "{n}");
+        }
     }
 }

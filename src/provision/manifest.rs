@@ -140,7 +140,17 @@ impl Entry<'_> {
         if !(url.starts_with("https://") || url.starts_with("http://")) || !one_line {
             return Err((
                 self.line_of_key("url"),
-                format!("url '{}' is not an http:// or https:// address", strip_query(&url)),
+                format!("url '{}' is not an http:// or https:// address", shown_url(&url)),
+            ));
+        }
+        if userinfo(&url).is_some() {
+            return Err((
+                self.line_of_key("url"),
+                format!(
+                    "url '{}' holds credentials (user:password@ before the host): they would reach logs and \
+                     process lists; remove them and give the token in a variable named by auth_env",
+                    shown_url(&url)
+                ),
             ));
         }
         let dir = self.required("model", "dir", "the folder under models/, like \"checkpoints\"")?;
@@ -153,7 +163,7 @@ impl Entry<'_> {
         let file = match self.string("model", "file")? {
             Some(f) => f,
             None => last_segment(&url).ok_or_else(|| {
-                (self.line, format!("the url '{}' ends without a file name: give file = \"...\"", strip_query(&url)))
+                (self.line, format!("the url '{}' ends without a file name: give file = \"...\"", shown_url(&url)))
             })?,
         };
         if !plain_name(&file) {
@@ -180,6 +190,26 @@ impl Entry<'_> {
                     format!("auth_env '{name}' is not a variable name (like HF_TOKEN)"),
                 ));
             }
+            if name.starts_with("COMFYUI_") || name.starts_with("COMFY_INIT_") {
+                return Err((
+                    self.line_of_key("auth_env"),
+                    format!(
+                        "auth_env '{name}': variables named COMFYUI_* and COMFY_INIT_* hold comfy-init's own \
+                         settings and secrets (COMFYUI_PASSWORD, COMFYUI_BEARER_TOKEN), never sent to a download \
+                         server: put the token in a variable of its own (like HF_TOKEN)"
+                    ),
+                ));
+            }
+            if url.starts_with("http://") && !loopback(&url) {
+                return Err((
+                    self.line_of_key("auth_env"),
+                    format!(
+                        "auth_env '{name}' with the http:// url '{}': the token would cross the network in clear \
+                         text; use the https:// address",
+                        shown_url(&url)
+                    ),
+                ));
+            }
         }
         Ok(Model { url, dir, file, sha256, auth_env, line: self.line })
     }
@@ -188,14 +218,26 @@ impl Entry<'_> {
         self.only_keys("node", &["git", "ref", "name", "requirements"])?;
         let git = self.required("node", "git", "the repository's address")?;
         if git.starts_with('-') || git.chars().any(char::is_control) {
-            return Err((self.line_of_key("git"), format!("git '{git}' is not a repository address")));
+            return Err((self.line_of_key("git"), format!("git '{}' is not a repository address", shown_url(&git))));
+        }
+        if userinfo(&git).is_some() {
+            return Err((
+                self.line_of_key("git"),
+                format!(
+                    "git '{}' holds credentials (user:token@ before the host): they would reach logs, process \
+                     lists and the node's .git/config. Private node repositories are not supported: give a \
+                     public address",
+                    shown_url(&git)
+                ),
+            ));
         }
         let pin = self.required("node", "ref", "a commit (all 40 hex digits) or a tag to pin the node to")?;
         let pin = parse_pin(&pin).map_err(|m| (self.line_of_key("ref"), m))?;
         let name = match self.string("node", "name")? {
             Some(n) => n,
-            None => repo_name(&git)
-                .ok_or_else(|| (self.line, format!("cannot tell a folder name from '{git}': give name = \"...\"")))?,
+            None => repo_name(&git).ok_or_else(|| {
+                (self.line, format!("cannot tell a folder name from '{}': give name = \"...\"", shown_url(&git)))
+            })?,
         };
         if !plain_name(&name) {
             return Err((
@@ -253,10 +295,40 @@ fn env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// The URL without its query string and fragment: what may be shown (a query may hold a token,
-/// as Civitai's `?token=` does).
+/// The URL without its query string and fragment: a query may hold a token, as Civitai's
+/// `?token=` does. For what is shown, use `shown_url`, which also drops credentials.
 pub fn strip_query(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// A URL as it may be shown: without its query, its fragment and any `user:password@` before
+/// the host (the manifest refuses those, but a URL printed by aria2c or git may still hold one).
+pub fn shown_url(url: &str) -> String {
+    let url = strip_query(url);
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority.rsplit('@').next().unwrap_or(authority);
+    format!("{scheme}://{host}{path}")
+}
+
+/// The `user[:password]` of a `scheme://user[:password]@host/...` URL, when it has one.
+fn userinfo(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    authority.rsplit_once('@').map(|(user, _)| user)
+}
+
+/// Whether an http:// URL names this machine by a loopback address (127.0.0.0/8, [::1],
+/// localhost): a token sent there never crosses a network.
+fn loopback(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else { return false };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn last_segment(url: &str) -> Option<String> {
@@ -400,6 +472,43 @@ requirements = false
         let e = error("[[model]]\nurl = \"https://h/?token=SECRET\"\ndir = \"c\"\n");
         assert!(!e.contains("SECRET"), "{e}");
         assert_eq!(strip_query("https://h/a.bin?token=x#f"), "https://h/a.bin");
+        assert_eq!(shown_url("https://h/a.bin?token=x#f"), "https://h/a.bin");
+        assert_eq!(shown_url("https://u:SECRET@h:8080/a@b.bin?q"), "https://h:8080/a@b.bin");
+        assert_eq!(shown_url("https://SECRET@h"), "https://h");
+        assert_eq!(shown_url("git@github.com:o/r.git"), "git@github.com:o/r.git");
+    }
+
+    #[test]
+    fn a_token_is_never_sent_in_clear_text_nor_taken_from_comfy_init_secrets() {
+        let model = |url: &str, var: &str| {
+            format!("[[model]]\nurl = \"{url}\"\ndir = \"c\"\nfile = \"x\"\nauth_env = \"{var}\"\n")
+        };
+        let e = error(&model("http://example.com/x.bin?token=SECRET", "HF_TOKEN"));
+        assert!(e.starts_with("/config/provision.toml:5: auth_env 'HF_TOKEN' with the http:// url"), "{e}");
+        assert!(e.contains("clear text") && e.contains("https://") && !e.contains("SECRET"), "{e}");
+        for url in ["https://example.com/x", "http://127.0.0.1:8080/x", "http://[::1]/x", "http://localhost/x"] {
+            assert!(read(&model(url, "HF_TOKEN")).is_ok(), "{url}");
+        }
+        assert!(error(&model("http://127.0.0.1.example.com/x", "HF_TOKEN")).contains("clear text"));
+        for var in ["COMFYUI_BEARER_TOKEN", "COMFYUI_PASSWORD", "COMFY_INIT_API_KEYS"] {
+            let e = error(&model("https://h/x", var));
+            assert!(e.starts_with(&format!("/config/provision.toml:5: auth_env '{var}'")), "{e}");
+            assert!(e.contains("comfy-init's own"), "{e}");
+        }
+        assert!(read(&model("https://h/x", "COMFY_TOKEN")).is_ok());
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_refused_without_being_shown() {
+        let e = error("[[model]]\nurl = \"https://user:SECRET@h/x.bin\"\ndir = \"c\"\n");
+        assert!(e.starts_with("/config/provision.toml:2: url 'https://h/x.bin' holds credentials"), "{e}");
+        assert!(e.contains("auth_env") && !e.contains("SECRET"), "{e}");
+        let e = error("[[model]]\nurl = \"https://SECRET@h/x.bin\"\ndir = \"c\"\n");
+        assert!(e.contains("holds credentials") && !e.contains("SECRET"), "{e}");
+        assert!(read("[[model]]\nurl = \"https://h/a@b.bin\"\ndir = \"c\"\n").is_ok());
+        let e = error("[[node]]\ngit = \"https://x:ghp_SECRET@github.com/o/r\"\nref = \"v1\"\n");
+        assert!(e.starts_with("/config/provision.toml:2: git 'https://github.com/o/r' holds credentials"), "{e}");
+        assert!(e.contains("Private node repositories are not supported") && !e.contains("SECRET"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! manifest names (see `manifest`) before ComfyUI starts. Run by the pre-start hook
 //! `docker/pre-start.d/20-provision`, so as PUID, in the hook's process group: a `docker stop`
 //! reaches it and its aria2c and git children at once. What is already there and verified costs
-//! a `stat` per model (`cache`); a model is renamed to its name only once verified (`aria2`);
+//! a `stat` per model (`cache`); a model is renamed to its name only once complete, and
+//! verified when the manifest gives its sha256 (`aria2`);
 //! nodes are checked out at their pin (`nodes`). `--check` says what would be done, without the
 //! network and without writing anything.
 
@@ -97,17 +98,27 @@ pub fn run(settings: &Settings, check: bool) -> Result<(), Error> {
     let models = settings.comfyui_dir.join("models");
     let mut cache = Cache::load(&models);
     let mut changed = false;
+    let mut outcome = Ok(());
     for model in &manifest.models {
-        changed |= provision_model(settings, &models, model, &mut cache, check)?;
+        match provision_model(settings, &models, model, &mut cache, check) {
+            Ok(c) => changed |= c,
+            Err(e) => {
+                outcome = Err(e);
+                break;
+            }
+        }
     }
     if !check {
+        // Saved on failure too: the models verified before it are not hashed again.
         let wanted: std::collections::HashSet<String> = manifest.models.iter().map(key).collect();
         let before = cache.entries.len();
         cache.entries.retain(|k, _| wanted.contains(k));
         if changed || before != cache.entries.len() {
-            cache.save(&models)?;
+            let saved = cache.save(&models);
+            outcome = outcome.and(saved.map_err(Error::from));
         }
     }
+    outcome?;
     let verb = if check { "checked" } else { "provisioned" };
     println!(
         "{verb}: {} model(s), {} node(s) in {:.2} s",
@@ -162,13 +173,11 @@ fn provision_model(
             println!("{name}: present but its sha256 is not the manifest's: downloading the manifest's file");
         }
         Action::Download if check => {
-            let partial = aria2::partial_path(&dest_dir, &model.file);
-            let resume = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-            let from = if resume > 0 { format!(", resuming at {resume} bytes") } else { String::new() };
-            println!(
-                "{name}: will download from {} (size unknown until asked){from}",
-                manifest::strip_query(&model.url)
-            );
+            let from = match aria2::resumable(&aria2::partial_path(&dest_dir, model)) {
+                Some(resume) => format!(", resuming at {resume} bytes"),
+                None => String::new(),
+            };
+            println!("{name}: will download from {} (size unknown until asked){from}", manifest::shown_url(&model.url));
             return Ok(false);
         }
         Action::Download => {}
@@ -182,7 +191,7 @@ fn download(settings: &Settings, model: &Model, dest_dir: &Path, path: &Path, ca
     if model.sha256.is_none() {
         println!("models/{}: no sha256 in the manifest: it will not be verified", key(model));
     }
-    println!("models/{}: downloading from {}", key(model), manifest::strip_query(&model.url));
+    println!("models/{}: downloading from {}", key(model), manifest::shown_url(&model.url));
     std::fs::create_dir_all(dest_dir).map_err(|e| io(model, "create", dest_dir, e))?;
     let took = Instant::now();
     let opts = aria2::Options { token: token.as_deref(), progress_every: settings.progress_every };

@@ -2,8 +2,10 @@
 //! fetch where a commit cannot be fetched alone), left alone when already at the pin, moved to a
 //! new pin only when the work tree holds no local change. A new clone is made under a hidden
 //! name and renamed into `custom_nodes/` once checked out: ComfyUI never imports half a node.
-//! git runs with hooks and fsmonitor off: a node's `.git/` is the ComfyUI user's, and its hooks
-//! must not run as whoever provisions.
+//! A move is marked in the node's git folder (`comfy-init-moving`, the target commit) until its
+//! checkout is done: a start after one cut off (`docker stop`, a crash) finishes it. git runs as
+//! PUID, in PUID's own folder: no privilege is crossed, whatever a node's `.git/` holds. Hooks
+//! and fsmonitor are off so that a checkout does the checkout and nothing else.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,6 +15,9 @@ use super::manifest::{Node, Pin};
 /// Written into a node's `.git/` once its requirements are installed for a commit: a start
 /// after a failed `pip install` installs them again, a start after a good one does not.
 const REQUIREMENTS_MARK: &str = "comfy-init-requirements";
+/// Written into a node's git folder, holding the target commit, before a checkout that moves the
+/// node; removed once it is done. Found at a start: that checkout was cut off, and is finished.
+const MOVING_MARK: &str = "comfy-init-moving";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -42,6 +47,10 @@ pub enum Plan {
         from: String,
         to: Option<String>,
     },
+    /// A move to `to` was cut off: finish it (then see again what the node needs).
+    Finish {
+        to: String,
+    },
 }
 
 impl Plan {
@@ -54,6 +63,7 @@ impl Plan {
             Plan::Clone => format!("will clone {} at {pin}", shown_url(&node.git)),
             Plan::Keep { commit, requirements: false } => format!("at {}", short(commit)),
             Plan::Keep { commit, requirements: true } => format!("at {}, requirements to install", short(commit)),
+            Plan::Finish { to } => format!("a move to {} was cut off: will finish it", short(to)),
             Plan::Move { from, to } => {
                 format!(
                     "will move from {} to {}",
@@ -69,17 +79,8 @@ fn short(commit: &str) -> &str {
     &commit[..commit.len().min(12)]
 }
 
-/// The repository's address without credentials (`https://user:token@host/...`) or a query.
-pub fn shown_url(url: &str) -> String {
-    let url = super::manifest::strip_query(url);
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('/') {
-            Some((host, path)) => format!("{scheme}://{}/{path}", host.rsplit('@').next().unwrap_or(host)),
-            None => format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest)),
-        },
-        None => url.to_string(),
-    }
-}
+/// The repository's address without credentials or a query.
+pub use super::manifest::shown_url;
 
 /// What `node` needs, looking only at `custom_nodes/<name>`.
 pub fn plan(custom_nodes: &Path, node: &Node) -> Result<Plan, NodeError> {
@@ -95,6 +96,14 @@ pub fn plan(custom_nodes: &Path, node: &Node) -> Result<Plan, NodeError> {
             format!("{} is there but is not a git checkout: remove it to let provisioning clone it", dir.display());
         return Err(refused(node, what));
     }
+    let git_dir = git_dir(node, &dir)?;
+    if let Some(to) = read_mark(&git_dir.join(MOVING_MARK)) {
+        if !is_commit_id(&to) {
+            let mark = git_dir.join(MOVING_MARK);
+            return Err(refused(node, format!("{} holds no commit id: remove it", mark.display())));
+        }
+        return Ok(Plan::Finish { to });
+    }
     let head = git(node, &dir, "rev-parse", &["rev-parse", "HEAD"])?;
     let want = match &node.pin {
         Pin::Commit(c) => Some(c.clone()),
@@ -103,7 +112,8 @@ pub fn plan(custom_nodes: &Path, node: &Node) -> Result<Plan, NodeError> {
         }
     };
     if want.as_deref() == Some(head.as_str()) {
-        let requirements = wants_requirements(&dir, node) && requirements_mark(&dir).as_deref() != Some(head.as_str());
+        let requirements = wants_requirements(&dir, node)
+            && read_mark(&git_dir.join(REQUIREMENTS_MARK)).as_deref() != Some(head.as_str());
         return Ok(Plan::Keep { commit: head, requirements });
     }
     Ok(Plan::Move { from: head, to: want })
@@ -116,6 +126,12 @@ pub fn apply(custom_nodes: &Path, node: &Node, plan: &Plan, python: &str) -> Res
         Plan::Keep { commit, requirements: false } => return Ok(commit.clone()),
         Plan::Keep { commit, requirements: true } => commit.clone(),
         Plan::Clone => clone(custom_nodes, node)?,
+        Plan::Finish { to } => {
+            finish_move(node, &dir, to)?;
+            println!("node {}: finished the move to {} that was cut off", node.name, short(to));
+            let next = self::plan(custom_nodes, node)?;
+            return apply(custom_nodes, node, &next, python);
+        }
         Plan::Move { .. } => {
             let changes = git(node, &dir, "status", &["status", "--porcelain", "--untracked-files=no"])?;
             if !changes.is_empty() {
@@ -127,21 +143,63 @@ pub fn apply(custom_nodes: &Path, node: &Node, plan: &Plan, python: &str) -> Res
                 return Err(refused(node, what));
             }
             let commit = fetch(node, &dir)?;
+            let mark = git_dir(node, &dir)?.join(MOVING_MARK);
+            write_mark(node, &mark, &commit)?;
             git(node, &dir, "checkout", &["checkout", "-q", "--detach", &commit])?;
+            remove_mark(node, &mark)?;
             commit
         }
     };
     if wants_requirements(&dir, node) {
         install_requirements(node, &dir, python)?;
-        let mark = dir.join(".git").join(REQUIREMENTS_MARK);
-        std::fs::write(&mark, &commit).map_err(|source| NodeError::Io {
+        write_mark(node, &git_dir(node, &dir)?.join(REQUIREMENTS_MARK), &commit)?;
+    }
+    Ok(commit)
+}
+
+/// The checkout that a cut-off move left half done, done again: the user made no edit (a move
+/// starts only from a clean work tree), so what differs from `to` is ours. git's own lock, left
+/// by the git that was killed, goes first.
+fn finish_move(node: &Node, dir: &Path, to: &str) -> Result<(), NodeError> {
+    let git_dir = git_dir(node, dir)?;
+    let lock = git_dir.join("index.lock");
+    if lock.exists() {
+        std::fs::remove_file(&lock).map_err(|source| NodeError::Io {
             name: node.name.clone(),
-            op: "write",
-            path: mark,
+            op: "remove the stale lock",
+            path: lock.clone(),
             source,
         })?;
     }
-    Ok(commit)
+    git(node, dir, "checkout", &["checkout", "-q", "-f", "--detach", to])?;
+    remove_mark(node, &git_dir.join(MOVING_MARK))
+}
+
+/// The node's git folder, as git finds it (a `.git` that is a `gitdir:` file included).
+fn git_dir(node: &Node, dir: &Path) -> Result<PathBuf, NodeError> {
+    Ok(dir.join(git(node, dir, "rev-parse", &["rev-parse", "--git-dir"])?))
+}
+
+fn is_commit_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn write_mark(node: &Node, mark: &Path, commit: &str) -> Result<(), NodeError> {
+    std::fs::write(mark, format!("{commit}\n")).map_err(|source| NodeError::Io {
+        name: node.name.clone(),
+        op: "write",
+        path: mark.to_path_buf(),
+        source,
+    })
+}
+
+fn remove_mark(node: &Node, mark: &Path) -> Result<(), NodeError> {
+    match std::fs::remove_file(mark) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(NodeError::Io { name: node.name.clone(), op: "remove", path: mark.to_path_buf(), source: e })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn refused(node: &Node, what: String) -> NodeError {
@@ -152,9 +210,9 @@ fn wants_requirements(dir: &Path, node: &Node) -> bool {
     node.requirements && dir.join("requirements.txt").is_file()
 }
 
-fn requirements_mark(dir: &Path) -> Option<String> {
-    let bytes =
-        crate::fsutil::read_bounded(&dir.join(".git").join(REQUIREMENTS_MARK), 256, crate::fsutil::Links::Refuse);
+/// A mark's commit, when the mark is there.
+fn read_mark(path: &Path) -> Option<String> {
+    let bytes = crate::fsutil::read_bounded(path, 256, crate::fsutil::Links::Refuse);
     bytes.ok().flatten().map(|b| String::from_utf8_lossy(&b).trim().to_string())
 }
 

@@ -326,9 +326,9 @@ fn a_stop_during_a_download_ends_within_the_grace_and_the_next_start_resumes() {
     let s = Setup::new("provision-resume");
     let s = Setup { ws: s.ws.set("COMFY_INIT_STOP_TIMEOUT", "3s").set("COMFY_INIT_PROVISION_PROGRESS", "1s"), ..s };
     write(&s.manifest, &model(&server.url("slow", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
-    let partial = s.models().join("checkpoints/.a.safetensors.part");
+    let checkpoints = s.models().join("checkpoints");
     let mut init = s.launch().start();
-    let size = || fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    let size = || partial_in(&checkpoints, "a.safetensors").and_then(|p| fs::metadata(p).ok()).map_or(0, |m| m.len());
     assert!(init.until(Duration::from_secs(20), || size() > 500_000), "no download under way: {}", init.stdout());
     let asked = Instant::now();
     init.signal(libc::SIGTERM);
@@ -339,6 +339,8 @@ fn a_stop_during_a_download_ends_within_the_grace_and_the_next_start_resumes() {
     assert!(size() > 0, "the partial download was not kept");
     assert!(!s.models().join("checkpoints/a.safetensors").exists(), "an unverified file was renamed into place");
     let first = server.requests().len();
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert!(check.stdout.contains(", resuming at "), "{}", check.stdout);
 
     let (code, out, err) = s.start_once();
     assert_eq!(code, 0, "{out}\n{err}");
@@ -409,4 +411,184 @@ fn check_says_what_would_be_done_without_the_network() {
     let (code, out, err) = s.start_once();
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("[pre-start 20-provision] no provisioning manifest at"), "{out}");
+}
+
+#[test]
+fn a_model_rewritten_in_place_with_its_mtime_put_back_is_hashed_and_downloaded_again() {
+    provision_test!("a_model_rewritten_in_place_with_its_mtime_put_back_is_hashed_and_downloaded_again");
+    let a = random_bytes(400_000);
+    let server = Server::start(&[("a.safetensors", &a)], 1 << 30);
+    let s = Setup::new("provision-inplace");
+    write(&s.manifest, &model(&server.url("files", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let path = s.models().join("checkpoints/a.safetensors");
+    let before = fs::metadata(&path).unwrap();
+    let first = server.requests().len();
+
+    // Same size, same inode, the old mtime put back (`touch -r`): only the ctime moved.
+    std::thread::sleep(Duration::from_millis(20));
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(1000)).unwrap();
+        file.write_all(&[0u8; 4096]).unwrap();
+    }
+    filetime_back(&path, &before);
+    let after = fs::metadata(&path).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (after.len(), after.ino(), after.mtime(), after.mtime_nsec()),
+        (before.len(), before.ino(), before.mtime(), before.mtime_nsec())
+    );
+
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("models/checkpoints/a.safetensors: present but its sha256 is not the manifest's: downloading"),
+        "the rewritten file was not hashed again:\n{out}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), a, "the manifest's file was not put back");
+    assert!(server.requests().len() > first, "nothing downloaded");
+}
+
+/// Puts `path`'s mtime back to the one in `before`, as `touch -r` does.
+fn filetime_back(path: &Path, before: &fs::Metadata) {
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+}
+
+/// The partial download of `file` in `dir` (`.FILE.KEY.part`), when there is one.
+fn partial_in(dir: &Path, file: &str) -> Option<PathBuf> {
+    let prefix = format!(".{file}.");
+    fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        name.starts_with(&prefix) && name.ends_with(".part")
+    })
+}
+
+#[test]
+fn a_partial_without_its_control_file_or_from_another_url_is_never_resumed() {
+    provision_test!("a_partial_without_its_control_file_or_from_another_url_is_never_resumed");
+    let a = random_bytes(3_000_000);
+    let server = Server::start(&[("a.safetensors", &a)], 1_000_000);
+    let s = Setup::new("provision-partial");
+    let s = Setup { ws: s.ws.set("COMFY_INIT_STOP_TIMEOUT", "3s"), ..s };
+    let checkpoints = s.models().join("checkpoints");
+    // A download cut off by a stop: its partial and control file are kept.
+    write(&s.manifest, &model(&server.url("slow", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
+    let mut init = s.launch().start();
+    let size = || partial_in(&checkpoints, "a.safetensors").and_then(|p| fs::metadata(p).ok()).map_or(0, |m| m.len());
+    assert!(init.until(Duration::from_secs(20), || size() > 500_000), "no download under way: {}", init.stdout());
+    init.signal(libc::SIGTERM);
+    assert!(init.wait(Duration::from_secs(4)).is_some(), "not stopped");
+    let partial = partial_in(&checkpoints, "a.safetensors").unwrap();
+    let mut control = partial.clone().into_os_string();
+    control.push(".aria2");
+    assert!(Path::new(&control).exists(), "no control file beside {}", partial.display());
+
+    // Its control file lost: --check does not promise a resume, and the start downloads from 0.
+    fs::remove_file(&control).unwrap();
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert_eq!(check.code, Some(0), "{}", check.all());
+    assert!(!check.stdout.contains("resuming"), "{}", check.stdout);
+    let first = server.requests().len();
+    write(&s.manifest, &model(&server.url("files", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
+    // Another URL: another partial name, so nothing to resume either.
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert!(!check.stdout.contains("resuming"), "{}", check.stdout);
+    write(&s.manifest, &model(&server.url("slow", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None));
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("a partial download without aria2c's control file cannot be resumed"), "{out}");
+    assert_eq!(fs::read(checkpoints.join("a.safetensors")).unwrap(), a);
+    assert!(server.requests().len() > first);
+    let left: Vec<_> = fs::read_dir(&checkpoints).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("a.safetensors")]);
+
+    // A partial of another URL (its name has another key), control file and all: deleted.
+    let stale = checkpoints.join(".a.safetensors.0123abcd.part");
+    write(&stale, "old bytes");
+    write(&checkpoints.join(".a.safetensors.0123abcd.part.aria2"), "old control");
+    fs::remove_file(checkpoints.join("a.safetensors")).unwrap();
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(fs::read(checkpoints.join("a.safetensors")).unwrap(), a);
+    let left: Vec<_> = fs::read_dir(&checkpoints).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, [std::ffi::OsString::from("a.safetensors")]);
+}
+
+#[test]
+fn a_failure_on_a_later_model_keeps_what_was_verified_before_it() {
+    provision_test!("a_failure_on_a_later_model_keeps_what_was_verified_before_it");
+    let (a, b) = (random_bytes(300_000), random_bytes(100_000));
+    let server = Server::start(&[("a.safetensors", &a), ("b.safetensors", &b)], 1 << 30);
+    let s = Setup::new("provision-later");
+    write(
+        &s.manifest,
+        &(model(&server.url("files", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), None)
+            + &model(&server.url("error", "b.safetensors"), "b.safetensors", Some(&sha256(&b)), None)),
+    );
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("model b.safetensors (http://127.0.0.1:") && out.contains("the download failed"), "{out}");
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert!(check.stdout.contains("models/checkpoints/a.safetensors: present, verified (cache)"), "{}", check.stdout);
+}
+
+#[test]
+fn a_node_move_cut_off_is_finished_at_the_next_start() {
+    provision_test!("a_node_move_cut_off_is_finished_at_the_next_start");
+    let (repo, one, two) = node_repo();
+    let s = Setup::new("provision-moving");
+    write(&s.manifest, &node(repo.path(), "v1"));
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dir = s.ws.comfyui().join("custom_nodes/TestNode");
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(args).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Its git folder elsewhere, `.git` a `gitdir:` file (as `git init --separate-git-dir` makes).
+    let git_dir = s.ws.dir.join("TestNode.git");
+    fs::rename(dir.join(".git"), &git_dir).unwrap();
+    write(&dir.join(".git"), &format!("gitdir: {}\n", git_dir.display()));
+    assert_eq!(git(&["rev-parse", "HEAD"]), one);
+
+    // What a move from v1 to v2 killed in its checkout leaves: v2 fetched, HEAD still at v1, the
+    // work tree half v2, git's index.lock, and comfy-init's mark naming v2.
+    git(&["fetch", "-q", &format!("file://{}", repo.path().display()), "+refs/tags/v2:refs/tags/v2"]);
+    write(&dir.join("__init__.py"), "NODE_CLASS_MAPPINGS = {'two': 2}\n");
+    write(&git_dir.join("index.lock"), "");
+    write(&git_dir.join("comfy-init-moving"), &format!("{two}\n"));
+    write(&s.manifest, &node(repo.path(), &two));
+
+    let check = comfy_init(&["provision", "--check"], s.ws.env(), LONG);
+    assert_eq!(check.code, Some(0), "{}", check.all());
+    assert!(
+        check.stdout.contains(&format!("a move to {} was cut off: will finish it", &two[..12])),
+        "{}",
+        check.stdout
+    );
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("node TestNode: finished the move to {}", &two[..12])), "{out}");
+    assert_eq!(s.head("TestNode"), two);
+    assert_eq!(git(&["status", "--porcelain"]), "", "the work tree is not v2's");
+    assert!(!git_dir.join("index.lock").exists() && !git_dir.join("comfy-init-moving").exists());
+    // The requirements mark is in the git folder too: the next start installs nothing again.
+    assert_eq!(fs::read_to_string(git_dir.join("comfy-init-requirements")).unwrap().trim(), two);
+    let pip = fs::read_to_string(&s.pip_log).unwrap();
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("node TestNode: at {}", &two[..12])), "{out}");
+    assert_eq!(fs::read_to_string(&s.pip_log).unwrap(), pip, "requirements installed again");
+
+    // A plain move also leaves no mark behind.
+    write(&s.manifest, &node(repo.path(), "v1"));
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(s.head("TestNode"), one);
+    assert!(!git_dir.join("comfy-init-moving").exists());
 }
