@@ -658,7 +658,7 @@ class Bench:
         self.notes.append(
             f"Provisioning (row 14): 5 models of 1 GiB each, present with their sha256 in the manifest. The first "
             f"`comfy-init provision` hashes them once ({first / 1000:.1f} s, the alternative column) and records "
-            f"size, mtime and inode in models/.comfy-init-provision.json; every later start reads that and stats "
+            f"size, mtime, ctime and inode in models/.comfy-init-provision.json; every later start reads that and stats "
             f"each file (median of 20 runs: {median(second):.1f} ms), no byte of the models is read again.")
 
     # ------------------------------------------------------------- 8. reload ---

@@ -397,8 +397,9 @@ Usage: comfy-init provision [--check] [--manifest PATH]
 
 Brings the models and custom nodes the manifest names ($COMFY_INIT_PROVISION, default
 /config/provision.toml; TOML): models downloaded by aria2c into $COMFYUI_DIR/models/DIR/FILE
-(resumed, verified against their sha256, renamed into place only once verified; those already
-verified cost a stat, through models/.comfy-init-provision.json), custom nodes checked out with
+(resumed, and renamed into place only once complete and, when the manifest gives a sha256,
+verified against it; those already verified cost a stat, through
+models/.comfy-init-provision.json), custom nodes checked out with
 git at their pinned commit or tag into $COMFYUI_DIR/custom_nodes/NAME, their requirements.txt
 installed with $COMFYUI_PYTHON -m pip. The image's pre-start hook 20-provision runs it at each
 container start when the manifest exists.
