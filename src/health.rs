@@ -790,7 +790,8 @@ fn check_instances(
         first.get_or_insert(healthy);
     }
     let mut gpu = None;
-    if s.gpu.policy == GpuPolicy::Require && scope != Some(Scope::Instance(chosen[0].index)) {
+    // The box as a whole: NVML once. One instance's readiness: its ComfyUI alone.
+    if s.gpu.policy == GpuPolicy::Require && !matches!(scope, Some(Scope::Instance(_))) {
         STAGE.store(STAGE_GPU, Ordering::SeqCst);
         // NVML's own line names the card that is lost.
         gpu = Some(gpu::check_alive(&s.gpu, deadline).map_err(|e| Problem::GpuLost(one_line(&e.to_string())))?);
