@@ -42,6 +42,27 @@ fn stats(port: u16, token: &str) -> (u16, Value) {
     }
 }
 
+/// Logs in through `port`'s web form: the session cookie.
+fn web_login(port: u16, password: &str) -> String {
+    let agent = ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(3)).build();
+    let answer = agent
+        .post(&format!("http://127.0.0.1:{port}/login"))
+        .send_form(&[("username", "admin"), ("password", password)])
+        .expect("POST /login");
+    assert_eq!(answer.header("Location"), Some("/"), "login refused");
+    answer.header("Set-Cookie").expect("a session cookie").split(';').next().unwrap().to_string()
+}
+
+/// GET /system_stats on `port` with a session cookie: the status.
+fn with_cookie(port: u16, cookie: &str) -> u16 {
+    let agent = ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(3)).build();
+    match agent.get(&format!("http://127.0.0.1:{port}/system_stats")).set("Cookie", cookie).call() {
+        Ok(r) => r.status(),
+        Err(ureq::Error::Status(code, _)) => code,
+        Err(_) => 0,
+    }
+}
+
 fn pid(port: u16, token: &str) -> Option<i64> {
     stats(port, token).1["standin"]["pid"].as_i64()
 }
@@ -76,6 +97,14 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
     assert_eq!(ws.cli(&["healthcheck", "--ready", "--instance", "1"]).0, 0);
     assert_eq!(ws.cli(&["healthcheck", "--instance", "2"]).0, 1, "no instance 2");
 
+    // One web login for all: a browser sends its cookie to every port of the host, so every
+    // instance must open the session any of them sealed.
+    let cookie = web_login(ports[0], "cards-pass");
+    assert!(
+        init.until(LONG, || ports.iter().all(|p| with_cookie(*p, &cookie) == 200)),
+        "a session of instance 0 is refused by instance 1"
+    );
+
     // One password for all: a change reaches every instance in place.
     let pids = [pid(ports[0], &token).unwrap(), pid(ports[1], &token).unwrap()];
     ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=cards-pass-2");
@@ -89,6 +118,13 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
     eprintln!("password change -> both instances answer the new token in {:?}", t0.elapsed());
     let after = [pid(ports[0], &new).unwrap(), pid(ports[1], &new).unwrap()];
     assert_eq!(after, pids, "an instance was restarted: {}", init.stderr());
+    // Old sessions end everywhere; a new one, made on instance 1, opens instance 0.
+    assert!(ports.iter().all(|p| with_cookie(*p, &cookie) == 401), "an old session survived the change");
+    let cookie = web_login(ports[1], "cards-pass-2");
+    assert!(
+        init.until(LONG, || ports.iter().all(|p| with_cookie(*p, &cookie) == 200)),
+        "a new session of instance 1 is refused by instance 0"
+    );
 
     // A crash of one restarts it alone.
     let listening_on = format!("--port\0{}\0", ports[1]);
