@@ -377,9 +377,45 @@ def from_comfy_init(request):
     return bool(key) and len(SELF_DIGEST) == 64 and hmac.compare_digest(digest, SELF_DIGEST)
 
 
+# Several ComfyUI on one ComfyUI folder (COMFY_INIT_INSTANCES) share ComfyUI-Login's cookie key
+# file, but each made or read it on its own (at import, at a reload): two that found none in the
+# same moment sealed their sessions with different keys, and the file holds the last one written.
+# A browser sends one cookie to every port of a host: each instance follows the file, so that a
+# session made on one opens them all.
+SHARED_KEY = os.environ.get("COMFY_INIT_INSTANCE") is not None
+KEY_LOOK_EVERY = 1.0  # seconds
+KEY_SEEN = {"at": None, "signature": None}
+
+
+def follow_shared_key(node, now):
+    if not SHARED_KEY or (KEY_SEEN["at"] is not None and now - KEY_SEEN["at"] < KEY_LOOK_EVERY):
+        return
+    KEY_SEEN["at"] = now
+    try:
+        path = vars(node)["secret_key_path"]
+        st = os.stat(path)
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if signature == KEY_SEEN["signature"]:
+            return
+        with open(path, "r", encoding="ascii") as f:
+            key = f.read(256).split(",")[0]
+        if len(key) != 44:  # not 32 bytes in urlsafe base64: being written, look again later
+            return
+        if vars(node).get("secret_key") != key:
+            if "storage" not in FOUND:
+                FOUND["storage"] = node_state.session_storage()
+            storage = FOUND["storage"]
+            storage._fernet = type(storage._fernet)(key)
+            node.secret_key = key
+        KEY_SEEN["signature"] = signature
+    except Exception:  # noqa: BLE001 - no file yet, an odd node: sessions stay as they are
+        return
+
+
 async def guard(request, handler):
     if login_node() is None:  # ComfyUI-Login is not loaded: there is no auth to keep
         return await handler(request)
+    follow_shared_key(login_node(), time.monotonic())
     if TOKEN_OFF and presents_other_than_a_key(request) and not from_comfy_init(request):
         return unauthorised(request, "the password's token is off (COMFY_INIT_PASSWORD_TOKEN=off): use an API key")
     request, answer = with_api_key(request)

@@ -61,6 +61,8 @@ pub fn specs(
             // Several: none takes the terminal, PID 1 keeps it, so that Ctrl-C stops them all.
             spec.terminal = base.terminal && cards.len() == 1;
             spec.env_set.push(("CUDA_VISIBLE_DEVICES".into(), card.visible.clone().into()));
+            // The companion then follows ComfyUI-Login's shared cookie key (doors.py).
+            spec.env_set.push(("COMFY_INIT_INSTANCE".into(), i.to_string().into()));
             spec.argv = ComfyUi { port, ..comfyui.clone() }.default_command();
             spec.argv.push("--temp-directory".into());
             spec.argv.push(comfyui.dir.join("temp").join(format!("instance-{i}")).into());

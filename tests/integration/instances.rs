@@ -126,6 +126,17 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
         "a new session of instance 1 is refused by instance 0"
     );
 
+    // Instances that made their cookie key apart (two finding none in the same moment) end with
+    // the file's: another key lands in the file (as the last of two writers leaves it), instance 1
+    // restarts and reads it, instance 0 follows the file.
+    let key_file = ws.comfyui().join("custom_nodes/ComfyUI-Login/.secret-key.txt");
+    assert!(key_file.exists(), "no cookie key file at {}", key_file.display());
+    let now = std::process::Command::new("python3")
+        .args(["-c", "import datetime; print(datetime.datetime.now().isoformat())"])
+        .output()
+        .unwrap();
+    write(&key_file, &format!("{}=,{}", "Q".repeat(43), String::from_utf8_lossy(&now.stdout).trim()));
+
     // A crash of one restarts it alone.
     let listening_on = format!("--port\0{}\0", ports[1]);
     let host_pid = children_of(init.init_pid())
@@ -142,6 +153,9 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
     assert!(back, "instance 1 was not restarted: {}", init.stderr());
     assert_eq!(pid(ports[0], &new), Some(pids[0]), "instance 0 was restarted too");
     assert!(init.stderr().contains(&format!("instance 1 (GPU 1 (NVIDIA GeForce RTX 3090, {}))", uuid(1))));
+    let cookie = web_login(ports[1], "cards-pass-2");
+    let shared = init.until(LONG, || ports.iter().all(|p| with_cookie(*p, &cookie) == 200));
+    assert!(shared, "instance 0 does not follow the cookie key instance 1 started with");
 
     // Card 1 falls off the bus (NVML says so to the healthcheck): the box is unhealthy, naming the
     // card, while instance 0 stays healthy for its load balancer.
