@@ -118,7 +118,8 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
     eprintln!("password change -> both instances answer the new token in {:?}", t0.elapsed());
     // Each instance's verdict (proven in place, or abandoned and restarted) is logged a moment
     // after its new token answers: wait for both before reading them.
-    let verdicts = |e: &str| e.matches("no restart needed").count() + e.matches("reload of the token abandoned").count();
+    let verdicts =
+        |e: &str| e.matches("no restart needed").count() + e.matches("reload of the token abandoned").count();
     assert!(init.until(LONG, || verdicts(&init.stderr()) >= 2), "a reload has no verdict: {}", init.stderr());
     let after = [pid(ports[0], &new).unwrap(), pid(ports[1], &new).unwrap()];
     let reloaded = init.stderr().matches("no restart needed").count();
