@@ -121,6 +121,11 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
     let verdicts =
         |e: &str| e.matches("no restart needed").count() + e.matches("reload of the token abandoned").count();
     assert!(init.until(LONG, || verdicts(&init.stderr()) >= 2), "a reload has no verdict: {}", init.stderr());
+    // An abandoned reload restarts its instance after that verdict: wait until every instance
+    // runs again (the healthcheck's --ready reads every instance's phase) and serves.
+    let settled = init
+        .until(LONG, || ws.cli(&["healthcheck", "--ready"]).0 == 0 && ports.iter().all(|p| stats(*p, &new).0 == 200));
+    assert!(settled, "not every instance runs again: {}", init.stderr());
     let after = [pid(ports[0], &new).unwrap(), pid(ports[1], &new).unwrap()];
     let reloaded = init.stderr().matches("no restart needed").count();
     if after != pids {
@@ -161,9 +166,9 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
         .pid;
     // SAFETY: a plain kill of a process of ours.
     unsafe { libc::kill(host_pid, libc::SIGKILL) };
-    let back = init.until(LONG, || pid(ports[1], &new).is_some_and(|p| p != pids[1]));
+    let back = init.until(LONG, || pid(ports[1], &new).is_some_and(|p| p != after[1]));
     assert!(back, "instance 1 was not restarted: {}", init.stderr());
-    assert_eq!(pid(ports[0], &new), Some(pids[0]), "instance 0 was restarted too");
+    assert_eq!(pid(ports[0], &new), Some(after[0]), "instance 0 was restarted too");
     assert!(init.stderr().contains(&format!("instance 1 (GPU 1 (NVIDIA GeForce RTX 3090, {}))", uuid(1))));
     let cookie = web_login(ports[1], "cards-pass-2");
     let shared = init.until(LONG, || ports.iter().all(|p| with_cookie(*p, &cookie) == 200));
