@@ -249,29 +249,34 @@ if command -v cc >/dev/null; then
 fi
 
 bold "Provisioning: a model from a loopback server and a pinned node from a git repository"
-if command -v aria2c >/dev/null && command -v git >/dev/null; then
+if command -v aria2c >/dev/null && command -v curl >/dev/null && command -v git >/dev/null; then
   P="$WORK/provision"
   mkdir -p "$P/srv" "$P/ComfyUI" "$P/node"
   head -c 2000000 /dev/urandom >"$P/srv/demo.safetensors"
+  head -c 500000 /dev/urandom >"$P/srv/gated.safetensors"
   SHA=$(sha256sum "$P/srv/demo.safetensors" | cut -d' ' -f1)
-  python3 "$ROOT/tests/fixtures/range_server.py" "$P/srv" "$P/port" "$P/requests.log" &
+  GATED_SHA=$(sha256sum "$P/srv/gated.safetensors" | cut -d' ' -f1)
+  # /away/ wants the token, then sends the download on to another host (127.0.0.2), as Hugging
+  # Face sends it to its storage: the token must not follow.
+  RANGE_SERVER_TOKEN=hf_demo_secret python3 "$ROOT/tests/fixtures/range_server.py" "$P/srv" "$P/port" "$P/requests.log" &
   SERVER=$!
   wait_for 5 test -f "$P/port"
   git -C "$P/node" init -q && echo 'NODE_CLASS_MAPPINGS = {}' >"$P/node/__init__.py"
   git -C "$P/node" add . && git -C "$P/node" -c user.name=demo -c user.email=demo@demo commit -qm one
   git -C "$P/node" tag v1
-  printf '[[model]]\nurl = "http://127.0.0.1:%s/files/demo.safetensors"\ndir = "checkpoints"\nsha256 = "%s"\n\n[[node]]\ngit = "file://%s"\nref = "v1"\nname = "DemoNode"\n' \
-    "$(cat "$P/port")" "$SHA" "$P/node" >"$P/provision.toml"
+  printf '[[model]]\nurl = "http://127.0.0.1:%s/files/demo.safetensors"\ndir = "checkpoints"\nsha256 = "%s"\n\n[[model]]\nurl = "http://127.0.0.1:%s/away/gated.safetensors"\ndir = "checkpoints"\nsha256 = "%s"\nauth_env = "HF_TOKEN"\n\n[[node]]\ngit = "file://%s"\nref = "v1"\nname = "DemoNode"\n' \
+    "$(cat "$P/port")" "$SHA" "$(cat "$P/port")" "$GATED_SHA" "$P/node" >"$P/provision.toml"
   sed 's/^/  | /' "$P/provision.toml"
   for start in first second; do
     echo "$start start (the image's hook docker/pre-start.d/20-provision):"
     PATH="$(dirname "$BIN"):$PATH" COMFYUI_DIR="$P/ComfyUI" COMFY_INIT_PROVISION="$P/provision.toml" \
-      sh "$ROOT/docker/pre-start.d/20-provision" 2>&1 | sed 's/^/  | /'
+      HF_TOKEN=hf_demo_secret sh "$ROOT/docker/pre-start.d/20-provision" 2>&1 | sed 's/^/  | /'
     echo "  requests the server answered so far: $(wc -l <"$P/requests.log")"
   done
+  echo "  requests that reached the other host (127.0.0.2) with a token: $(grep '"127.0.0.2"' "$P/requests.log" | grep -c '"auth_sent": true')"
   kill "$SERVER" 2>/dev/null || true
 else
-  echo "skipped: aria2c and git are needed (apt-get install aria2 git)"
+  echo "skipped: aria2c, curl and git are needed (apt-get install aria2 curl git)"
 fi
 
 bold "Done. Next: 'make test', and README.md for Docker, compose and Kubernetes."

@@ -94,7 +94,9 @@ fn clear_partials(model: &Model, dest_dir: &Path, partial: &Path) -> Result<(), 
 
 /// How a download is run.
 pub struct Options<'a> {
-    /// The Bearer token, already read from the model's `auth_env`.
+    /// Where the download starts: the manifest's URL, or where its redirects end (`redirect`).
+    pub url: &'a str,
+    /// The Bearer token, already read from the model's `auth_env`, when it goes to `url`.
     pub token: Option<&'a str>,
     /// Seconds between two progress lines.
     pub progress_every: u32,
@@ -133,8 +135,8 @@ pub fn fetch(model: &Model, dest_dir: &Path, opts: &Options) -> Result<(), Downl
 
 /// The input aria2c reads on stdin: the URL, then its options indented (aria2c's input-file
 /// format). Nothing here is ever shown.
-fn input(model: &Model, dest_dir: &Path, partial: &Path, token: Option<&str>) -> String {
-    let mut text = format!("{}\n dir={}\n", model.url, dest_dir.display());
+fn input(model: &Model, url: &str, dest_dir: &Path, partial: &Path, token: Option<&str>) -> String {
+    let mut text = format!("{url}\n dir={}\n", dest_dir.display());
     let name = partial.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     text.push_str(&format!(" out={name}\n"));
     if let Some(sha) = &model.sha256 {
@@ -166,7 +168,7 @@ fn run_aria2c(
     };
     if let Some(mut stdin) = child.stdin.take() {
         // A write error means aria2c is gone already: its status says why.
-        let _ = stdin.write_all(input(model, dest_dir, partial, opts.token).as_bytes());
+        let _ = stdin.write_all(input(model, opts.url, dest_dir, partial, opts.token).as_bytes());
     }
     let clean = Cleaner { token: opts.token };
     for line in BufReader::new(read).split(b'\n').map_while(Result::ok) {
@@ -361,7 +363,7 @@ mod tests {
         let dest = Path::new("/m/checkpoints");
         let partial = partial_path(dest, &model);
         let name = partial.file_name().unwrap().to_str().unwrap().to_string();
-        let text = input(&model, dest, &partial, Some("hf_SECRET"));
+        let text = input(&model, &model.url, dest, &partial, Some("hf_SECRET"));
         assert_eq!(
             text,
             format!(

@@ -11,6 +11,7 @@ pub mod aria2;
 pub mod cache;
 pub mod manifest;
 pub mod nodes;
+pub mod redirect;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ pub enum Error {
     Download(#[from] aria2::DownloadError),
     #[error(transparent)]
     Node(#[from] nodes::NodeError),
+    #[error("model {file} ({url}): {source}")]
+    Redirect { file: String, url: String, source: redirect::RedirectError },
     #[error(
         "model {file}: auth_env {var} is not set (or empty): pass the token in that variable (docker run -e {var}), \
          or drop auth_env"
@@ -194,7 +197,24 @@ fn download(settings: &Settings, model: &Model, dest_dir: &Path, path: &Path, ca
     println!("models/{}: downloading from {}", key(model), manifest::shown_url(&model.url));
     std::fs::create_dir_all(dest_dir).map_err(|e| io(model, "create", dest_dir, e))?;
     let took = Instant::now();
-    let opts = aria2::Options { token: token.as_deref(), progress_every: settings.progress_every };
+    let start = match &token {
+        Some(token) => redirect::start_of(&model.url, token).map_err(|source| Error::Redirect {
+            file: model.file.clone(),
+            url: manifest::shown_url(&model.url),
+            source,
+        })?,
+        None => redirect::Start { url: model.url.clone(), with_token: false },
+    };
+    if token.is_some() && !start.with_token {
+        println!(
+            "models/{}: the server sends the download on to {} (another host): the token goes to the manifest's \
+             host only",
+            key(model),
+            manifest::shown_url(&start.url)
+        );
+    }
+    let token = token.as_deref().filter(|_| start.with_token);
+    let opts = aria2::Options { url: &start.url, token, progress_every: settings.progress_every };
     aria2::fetch(model, dest_dir, &opts)?;
     let stat = regular_file(model, path)?;
     let size = stat.map_or(0, |s| s.size);

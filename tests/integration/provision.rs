@@ -15,17 +15,17 @@ use crate::util::*;
 const LONG: Duration = Duration::from_secs(60);
 const TOKEN: &str = "hf_SeCrEt_TOKEN_4711";
 
-/// aria2c and git are what provisioning runs: without them the test is skipped, saying why
-/// (unless CI makes it mandatory).
+/// aria2c, curl (which follows a tokened download's redirects) and git are what provisioning
+/// runs: without them the test is skipped, saying why (unless CI makes it mandatory).
 fn tools_present(test: &str) -> bool {
-    let missing: Vec<&str> = ["aria2c", "git"]
+    let missing: Vec<&str> = ["aria2c", "curl", "git"]
         .into_iter()
         .filter(|t| !Command::new(t).arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success()))
         .collect();
     if missing.is_empty() {
         return true;
     }
-    let reason = format!("{} not installed (apt-get install aria2 git)", missing.join(" and "));
+    let reason = format!("{} not installed (apt-get install aria2 curl git)", missing.join(" and "));
     if mandatory() {
         panic!("{test}: {reason}, and COMFY_INIT_TESTS_MANDATORY=1");
     }
@@ -244,7 +244,16 @@ fn first_start_downloads_and_verifies_second_start_fetches_nothing() {
             && pip.contains("TestNode/requirements.txt"),
         "{pip}"
     );
+    // The server logs a request once its answer is sent, a moment after aria2c has it all: wait
+    // for both bodies before counting what the first start asked for.
+    let sent = |path: &str| -> u64 {
+        server.requests().iter().filter(|r| r["path"] == path).map(|r| r["bytes"].as_u64().unwrap_or(0)).sum()
+    };
+    let all_sent = wait_until(Duration::from_secs(5), &mut || {
+        sent("/files/a.safetensors") >= a.len() as u64 && sent("/auth/b.safetensors") >= b.len() as u64
+    });
     let requests = server.requests();
+    assert!(all_sent, "{requests:?}");
     assert!(requests.iter().any(|r| r["path"] == "/auth/b.safetensors" && r["auth_ok"] == true), "{requests:?}");
     for secret in [TOKEN, "QUERYSECRET"] {
         assert!(!out.contains(secret) && !err.contains(secret), "{secret} in the log:\n{out}\n{err}");
@@ -266,6 +275,38 @@ impl Setup {
     fn set_token(mut self) -> Setup {
         self.ws = self.ws.set("TEST_HF_TOKEN", TOKEN);
         self
+    }
+}
+
+#[test]
+fn the_token_goes_to_the_manifests_host_only_never_where_a_redirect_leads() {
+    // Hugging Face and Civitai send a download on to their storage (a signed URL on another
+    // host); aria2c alone would send the token there too.
+    provision_test!("the_token_goes_to_the_manifests_host_only_never_where_a_redirect_leads");
+    let (a, b) = (random_bytes(600_000), random_bytes(300_000));
+    let server = Server::start(&[("a.safetensors", &a), ("b.safetensors", &b)], 1 << 30);
+    let s = Setup::new("provision-redirect").set_token();
+    let text = model(&server.url("away", "a.safetensors"), "a.safetensors", Some(&sha256(&a)), Some("TEST_HF_TOKEN"))
+        + &model(&server.url("hop", "b.safetensors"), "b.safetensors", Some(&sha256(&b)), Some("TEST_HF_TOKEN"));
+    write(&s.manifest, &text);
+    let (code, out, err) = s.start_once();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(fs::read(s.models().join("checkpoints/a.safetensors")).unwrap(), a);
+    assert_eq!(fs::read(s.models().join("checkpoints/b.safetensors")).unwrap(), b);
+    let requests = server.requests();
+    let elsewhere: Vec<_> = requests.iter().filter(|r| r["host"] == "127.0.0.2").collect();
+    assert!(elsewhere.iter().any(|r| r["path"] == "/files/a.safetensors" && r["status"] == 206), "{requests:?}");
+    assert!(elsewhere.iter().all(|r| r["auth_sent"] == false), "the token reached the other host: {requests:?}");
+    // A redirect on the manifest's own host keeps the token (its /auth/ route wants it).
+    assert!(requests.iter().any(|r| r["path"] == "/auth/b.safetensors" && r["auth_ok"] == true), "{requests:?}");
+    let said = format!(
+        "models/checkpoints/a.safetensors: the server sends the download on to http://127.0.0.2:{}/files/a.safetensors \
+         (another host): the token goes to the manifest's host only",
+        server.port
+    );
+    assert!(out.contains(&said), "{out}");
+    for secret in [TOKEN, "SIGNED"] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{secret} in the log:\n{out}\n{err}");
     }
 }
 
@@ -454,7 +495,8 @@ fn a_model_rewritten_in_place_with_its_mtime_put_back_is_hashed_and_downloaded_a
         "the rewritten file was not hashed again:\n{out}"
     );
     assert_eq!(fs::read(&path).unwrap(), a, "the manifest's file was not put back");
-    assert!(server.requests().len() > first, "nothing downloaded");
+    let downloaded = wait_until(Duration::from_secs(5), &mut || server.requests().len() > first);
+    assert!(downloaded, "nothing downloaded: {:?}", server.requests());
 }
 
 /// Puts `path`'s mtime back to the one in `before`, as `touch -r` does.
@@ -507,7 +549,9 @@ fn a_partial_without_its_control_file_or_from_another_url_is_never_resumed() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("a partial download without aria2c's control file cannot be resumed"), "{out}");
     assert_eq!(fs::read(checkpoints.join("a.safetensors")).unwrap(), a);
-    assert!(server.requests().len() > first);
+    // The slow route logs its request a moment after its last byte (the throttle's last sleep).
+    let downloaded = wait_until(Duration::from_secs(5), &mut || server.requests().len() > first);
+    assert!(downloaded, "nothing downloaded: {:?}", server.requests());
     let left: Vec<_> = fs::read_dir(&checkpoints).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, [std::ffi::OsString::from("a.safetensors")]);
 
