@@ -297,3 +297,112 @@ fn fuzz_the_credential_plan() {
         let _ = plan::plan(&inputs, &|_, _| verdict, &token::check_shape);
     });
 }
+
+/// A manifest-shaped text: `[[model]]` and `[[node]]` tables with their keys, values mostly of
+/// the kinds the checks look at (`..`, absolute paths, hidden names, queries, credentials,
+/// http://, our own variables), now and then anything, and stray lines.
+fn manifest_text(rng: &mut StdRng) -> String {
+    const MODEL: &[(&str, &[&str])] = &[
+        (
+            "url",
+            &[
+                "https://h.co/a/x.safetensors",
+                "http://127.0.0.1:8/x.bin",
+                "http://h.co/x.bin",
+                "https://h.co/x?token=1",
+                "https://u:p@h.co/x.bin",
+                "file:///etc/passwd",
+                "https://h.co/",
+            ],
+        ),
+        ("dir", &["checkpoints", "loras/sd15", "..", "../../etc", "/etc", "a//b", "./x", ""]),
+        ("file", &["x.bin", ".hidden", "a/b.bin", "..", "", "x y.bin"]),
+        ("sha256", &["0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "ABCDEF", ""]),
+        ("auth_env", &["HF_TOKEN", "COMFYUI_PASSWORD", "1X", ""]),
+    ];
+    const NODE: &[(&str, &[&str])] = &[
+        (
+            "git",
+            &["https://github.com/a/b", "https://u:p@h.co/a/b", "file:///srv/node", "ext::sh -c x", "-upload-pack=x"],
+        ),
+        ("ref", &["v1", "main", "0123456789abcdef0123456789abcdef01234567", "-x", ""]),
+        ("name", &["Node", ".git", "..", "a/b", ""]),
+        ("requirements", &["true", "false"]),
+    ];
+    let mut out = String::new();
+    for _ in 0..rng.random_range(0..4) {
+        let (section, keys) = match rng.random_range(0..20) {
+            0..=9 => ("model", MODEL),
+            10..=18 => ("node", NODE),
+            _ => ("other", NODE),
+        };
+        out.push_str(&format!("[[{section}]]\n"));
+        for (key, values) in keys {
+            if rng.random_bool(0.05) {
+                continue;
+            }
+            // The first value is a good one: most tables are valid but for one value.
+            let value = match rng.random_range(0..10) {
+                0 => text(rng),
+                1..=8 => values[0].to_string(),
+                _ => values[rng.random_range(0..values.len())].to_string(),
+            };
+            if matches!(value.as_str(), "true" | "false") {
+                out.push_str(&format!("{key} = {value}\n"));
+            } else {
+                out.push_str(&format!("{key} = \"{}\"\n", value.replace('\\', "\\\\").replace('"', "\\\"")));
+            }
+        }
+        if rng.random_bool(0.05) {
+            out.push_str(&text(rng));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn fuzz_the_provisioning_manifest_and_what_servers_and_users_write() {
+    use crate::credentials::api_keys;
+    use crate::provision::{cache, manifest, redirect};
+    use std::path::{Component, Path};
+    let path = Path::new("/config/provision.toml");
+    let plain = |name: &str| !name.is_empty() && !name.starts_with('.') && !name.contains('/');
+    let (mut models, mut nodes) = (0, 0);
+    property("manifest", |rng| {
+        let text = if rng.random_bool(0.8) { manifest_text(rng) } else { text(rng) };
+        match manifest::parse(path, &text) {
+            // What leaves the parser is safe to join under ComfyUI's folders.
+            Ok(m) => {
+                models += m.models.len();
+                nodes += m.nodes.len();
+                for model in &m.models {
+                    assert!(model.dir.components().all(|c| matches!(c, Component::Normal(_))), "{model:?}");
+                    assert!(plain(&model.file), "{model:?}");
+                    assert!(!model.url.chars().any(char::is_control), "{model:?}");
+                }
+                for node in &m.nodes {
+                    assert!(plain(&node.name), "{node:?}");
+                }
+            }
+            Err(e) => assert!(e.to_string().starts_with("/config/provision.toml"), "{e}"),
+        }
+    });
+    // The property must have been exercised, not only refused.
+    assert!(models > cases() / 20 && nodes > cases() / 20, "{models} models and {nodes} nodes accepted");
+    property("urls", |rng| {
+        let (a, b) = (text(rng), text(rng));
+        let shown = manifest::shown_url(&a);
+        assert!(!shown.contains(['?', '#']), "{a:?} shown as {shown:?}");
+        assert_eq!(redirect::same_origin(&a, &a), redirect::origin(&a).is_some(), "{a:?}");
+        assert_eq!(redirect::same_origin(&a, &b), redirect::same_origin(&b, &a), "{a:?} {b:?}");
+    });
+    property("user files", |rng| {
+        let raw = bytes(rng);
+        let _ = cache::parse(&raw);
+        let text = String::from_utf8_lossy(&raw);
+        let (keys, _) = api_keys::parse_lines(&text);
+        assert!(keys.len() <= text.lines().count());
+        let _ = api_keys::parse_lifetime(&text);
+    });
+}

@@ -148,11 +148,14 @@ pub fn generate() -> String {
 pub fn parse_lifetime(value: &str) -> Result<Duration, KeyError> {
     let bad = || KeyError::BadLifetime(value.to_string());
     let v = value.trim();
-    let (n, unit) = v.split_at(v.len().saturating_sub(1));
+    // By the unit's char, not a byte index: `1é` is refused, not a panic.
+    let (n, seconds) = match v.strip_suffix('d') {
+        Some(n) => (n, 86_400),
+        None => (v.strip_suffix('h').ok_or_else(bad)?, 3_600),
+    };
     let n: u64 = n.parse().map_err(|_| bad())?;
-    match unit {
-        "d" if n > 0 => Ok(Duration::from_secs(n * 86_400)),
-        "h" if n > 0 => Ok(Duration::from_secs(n * 3_600)),
+    match n.checked_mul(seconds) {
+        Some(s) if n > 0 => Ok(Duration::from_secs(s)),
         _ => Err(bad()),
     }
 }
@@ -245,7 +248,7 @@ pub fn add(s: &Settings, name: &str, lifetime: Option<Duration>, read_only: bool
         name: name.into(),
         digest: digest(&key),
         created,
-        expires: lifetime.map(|l| created + l.as_secs()),
+        expires: lifetime.map(|l| created.saturating_add(l.as_secs())),
         read_only,
     });
     save(s, &keys)?;
@@ -320,7 +323,7 @@ mod tests {
     fn lifetimes_and_names() {
         assert_eq!(parse_lifetime("90d").unwrap(), Duration::from_secs(90 * 86_400));
         assert_eq!(parse_lifetime("12h").unwrap(), Duration::from_secs(12 * 3_600));
-        for bad in ["", "d", "0d", "90", "1y", "-1d"] {
+        for bad in ["", "d", "0d", "90", "1y", "-1d", "1é", "é", "300000000000000d", "99999999999999999999h"] {
             assert!(parse_lifetime(bad).is_err(), "{bad}");
         }
         assert!(valid_name("my-ci.bot_1") && !valid_name("") && !valid_name("a b") && !valid_name(&"x".repeat(65)));

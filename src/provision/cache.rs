@@ -123,7 +123,7 @@ impl Cache {
     }
 }
 
-fn parse(bytes: &[u8]) -> Option<Cache> {
+pub(crate) fn parse(bytes: &[u8]) -> Option<Cache> {
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     if value.get("version")?.as_u64()? != 1 {
         return None;
