@@ -212,6 +212,8 @@ fn arguments(progress_every: u32) -> Vec<String> {
     .map(String::from)
     .to_vec();
     args.push(format!("--summary-interval={progress_every}"));
+    // curl's, where it followed the redirects (`redirect`): a server answers both alike.
+    args.push(format!("--user-agent={}", super::redirect::USER_AGENT));
     // Should comfy-init be killed outright, aria2c stops too instead of downloading on alone.
     args.push(format!("--stop-with-process={}", std::process::id()));
     args

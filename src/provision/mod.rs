@@ -205,12 +205,12 @@ fn download(settings: &Settings, model: &Model, dest_dir: &Path, path: &Path, ca
         })?,
         None => redirect::Start { url: model.url.clone(), with_token: false },
     };
-    if token.is_some() && !start.with_token {
+    if let Some(token) = token.as_deref().filter(|_| !start.with_token) {
         println!(
             "models/{}: the server sends the download on to {} (another host): the token goes to the manifest's \
              host only",
             key(model),
-            manifest::shown_url(&start.url)
+            manifest::shown_url(&start.url).replace(token, "***")
         );
     }
     let token = token.as_deref().filter(|_| start.with_token);

@@ -1,16 +1,23 @@
 //! Where a download that carries a token really starts. aria2c sends its headers to every host a
 //! redirect leads to, so a Hugging Face or Civitai token would reach the storage a download is
 //! sent on to (a CDN, a bucket behind a signed URL). So curl follows the redirects first: a GET
-//! of one byte (`--range 0-0`, and `--max-filesize 1` stops a server that ignores the range
-//! before its body), with the URL and the token on stdin (`--config -`), never on an argv. curl
-//! never sends a custom Authorization header to another host, port or scheme than the one asked
+//! of one byte (`--range 0-0`; `--max-filesize` stops a server that ignores the range before a
+//! large body), with the URL and the token on stdin (`--config -`), never on an argv. curl never
+//! sends a custom Authorization header to another host, port or scheme than the one asked
 //! (CVE-2018-1000007, CVE-2022-27776), so its own hops are safe. aria2c then starts where the
-//! redirects end, with the token only when that is still the manifest's host.
+//! redirects end, with the token only when that is still the manifest's host, and with the same
+//! User-Agent, so that a server answers both alike.
+//!
+//! It fails closed: unless the redirects end in a 2xx answer, no download starts (a 3xx means
+//! curl stopped on the way, and aria2c would follow it with the token).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::manifest::shown_url;
+
+/// What curl and aria2c both say they are.
+pub const USER_AGENT: &str = concat!("comfy-init/", env!("CARGO_PKG_VERSION"));
 
 /// Where aria2c starts a download.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,17 +38,23 @@ pub enum RedirectError {
     Failed(String),
 }
 
-/// curl's exit codes that still leave the last answer's URL known: done, the body stopped by
-/// `--max-filesize`, and a timeout once the answer's headers were in.
+/// curl's exit codes that leave the last answer known: the body stopped by `--max-filesize`,
+/// and a timeout once the answer's headers were in.
 const STOPPED_AT_THE_BODY: i32 = 63;
 const TIMED_OUT: i32 = 28;
 
 /// Follows `url`'s redirects with `token`, to where the download starts.
 pub fn start_of(url: &str, token: &str) -> Result<Start, RedirectError> {
+    // Redirects may leave https only when the manifest's URL is plain http (loopback, no token
+    // crosses a network); from https a download never goes on in clear text.
+    let redirects_to = if url.starts_with("https://") { "=https" } else { "=https,http" };
     let mut child = Command::new("curl")
         .args([
+            // First, or it is not obeyed: no ~/.curlrc (PUID's home, which a custom node can write).
+            "--disable",
             "--config",
             "-",
+            "--globoff",
             "--silent",
             "--show-error",
             "--location",
@@ -50,19 +63,23 @@ pub fn start_of(url: &str, token: &str) -> Result<Start, RedirectError> {
             "--proto",
             "=https,http",
             "--proto-redir",
-            "=https,http",
+            redirects_to,
+            "--user-agent",
+            USER_AGENT,
             "--range",
             "0-0",
+            // Not 1: curl 7.88 applies it to the body of a redirect too (curl #14899), and
+            // Hugging Face's 302 has one.
             "--max-filesize",
-            "1",
+            "1048576",
             "--connect-timeout",
             "30",
             "--max-time",
-            "60",
+            "30",
             "--output",
             "/dev/null",
             "--write-out",
-            "%{http_code} %{url_effective}",
+            "%{http_code} %{url_effective}\\n",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -74,27 +91,32 @@ pub fn start_of(url: &str, token: &str) -> Result<Start, RedirectError> {
         let _ = stdin.write_all(config(url, token).as_bytes());
     }
     // curl writes a line or two: the answer's code and URL, and its error.
-    let done = child.wait_with_output().map_err(RedirectError::NoCurl)?;
+    let done = child.wait_with_output().map_err(|e| RedirectError::Failed(format!("curl: {e}")))?;
     let (out, err) = (String::from_utf8_lossy(&done.stdout), String::from_utf8_lossy(&done.stderr));
-    let status = done.status;
-    let why = || {
-        let said = err.replace(token, "***");
-        let said = said.lines().map(shown_url_in).collect::<Vec<_>>().join("; ");
-        let code = status.code().map_or_else(|| "killed by a signal".into(), |c| format!("curl exit code {c}"));
-        if said.is_empty() {
-            code
-        } else {
-            format!("{code}: {said}")
-        }
-    };
-    let (http_code, last) = out.split_once(' ').unwrap_or(("000", ""));
-    let answered = http_code != "000" && !last.is_empty();
-    match status.code() {
-        Some(0 | STOPPED_AT_THE_BODY) if answered => {}
-        Some(TIMED_OUT) if answered => {}
-        _ => return Err(RedirectError::Failed(why())),
+    judge(url, done.status.code(), &out).map_err(|why| {
+        let said = err.replace(token, "***").lines().map(shown_url_in).collect::<Vec<_>>().join("; ");
+        RedirectError::Failed(if said.is_empty() { why } else { format!("{why}: {said}") })
+    })
+}
+
+/// Where the download starts, from curl's exit code and its `--write-out` line; Err: why none.
+fn judge(url: &str, exit: Option<i32>, out: &str) -> Result<Start, String> {
+    let exit_said = || exit.map_or_else(|| "curl was killed by a signal".into(), |c| format!("curl exit code {c}"));
+    let mut lines = out.lines();
+    let (Some(line), None) = (lines.next(), lines.next()) else { return Err(exit_said()) };
+    let (code, last) = line.split_once(' ').unwrap_or(("000", ""));
+    let code: u16 = code.parse().unwrap_or(0);
+    if code == 0 || last.is_empty() || !matches!(exit, Some(0 | STOPPED_AT_THE_BODY | TIMED_OUT)) {
+        return Err(exit_said());
     }
-    Ok(Start { url: last.to_string(), with_token: same_origin(url, last) })
+    match code {
+        200..=299 => Ok(Start { url: last.to_string(), with_token: same_origin(url, last) }),
+        300..=399 => {
+            Err(format!("the redirects did not end (HTTP {code} at {}); nothing was sent on", shown_url(last)))
+        }
+        401 | 403 if same_origin(url, last) => Err(format!("HTTP {code}: the server refused the token; check it")),
+        _ => Err(format!("HTTP {code} from {}", shown_url(last))),
+    }
 }
 
 /// curl's config (its man page, "-K, --config"): quoted strings, `\\` and `\"` escaped. The
@@ -110,7 +132,7 @@ fn shown_url_in(line: &str) -> String {
 }
 
 /// Scheme, host and port (the default one when none is written), host in lower case.
-fn origin(url: &str) -> Option<(String, String, u16)> {
+pub(crate) fn origin(url: &str) -> Option<(String, String, u16)> {
     let (scheme, rest) = url.split_once("://")?;
     let scheme = scheme.to_ascii_lowercase();
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
@@ -131,7 +153,7 @@ fn origin(url: &str) -> Option<(String, String, u16)> {
 }
 
 /// Whether two URLs are one origin: the token may go to `b` when it may go to `a`.
-fn same_origin(a: &str, b: &str) -> bool {
+pub(crate) fn same_origin(a: &str, b: &str) -> bool {
     matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
 }
 
@@ -163,6 +185,29 @@ mod tests {
             config("https://h/x?a=\"b\"", "t\\k"),
             "url = \"https://h/x?a=\\\"b\\\"\"\nheader = \"Authorization: Bearer t\\\\k\"\n"
         );
+    }
+
+    #[test]
+    fn only_a_2xx_at_the_end_of_the_redirects_starts_a_download() {
+        let url = "https://h.co/m/resolve/x?download=1";
+        let cdn = "https://cdn.example/x?X-Amz-Signature=s";
+        let start = |url: &str, with_token| Ok(Start { url: url.to_string(), with_token });
+        assert_eq!(judge(url, Some(0), &format!("206 {cdn}\n")), start(cdn, false));
+        assert_eq!(judge(url, Some(0), &format!("206 {url}\n")), start(url, true));
+        // A server that ignores the range, stopped before its body.
+        assert_eq!(judge(url, Some(63), &format!("200 {cdn}\n")), start(cdn, false));
+        // curl stopped at a redirect (its body, a timeout, too many hops): aria2c would follow it.
+        for exit in [0, 28, 47, 63] {
+            let said = judge(url, Some(exit), &format!("302 {url}\n")).unwrap_err();
+            assert!(said.contains("HTTP 302 at https://h.co/m/resolve/x)") || exit == 47, "{exit}: {said}");
+        }
+        assert!(judge(url, Some(0), &format!("401 {url}\n")).unwrap_err().contains("refused the token"));
+        assert_eq!(judge(url, Some(0), &format!("403 {cdn}\n")).unwrap_err(), "HTTP 403 from https://cdn.example/x");
+        // No answer, a failure, or two transfers (a URL curl would have expanded).
+        assert_eq!(judge(url, Some(7), "000 \n").unwrap_err(), "curl exit code 7");
+        assert_eq!(judge(url, Some(56), &format!("206 {cdn}\n")).unwrap_err(), "curl exit code 56");
+        assert!(judge(url, Some(0), &format!("206 {url}\n206 {cdn}\n")).is_err());
+        assert!(judge(url, None, "").unwrap_err().contains("signal"));
     }
 
     #[test]

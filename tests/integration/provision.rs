@@ -308,6 +308,16 @@ fn the_token_goes_to_the_manifests_host_only_never_where_a_redirect_leads() {
     for secret in [TOKEN, "SIGNED"] {
         assert!(!out.contains(secret) && !err.contains(secret), "{secret} in the log:\n{out}\n{err}");
     }
+
+    // A wrong token: refused where it was given, and nothing goes on anywhere.
+    fs::remove_file(s.models().join("checkpoints/a.safetensors")).unwrap();
+    let before = server.requests().len();
+    let s = Setup { ws: s.ws.set("TEST_HF_TOKEN", "hf_wrong"), ..s };
+    let (code, out, _) = s.start_once();
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("model a.safetensors (http://127.0.0.1:") && out.contains("HTTP 401"), "{out}");
+    let after = server.requests();
+    assert!(after[before..].iter().all(|r| r["host"] == "127.0.0.1" && r["status"] == 401), "{after:?}");
 }
 
 #[test]
