@@ -91,7 +91,7 @@ fn a_read_only_key_reads_an_expired_or_unknown_key_is_refused_and_a_password_cha
     assert_eq!(post_prompt(&ws, &reader), 401, "a read-only key posted a prompt");
     // An expired key: its line as the CLI would have written it, 1 s of life, long ago.
     let expired = "cik_".to_string() + &"ab".repeat(32);
-    let digest = sha256(&expired);
+    let digest = sha256(expired.as_bytes());
     let keys = ws.comfyui().join("login/API_KEYS");
     let mut text = fs::read_to_string(&keys).unwrap();
     text += &format!("old {digest} 1000 1001 rw\n");
@@ -160,7 +160,7 @@ fn an_operators_key_list_swapped_like_a_kubernetes_secret_applies_in_place() {
         fs::rename(secret.join("..data_tmp"), secret.join("..data")).unwrap();
     };
     let (first, second) = ("cik_".to_string() + &"1a".repeat(32), "cik_".to_string() + &"2b".repeat(32));
-    let line = |name: &str, key: &str| format!("{name} {} 1000 - rw\n", sha256(key));
+    let line = |name: &str, key: &str| format!("{name} {} 1000 - rw\n", sha256(key.as_bytes()));
     version(1, &line("deploy-a", &first));
     std::os::unix::fs::symlink("..data/API_KEYS", secret.join("API_KEYS")).unwrap();
     let ws = Workspace::new("ak-k8s").set("COMFYUI_API_KEYS_FILE", secret.join("API_KEYS"));
@@ -179,12 +179,4 @@ fn an_operators_key_list_swapped_like_a_kubernetes_secret_applies_in_place() {
     assert!(swapped, "the new Secret was not applied: {}", init.stderr());
     eprintln!("Secret swapped -> applied in {:?}", t0.elapsed());
     assert_eq!(ws.comfyui_pid(&ws.token()), pid, "ComfyUI was restarted");
-}
-
-fn sha256(text: &str) -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import hashlib, sys; print(hashlib.sha256(sys.argv[1].encode()).hexdigest())", text])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }

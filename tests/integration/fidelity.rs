@@ -22,16 +22,6 @@ fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(3)).build()
 }
 
-/// Logs in through the web form: the session cookie (`AIOHTTP_SESSION=...`).
-fn web_login(ws: &Workspace, form: &[(&str, &str)]) -> String {
-    let url = format!("http://127.0.0.1:{}/login", ws.port);
-    let answer = agent().post(&url).send_form(form).expect("POST /login");
-    assert_eq!(answer.status(), 302);
-    assert_eq!(answer.header("Location"), Some("/"), "login refused");
-    let cookie = answer.header("Set-Cookie").expect("a session cookie");
-    cookie.split(';').next().unwrap().to_string()
-}
-
 /// GET `path` with a cookie, as an API client would (no text/html in Accept): the status.
 fn get_with_cookie(ws: &Workspace, path: &str, cookie: &str) -> (u16, String) {
     let url = format!("http://127.0.0.1:{}{path}", ws.port);
@@ -61,7 +51,7 @@ fn a_password_change_ends_cookie_sessions_whatever_the_node_folder_is_called() {
     let init = serving(&ws, ws.launch().env("FAKE_COMFYUI_START_DELAY", "0.3"));
     let key = ws.comfyui().join("custom_nodes/comfyui-login/.secret-key.txt");
     assert!(key.exists(), "the stand-in keeps its key in its own folder");
-    let cookie = web_login(&ws, &[("username", "admin"), ("password", "first-pass")]);
+    let cookie = session(ws.port, &[("username", "admin"), ("password", "first-pass")]);
     assert_eq!(get_with_cookie(&ws, "/system_stats", &cookie).0, 200);
 
     // A restart alone keeps sessions (the key file stays): ComfyUI-Manager's restart button.
@@ -127,7 +117,7 @@ fn guest_mode_is_said_at_start_and_in_the_healthcheck_and_its_token_leak_is_real
     assert!(check.line().contains("not enforced on user files"), "{check:?}");
 
     // What the warning is about: an anonymous guest reads the admin token from the log.
-    let cookie = web_login(&ws, &[("username", ""), ("password", ""), ("guest_mode", "1")]);
+    let cookie = session(ws.port, &[("username", ""), ("password", ""), ("guest_mode", "1")]);
     let (status, logs) = get_with_cookie(&ws, "/internal/logs", &cookie);
     assert_eq!(status, 200);
     assert!(logs.contains(&format!("use token={}", ws.token())), "{logs}");
@@ -145,7 +135,7 @@ fn with_the_companion_a_guest_finds_no_token_in_the_log_and_the_warning_says_les
     let check = healthcheck(&ws, &[]);
     assert!(check.line().contains("WARNING guest mode on (login/GUEST_MODE): anyone can run prompts"));
     assert!(!check.line().contains("read the token"), "{check:?}");
-    let cookie = web_login(&ws, &[("username", ""), ("password", ""), ("guest_mode", "1")]);
+    let cookie = session(ws.port, &[("username", ""), ("password", ""), ("guest_mode", "1")]);
     let (_, logs) = get_with_cookie(&ws, "/internal/logs", &cookie);
     assert!(!logs.contains(&ws.token()) && logs.contains("token=<token redacted by comfy-init>"), "{logs}");
 }

@@ -42,17 +42,6 @@ fn stats(port: u16, token: &str) -> (u16, Value) {
     }
 }
 
-/// Logs in through `port`'s web form: the session cookie.
-fn web_login(port: u16, password: &str) -> String {
-    let agent = ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(3)).build();
-    let answer = agent
-        .post(&format!("http://127.0.0.1:{port}/login"))
-        .send_form(&[("username", "admin"), ("password", password)])
-        .expect("POST /login");
-    assert_eq!(answer.header("Location"), Some("/"), "login refused");
-    answer.header("Set-Cookie").expect("a session cookie").split(';').next().unwrap().to_string()
-}
-
 /// GET /system_stats on `port` with a session cookie: the status.
 fn with_cookie(port: u16, cookie: &str) -> u16 {
     let agent = ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(3)).build();
@@ -99,7 +88,7 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
 
     // One web login for all: a browser sends its cookie to every port of the host, so every
     // instance must open the session any of them sealed.
-    let cookie = web_login(ports[0], "cards-pass");
+    let cookie = session(ports[0], &[("username", "admin"), ("password", "cards-pass")]);
     assert!(
         init.until(LONG, || ports.iter().all(|p| with_cookie(*p, &cookie) == 200)),
         "a session of instance 0 is refused by instance 1"
@@ -137,7 +126,7 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
     assert!(reloaded >= 1, "no instance reloaded in place: {}", init.stderr());
     // Old sessions end everywhere; a new one, made on instance 1, opens instance 0.
     assert!(ports.iter().all(|p| with_cookie(*p, &cookie) == 401), "an old session survived the change");
-    let cookie = web_login(ports[1], "cards-pass-2");
+    let cookie = session(ports[1], &[("username", "admin"), ("password", "cards-pass-2")]);
     assert!(
         init.until(LONG, || ports.iter().all(|p| with_cookie(*p, &cookie) == 200)),
         "a new session of instance 1 is refused by instance 0"
@@ -170,7 +159,7 @@ fn two_cards_two_instances_one_password_restarted_alone_stopped_together() {
     assert!(back, "instance 1 was not restarted: {}", init.stderr());
     assert_eq!(pid(ports[0], &new), Some(after[0]), "instance 0 was restarted too");
     assert!(init.stderr().contains(&format!("instance 1 (GPU 1 (NVIDIA GeForce RTX 3090, {}))", uuid(1))));
-    let cookie = web_login(ports[1], "cards-pass-2");
+    let cookie = session(ports[1], &[("username", "admin"), ("password", "cards-pass-2")]);
     let shared = init.until(LONG, || ports.iter().all(|p| with_cookie(*p, &cookie) == 200));
     assert!(shared, "instance 0 does not follow the cookie key instance 1 started with");
 

@@ -117,11 +117,6 @@ fn node_repo() -> (TempDir, String, String) {
     (dir, one, two)
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; n];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ n as u64;

@@ -13,12 +13,10 @@ fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(5)).build()
 }
 
-/// POST /login: where it redirects to, and the session cookie if one was set.
+/// POST /login as admin with `password`: where it redirects to, and the session cookie if one
+/// was set.
 fn web_login(ws: &Workspace, password: &str) -> (String, Option<String>) {
-    let url = format!("http://127.0.0.1:{}/login", ws.port);
-    let answer = agent().post(&url).send_form(&[("username", "admin"), ("password", password)]).expect("login");
-    let cookie = answer.header("Set-Cookie").map(|c| c.split(';').next().unwrap().to_string());
-    (answer.header("Location").unwrap_or_default().to_string(), cookie)
+    post_login(ws.port, &[("username", "admin"), ("password", password)])
 }
 
 fn status_with_cookie(ws: &Workspace, cookie: &str) -> u16 {

@@ -576,3 +576,24 @@ impl Workspace {
         fs::rename(&tmp, self.env_file()).unwrap();
     }
 }
+
+/// POST /login on `port` with `form`, as a browser would: where it redirects to, and the session
+/// cookie (`AIOHTTP_SESSION=...`) if one was set.
+pub fn post_login(port: u16, form: &[(&str, &str)]) -> (String, Option<String>) {
+    let agent = ureq::AgentBuilder::new().redirects(0).timeout(Duration::from_secs(5)).build();
+    let answer = agent.post(&format!("http://127.0.0.1:{port}/login")).send_form(form).expect("POST /login");
+    let cookie = answer.header("Set-Cookie").map(|c| c.split(';').next().unwrap_or_default().to_string());
+    (answer.header("Location").unwrap_or_default().to_string(), cookie)
+}
+
+/// A web session on `port` for `form`, which must log in.
+pub fn session(port: u16, form: &[(&str, &str)]) -> String {
+    let (location, cookie) = post_login(port, form);
+    assert_eq!(location, "/", "login refused");
+    cookie.expect("a session cookie")
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
