@@ -323,7 +323,11 @@ impl Supervisor {
     /// A probe of ours (`comfy-init __probe-*`) for an instance: it asks that instance's port.
     fn probe(&self, i: usize, command: &str) -> Option<ChildSpec> {
         let me = std::env::current_exe().ok()?;
-        let env_set = vec![("COMFYUI_PORT".into(), self.instances[i].port.to_string().into())];
+        let instance = &self.instances[i];
+        let mut env_set = vec![("COMFYUI_PORT".into(), instance.port.to_string().into())];
+        if !instance.prefix.is_empty() {
+            env_set.push((crate::logging::ENV_PREFIX.into(), instance.prefix.clone().into()));
+        }
         Some(ChildSpec { argv: vec![me.into(), command.into()], env_set, ..ChildSpec::default() })
     }
 

@@ -239,3 +239,40 @@ fn four_cards_only_the_usable_ones_get_an_instance_and_a_lost_card_is_named() {
     );
     assert_eq!(fs::read_to_string(ws.run_dir().join("instances")).unwrap().lines().count(), 2);
 }
+
+#[test]
+fn a_stop_drains_every_instance_and_each_line_names_its_instance() {
+    root_only!("a_stop_drains_every_instance_and_each_line_names_its_instance");
+    let torch = fake_torch("2.8.0+cu128", Some("12.8"), None);
+    let ws = with_cards("inst-drain", "NVIDIA GeForce RTX 4090:24:8.9;NVIDIA GeForce RTX 3090:24:8.6", &torch)
+        .set("COMFY_INIT_DRAIN_TIMEOUT", "30s");
+    let mut init = ws.launch().start();
+    let up = init.until(LONG, || ws.cli(&["healthcheck", "--ready"]).0 == 0);
+    assert!(up, "never ready: {}\n{}", ws.cli(&["healthcheck", "--ready"]).1, init.stderr());
+    // A prompt running on instance 1 when the stop comes.
+    let body = serde_json::json!({
+        "prompt": {"1": {"class_type": "StandinSleep", "inputs": {"seconds": 2.0}}},
+        "client_id": "instances-test"
+    });
+    let answer = ureq::post(&format!("http://127.0.0.1:{}/prompt", ws.port + 1))
+        .set("Authorization", &format!("Bearer {}", ws.token()))
+        .set("Content-Type", "application/json")
+        .timeout(Duration::from_secs(5))
+        .send_string(&body.to_string())
+        .expect("POST /prompt to instance 1");
+    let id = serde_json::from_str::<Value>(&answer.into_string().unwrap()).unwrap()["prompt_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let events = || fs::read_to_string(ws.events_file()).unwrap_or_default();
+    assert!(init.until(LONG, || events().contains(&format!("prompt_started {id}"))), "{}", events());
+    init.signal(libc::SIGTERM);
+    assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
+    assert!(events().contains(&format!("prompt_done {id}")), "the running prompt was dropped: {}", events());
+    // The drain probes' own lines name their instance, as PID 1's do.
+    let err = init.stderr();
+    for (i, card) in [(0, "NVIDIA GeForce RTX 4090"), (1, "NVIDIA GeForce RTX 3090")] {
+        let said = format!("instance {i} (GPU {i} ({card}, {})): draining: ComfyUI refuses new prompts", uuid(i));
+        assert!(err.contains(&said), "no '{said}' in:\n{err}");
+    }
+}
