@@ -420,7 +420,8 @@ impl Supervisor {
             let go = if first.started() {
                 Some(Event::CredentialsReady)
             } else if let State::Done(_) = first.state() {
-                Some(Event::StopRequested(libc::SIGTERM))
+                log::info!("the first instance ended before it started ComfyUI: the others are not started");
+                Some(Event::Abandoned)
             } else {
                 None
             };

@@ -141,6 +141,9 @@ pub enum Event {
     GroupGone,
     /// SIGTERM, SIGINT or SIGQUIT to us.
     StopRequested(i32),
+    /// Several ComfyUI: the first ended before it started ComfyUI (its pre-start hooks failed,
+    /// say), so this one, waiting for it, ends without starting (and without a stop to report).
+    Abandoned,
     /// Any other signal to us, for the child's group.
     Forward(i32),
     /// The credentials now give another token than the child's. `companion`: the pid of a
@@ -302,6 +305,8 @@ impl Machine {
             Event::Reaped { pid, exited, group_alive } => self.on_reaped(pid, exited, group_alive, now, &mut fx),
             Event::GroupGone => self.on_group_gone(now, &mut fx),
             Event::StopRequested(signo) => self.on_stop_request(signo, now, &mut fx),
+            Event::Abandoned if self.state == State::Credentials => self.finish(0, &mut fx),
+            Event::Abandoned => self.on_stop_request(libc::SIGTERM, now, &mut fx),
             Event::Forward(signo) => self.on_forward(signo, &mut fx),
             Event::TokenChanged { companion } => self.on_token_changed(companion, now, &mut fx),
             Event::ProbeStarted(pid) => self.on_probe_started(pid),
@@ -803,6 +808,15 @@ mod tests {
 
     fn signal(signo: i32) -> Effect {
         Effect::SignalGroup { pgid: PID, signo }
+    }
+
+    #[test]
+    fn an_instance_abandoned_before_its_start_ends_quietly_and_a_started_one_stops() {
+        let t0 = Instant::now();
+        let mut waiting = Machine::new(settings(RestartMode::OnFailure), Vec::new());
+        assert_eq!(waiting.step(Event::Abandoned, t0), [Effect::Exit(0)], "no stop to report, no status of its own");
+        let (mut m, t0) = running(RestartMode::OnFailure);
+        assert_eq!(acts(m.step(Event::Abandoned, t0)), [signal(libc::SIGINT)]);
     }
 
     #[test]

@@ -276,3 +276,23 @@ fn a_stop_drains_every_instance_and_each_line_names_its_instance() {
         assert!(err.contains(&said), "no '{said}' in:\n{err}");
     }
 }
+
+#[test]
+fn a_failed_pre_start_hook_starts_no_instance_and_says_so_once() {
+    root_only!("a_failed_pre_start_hook_starts_no_instance_and_says_so_once");
+    use std::os::unix::fs::PermissionsExt;
+    let torch = fake_torch("2.8.0+cu128", Some("12.8"), None);
+    let ws = with_cards("inst-hook", "NVIDIA GeForce RTX 4090:24:8.9;NVIDIA GeForce RTX 3090:24:8.6", &torch);
+    let hooks = ws.dir.join("hooks");
+    fs::create_dir_all(&hooks).unwrap();
+    write(&hooks.join("10-broken"), "#!/bin/sh\nexit 3\n");
+    fs::set_permissions(hooks.join("10-broken"), fs::Permissions::from_mode(0o755)).unwrap();
+    let ws = ws.set("COMFY_INIT_PRE_START", &hooks);
+    let (code, _, err) = ws.launch().output(LONG);
+    assert_eq!(code, 3, "not the hook's status: {err}");
+    assert!(err.contains("pre-start hook 10-broken failed (exit code 3): ComfyUI not started"), "{err}");
+    assert!(err.contains("the first instance ended before it started ComfyUI: the others are not started"), "{err}");
+    // Nobody sent a stop: none is reported.
+    assert!(!err.contains("received SIGTERM"), "{err}");
+    assert_eq!(ws.starts(), 0, "a ComfyUI started");
+}
