@@ -1,5 +1,6 @@
 //! Property tests over every parser of outside input: `.env` text, PASSWORD bytes, hash shapes,
-//! passwords, settings values, the command line and server answers. The property is the one PID 1
+//! passwords, settings values, the command line, server answers, the provisioning manifest and
+//! cache, API key files and lifetimes, and URLs (as shown, and compared by origin). The property is the one PID 1
 //! lives by: any bytes give an answer or a refusal, never a panic (a panic is an abort of PID 1,
 //! and of the container). Where a parser has a stronger contract it is checked too.
 //!
