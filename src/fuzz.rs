@@ -1,8 +1,9 @@
 //! Property tests over every parser of outside input: `.env` text, PASSWORD bytes, hash shapes,
 //! passwords, settings values, the command line, server answers, the provisioning manifest and
-//! cache, API key files and lifetimes, and URLs (as shown, and compared by origin). The property is the one PID 1
-//! lives by: any bytes give an answer or a refusal, never a panic (a panic is an abort of PID 1,
-//! and of the container). Where a parser has a stronger contract it is checked too.
+//! cache, API key files and lifetimes, and URLs (as shown, and compared by origin). The property
+//! is the one PID 1 lives by: any bytes give an answer or a refusal, never a panic (a panic is an
+//! abort of PID 1, and of the container). Where a parser has a stronger contract it is checked
+//! too.
 //!
 //! Inputs are random byte strings built from fragments that matter to these formats (bcrypt
 //! prefixes, quotes, `$`, line ends, multi-byte and invalid UTF-8) and raw random bytes.
