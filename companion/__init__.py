@@ -32,7 +32,7 @@ import os
 import signal
 
 from . import doors
-from .node import login_node, session_storage
+from .node import event_loop, login_node, session_storage
 
 try:
     from . import lifecycle
@@ -65,26 +65,45 @@ def reload():
     logging.info("comfy-init companion: ComfyUI-Login now uses the new token; old browser sessions ended")
 
 
-def on_reload_signal(_signum, _frame):
+def reload_now():
     try:
         reload()
     except Exception as e:  # noqa: BLE001 - comfy-init restarts ComfyUI when no proof comes
         logging.warning("comfy-init companion: reload failed (%s); comfy-init will restart ComfyUI", e)
 
 
-def on_drain_signal(_signum, _frame):
+def drain_now():
     try:
         lifecycle.start_draining()
     except Exception as e:  # noqa: BLE001 - comfy-init sees no "draining" in the status
         logging.warning("comfy-init companion: cannot drain (%s)", e)
 
 
+def in_the_event_loop(work):
+    """A signal's handler. Python runs it in the main thread (ComfyUI's event loop) between two
+    bytecodes of whatever that thread was doing: maybe inside a write to the log, holding
+    app/logger.py's LogInterceptor lock, which is not reentrant. Work that logs would wait there
+    for itself forever, and ComfyUI with it. So the work is handed to the event loop, to run
+    between two callbacks: call_soon_threadsafe appends to a deque and writes a byte to the
+    loop's self-pipe, taking no lock (asyncio's own signal handling does the same). Without a
+    running loop (not found) the work runs here, as before."""
+
+    def handler(_signum, _frame):
+        loop = event_loop()
+        if loop is None:
+            work()
+        else:
+            loop.call_soon_threadsafe(work)
+
+    return handler
+
+
 def announce():
     """The handlers first, then the file that says so: comfy-init signals only a ready process."""
     if not SESSION:
         return
-    signal.signal(RELOAD_SIGNAL, on_reload_signal)
-    signal.signal(DRAIN_SIGNAL, on_drain_signal)
+    signal.signal(RELOAD_SIGNAL, in_the_event_loop(reload_now))
+    signal.signal(DRAIN_SIGNAL, in_the_event_loop(drain_now))
     path = SESSION + ".companion"
     with open(path + ".tmp", "w") as f:
         f.write(str(os.getpid()))

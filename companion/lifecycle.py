@@ -55,7 +55,7 @@ def shared_state():
 
 
 def start_draining():
-    """The drain signal's work (a signal handler: a flag and one log line)."""
+    """The drain signal's work, run in ComfyUI's event loop: a flag and one log line."""
     state = shared_state()
     if state.draining:
         return

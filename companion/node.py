@@ -40,6 +40,17 @@ def login_node():
     raise RuntimeError("ComfyUI-Login is not loaded")
 
 
+def event_loop():
+    """ComfyUI's event loop (PromptServer.instance.loop, which ComfyUI's own send_sync feeds from
+    other threads), when it runs; None otherwise. Looked up in sys.modules, never imported: a
+    signal handler calls this."""
+    try:
+        loop = sys.modules["server"].PromptServer.instance.loop
+        return loop if loop.is_running() else None
+    except (KeyError, AttributeError):
+        return None
+
+
 def session_storage():
     """aiohttp_session's cookie storage, captured in the session middleware ComfyUI-Login set up."""
     import server  # ComfyUI's, present once ComfyUI imports custom nodes

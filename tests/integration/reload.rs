@@ -137,6 +137,28 @@ fn rotate_and_a_kubernetes_secret_swap_are_reloaded_in_place() {
 }
 
 #[test]
+fn a_reload_signal_that_comes_while_comfyui_writes_its_log_is_applied_in_place() {
+    // Python runs a signal handler in the main thread, which in ComfyUI is the event loop and is
+    // often inside a write to its log, holding a lock that is not reentrant: a handler that logs
+    // would wait for itself forever. The stand-in's main thread holds that lock nearly always.
+    root_only!("a_reload_signal_that_comes_while_comfyui_writes_its_log_is_applied_in_place");
+    let ws = Workspace::new("rl-locked");
+    write(&ws.env_file(), "COMFYUI_PASSWORD=first-pass\n");
+    let (mut init, old) = serving(&ws, &[("FAKE_COMFYUI_MAIN_THREAD_WRITING", "1")]);
+    let pid = ws.comfyui_pid(&old).unwrap();
+    ws.edit_env("COMFYUI_PASSWORD", "COMFYUI_PASSWORD=second-pass");
+    let (new, took) = new_token_served(&ws, &init, "second-pass");
+    eprintln!("reload while the main thread writes its log -> new token 200 in {took:?}");
+    assert_reloaded(&ws, &init, &old, &new, pid);
+    let said = init.until(LONG, || init.stdout().contains("ComfyUI-Login now uses the new token"));
+    assert!(said, "the reload never finished (its log line): {}", init.stdout());
+    // The main thread is free: ComfyUI still stops cleanly.
+    init.signal(libc::SIGTERM);
+    assert_eq!(init.wait(LONG), Some(0), "{}", init.stderr());
+    assert!(init.stdout().contains("Stopped server"), "{}", init.stdout());
+}
+
+#[test]
 fn without_the_companion_a_new_password_restarts_comfyui() {
     root_only!("without_the_companion_a_new_password_restarts_comfyui");
     let ws = Workspace::new("rl-off");
