@@ -457,6 +457,26 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A workspace's ports: four in a row, as instance i listens on port + i. Handed out once in a
+/// test run, below the kernel's ephemeral range (32768-60999 by default), from which
+/// `free_port` and every client connection take theirs: two free ports from there are often
+/// neighbours, so port + 1 of one workspace was another's port (a CI run saw it). Each block is
+/// checked free where the stand-in binds (all addresses).
+pub fn free_port_block() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const FIRST: usize = 20_000;
+    const BLOCKS: usize = 3_000; // up to port 31999
+                                 // Another test run at the same time (another clean clone) starts elsewhere.
+    let start = std::process::id() as usize % BLOCKS;
+    for _ in 0..BLOCKS {
+        let base = (FIRST + 4 * ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % BLOCKS)) as u16;
+        if (base..base + 4).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no four free ports in a row between {FIRST} and {}", FIRST + 4 * BLOCKS);
+}
+
 /// A temporary ComfyUI workspace: `ComfyUI/` holding the stand-in as `main.py`, a `.env` beside
 /// it, a free port. The settings comfy-init reads point there.
 pub struct Workspace {
@@ -470,7 +490,7 @@ impl Workspace {
         let dir = TempDir::new(tag);
         fs::create_dir_all(dir.join("ComfyUI")).unwrap();
         fs::copy(fixtures().join("fake_comfyui.py"), dir.join("ComfyUI/main.py")).unwrap();
-        Workspace { dir, port: free_port(), extra_env: HashMap::new() }
+        Workspace { dir, port: free_port_block(), extra_env: HashMap::new() }
     }
 
     pub fn comfyui(&self) -> PathBuf {
