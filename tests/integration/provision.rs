@@ -288,6 +288,13 @@ fn the_token_goes_to_the_manifests_host_only_never_where_a_redirect_leads() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(fs::read(s.models().join("checkpoints/a.safetensors")).unwrap(), a);
     assert_eq!(fs::read(s.models().join("checkpoints/b.safetensors")).unwrap(), b);
+    // aria2c's request is logged once its body is sent, a moment after aria2c has it all.
+    let body_sent = || {
+        let requests = server.requests();
+        let elsewhere = requests.iter().filter(|r| r["host"] == "127.0.0.2");
+        elsewhere.map(|r| r["bytes"].as_u64().unwrap_or(0)).sum::<u64>() >= a.len() as u64
+    };
+    assert!(wait_until(Duration::from_secs(5), &mut || body_sent()), "{:?}", server.requests());
     let requests = server.requests();
     let elsewhere: Vec<_> = requests.iter().filter(|r| r["host"] == "127.0.0.2").collect();
     assert!(elsewhere.iter().any(|r| r["path"] == "/files/a.safetensors" && r["status"] == 206), "{requests:?}");
