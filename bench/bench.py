@@ -111,6 +111,15 @@ class pinned:
         os.sched_setaffinity(0, self.saved)
 
 
+def token_in(comfy):
+    """The token in ComfyUI's login/PASSWORD (its first line); "" while there is none."""
+    try:
+        with open(os.path.join(comfy, "login", "PASSWORD")) as f:
+            return f.readline().strip()
+    except OSError:
+        return ""
+
+
 def clean_env(extra=None):
     """The caller's environment minus our own settings, plus `extra`."""
     env = {k: v for k, v in os.environ.items()
@@ -538,8 +547,7 @@ class Bench:
             time.sleep(1.0)
             detect, total, stop_part, start_part, reap_lag = [], [], [], [], []
             for i in range(1, TOKEN_ROUNDS + 1):
-                with open(os.path.join(comfy, "login", "PASSWORD")) as f:
-                    old_token = f.readline().strip()
+                old_token = token_in(comfy)
                 seen = len(self.starts(events))
                 mark = len(log)
                 t0 = self.write_env(envdir, f"benchpass{i}")
@@ -553,8 +561,7 @@ class Bench:
                 noticed = next((t for t, l in log[mark:] if re.search(r"INFO\s+child \(pid \d+\) exited", l)), None)
                 if exited and noticed:
                     reap_lag.append(max(0.0, (noticed - exited) / 1e6))
-                with open(os.path.join(comfy, "login", "PASSWORD")) as f:
-                    new_token = f.readline().strip()
+                new_token = token_in(comfy)
                 if new_token == old_token or "token_len=60" not in lines[-1]:
                     die(f"the token did not change, or the new child did not read it: {lines[-1].strip()}")
                 if decided is None or spawned is None:
@@ -684,30 +691,23 @@ class Bench:
             progress(f"8/8 token change seen by a client ({mode}): {TOKEN_ROUNDS} password edits")
             base, comfy, envdir, port, env = self.workspace(f"reload-{mode}")
             env["COMFY_INIT_ON_TOKEN_CHANGE"] = mode
-            password_file = os.path.join(comfy, "login", "PASSWORD")
             self.write_env(envdir, "benchpass0")
             p = subprocess.Popen([self.bin, "run"], env=env, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times, same_pid = [], []
             try:
-                def token():
-                    try:
-                        with open(password_file) as f:
-                            return f.readline().strip()
-                    except OSError:
-                        return ""
                 deadline = time.monotonic() + 30
-                while self.get(port, token())[0] != 200:
+                while self.get(port, token_in(comfy))[0] != 200:
                     if time.monotonic() > deadline:
                         die(f"{mode}: ComfyUI never answered")
                     time.sleep(0.05)
                 for i in range(1, TOKEN_ROUNDS + 1):
-                    old = token()
+                    old = token_in(comfy)
                     before = json.loads(self.get(port, old)[1])["standin"]["pid"]
                     t0 = self.write_env(envdir, f"benchpass{i}")
                     deadline = time.monotonic() + 30
                     while True:
-                        new = token()
+                        new = token_in(comfy)
                         if new != old and self.get(port, new)[0] == 200 and self.get(port, old)[0] in (401, 302):
                             break
                         if time.monotonic() > deadline:
@@ -767,11 +767,7 @@ class Bench:
                     deadline = time.monotonic() + 30
                     while True:
                         if name == "comfy-init":
-                            try:
-                                with open(os.path.join(comfy, "login", "PASSWORD")) as f:
-                                    token = f.readline().strip()
-                            except OSError:
-                                token = ""
+                            token = token_in(comfy)
                         if self.get(port, token)[0] == 200 and (name != "comfy-init" or self.companion_ready()):
                             break
                         if time.monotonic() > deadline:
@@ -838,17 +834,9 @@ class Bench:
             self.write_env(envdir, "instpass0")
             p = subprocess.Popen([self.bin, "run"], env=env, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            password_file = os.path.join(comfy, "login", "PASSWORD")
-
-            def token():
-                try:
-                    with open(password_file) as f:
-                        return f.readline().strip()
-                except OSError:
-                    return ""
             try:
                 deadline = time.monotonic() + 60
-                while not all(self.get(q, token())[0] == 200 for q in ports):
+                while not all(self.get(q, token_in(comfy))[0] == 200 for q in ports):
                     if time.monotonic() > deadline:
                         die(f"{n} instances: not every one answered")
                     time.sleep(0.1)
@@ -859,11 +847,11 @@ class Bench:
                 switches = lambda st: int(st["voluntary_ctxt_switches"]) + int(st["nonvoluntary_ctxt_switches"])
                 times = []
                 for i in range(1, TOKEN_ROUNDS + 1):
-                    old = token()
+                    old = token_in(comfy)
                     t0 = self.write_env(envdir, f"instpass{i}")
                     deadline = time.monotonic() + 30
                     while True:
-                        new = token()
+                        new = token_in(comfy)
                         if new != old and all(self.get(q, new)[0] == 200 and self.get(q, old)[0] in (401, 302)
                                               for q in ports):
                             break
@@ -992,11 +980,7 @@ class Bench:
         """The token in login/PASSWORD once ComfyUI answers it."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                with open(os.path.join(comfy, "login", "PASSWORD")) as f:
-                    token = f.readline().strip()
-            except OSError:
-                token = ""
+            token = token_in(comfy)
             if token and self.get(port, token)[0] == 200:
                 return token
             time.sleep(0.05)
